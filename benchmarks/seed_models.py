@@ -1,0 +1,171 @@
+"""Seed models with their reported recipes on the full CIFAR-10: speed and accuracy.
+
+Two parts, both through the normal trainer (``cifarlens.training.train``):
+
+* timing: every model trains one epoch on a stratified subset in fp32 and in bf16
+  autocast, side by side in the same run; the table gives images/s, the projected
+  seconds per full 50,000-image epoch and the bf16/fp32 speed ratio.
+* accuracy: the models named in ``--full`` train their whole recipe on all 50,000
+  images for each seed in ``--seeds``; the table gives mean +- std test accuracy.
+
+    python benchmarks/seed_models.py --timing-subset 2000 --full tutorial,seed_bn8 --seeds 0,1
+
+Results go to ``--out`` (JSON) and are printed as Markdown for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from cifarlens.config import build_config
+from cifarlens.data import prepare_data
+from cifarlens.training import RECIPES, TrainConfig, recipe_options
+from cifarlens.training.trainer import train
+
+SEED_MODELS = ["tutorial", "seed_bn8", "vgg_small", "conv_blocks", "resnet18", "mobilenet_v2", "vgg16"]
+RECIPE_OF = {"seed_bn8": "seed"}
+
+
+def recipe_for(model: str) -> str:
+    return RECIPE_OF.get(model, model if model in RECIPES else "seed")
+
+
+def run(cfg: TrainConfig, data) -> list[dict]:
+    out = train(cfg, data=data)
+    with open(out / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def timing(models, subset, data_dir, workdir) -> list[dict]:
+    data = prepare_data(data_dir, download=False, subset=subset, seed=0)
+    rows = []
+    for model in models:
+        row = {"model": model, "recipe": recipe_for(model)}
+        for precision in ("fp32", "bf16"):
+            cfg = build_config(
+                TrainConfig,
+                recipe_options(row["recipe"]),
+                {"model": model, "epochs": 1, "precision": precision, "out": str(workdir / f"t-{model}-{precision}"),
+                 "evaluate": False, "eval_test_every_epoch": False, "data_dir": data_dir, "download": False},
+            )  # fmt: skip
+            ips = float(run(cfg, data)[-1]["images_per_s"])
+            row[f"{precision}_images_per_s"] = ips
+            row[f"{precision}_epoch_s"] = 50_000 / ips
+            row["batch_size"] = cfg.batch_size
+        row["bf16_speedup"] = row["bf16_images_per_s"] / row["fp32_images_per_s"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def accuracy(models, seeds, data_dir, workdir, epochs) -> list[dict]:
+    results = []
+    for model in models:
+        accs, epoch_secs, cfg = [], [], None
+        for seed in seeds:
+            data = prepare_data(data_dir, download=False, seed=seed)
+            overrides = {"model": model, "seed": seed, "out": str(workdir / f"a-{model}-{seed}"), "evaluate": False,
+                         "data_dir": data_dir, "download": False}  # fmt: skip
+            if epochs:
+                overrides["epochs"] = epochs
+            cfg = build_config(TrainConfig, recipe_options(recipe_for(model)), overrides)
+            rows = run(cfg, data)
+            accs.append(float(rows[-1]["test_acc"]))
+            epoch_secs += [float(r["seconds"]) for r in rows]
+            print(json.dumps({"model": model, "seed": seed, "test_acc": accs[-1]}), flush=True)
+        results.append(
+            {
+                "model": model,
+                "recipe": recipe_for(model),
+                "optimizer": cfg.optimizer,
+                "lr": cfg.lr,
+                "batch_size": cfg.batch_size,
+                "epochs": cfg.epochs,
+                "seeds": seeds,
+                "test_acc_mean": statistics.mean(accs),
+                "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "test_accs": accs,
+                "epoch_s_mean": statistics.mean(epoch_secs),
+            }
+        )
+    return results
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Machine: {result['machine']}; torch {result['torch']}, {result['threads']} threads; {result['date']}", ""]
+    if result["timing"]:
+        lines += [
+            f"Timing: one epoch on a stratified {result['timing_subset']}-image subset, projected to 50,000 images.",
+            "",
+            "| model | recipe | batch | fp32 img/s | bf16 img/s | bf16/fp32 | s/epoch fp32 | s/epoch bf16 |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in result["timing"]:
+            lines.append(
+                f"| {r['model']} | {r['recipe']} | {r['batch_size']} | {r['fp32_images_per_s']:.0f} | "
+                f"{r['bf16_images_per_s']:.0f} | {r['bf16_speedup']:.2f}x | {r['fp32_epoch_s']:.0f} | {r['bf16_epoch_s']:.0f} |"
+            )
+    if result["accuracy"]:
+        lines += [
+            "",
+            "Accuracy: full recipe on all 50,000 training images, scored on the 10,000 test images of the data dir.",
+            "",
+            "| model | optimizer | lr | batch | epochs | test acc (mean ± std) | seeds | s/epoch |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in result["accuracy"]:
+            lines.append(
+                f"| {r['model']} | {r['optimizer']} | {r['lr']:g} | {r['batch_size']} | {r['epochs']} | "
+                f"{100 * r['test_acc_mean']:.2f} ± {100 * r['test_acc_std']:.2f} | {len(r['seeds'])} | {r['epoch_s_mean']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: $CIFARLENS_DATA_DIR)")
+    parser.add_argument("--models", default=",".join(SEED_MODELS), help="models to time")
+    parser.add_argument("--timing-subset", type=int, default=2000, help="images in the timed epoch (0: skip timing)")
+    parser.add_argument("--full", default="", help="models to train with their full recipe on all data")
+    parser.add_argument("--seeds", default="0,1", help="seeds for the full runs")
+    parser.add_argument("--epochs", type=int, default=0, help="override the recipe's epochs in full runs (0: keep)")
+    parser.add_argument("--out", default="benchmarks/results/seed_models.json")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", UserWarning)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        models = [m for m in args.models.split(",") if m]
+        t0 = time.time()
+        result = {
+            "date": str(date.today()),
+            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "command": "python benchmarks/seed_models.py " + " ".join(
+                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, "")
+            ),
+            "timing_subset": args.timing_subset,
+            "timing": timing(models, args.timing_subset, args.data_dir, workdir) if args.timing_subset else [],
+            "accuracy": accuracy(
+                [m for m in args.full.split(",") if m], [int(s) for s in args.seeds.split(",")], args.data_dir, workdir, args.epochs
+            ),
+        }
+        result["wall_s"] = time.time() - t0
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""The ``cifarlens`` command line.
+
+User mistakes (``CifarlensError``) print one line and exit 2; ``train`` options are
+generated from ``TrainConfig`` so the dataclass is the one place they are declared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal, Optional, get_args, get_origin
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cifarlens import __version__
+from cifarlens.errors import CifarlensError
+from cifarlens.training.config import TrainConfig
+
+app = typer.Typer(
+    help="Train CIFAR-10 classifiers fast, then see what they learned.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn ``CifarlensError`` into one red line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        warnings.showwarning = _one_line_warning
+        try:
+            return fn(*args, **kwargs)
+        except CifarlensError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(err.exit_code) from None
+
+    return wrapper
+
+
+def config_options(cls: type, defaults: dict[str, Any]) -> list[inspect.Parameter]:
+    """One keyword-only ``--option`` per dataclass field, help from the field's comment.
+
+    Every option defaults to None so that only flags the user typed override lower layers.
+    """
+    from cifarlens.config import field_comments, field_types
+
+    comments = field_comments(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        annotation = field_types(cls)[f.name]
+        help_text = comments.get(f.name, "")
+        if get_origin(annotation) is Literal:
+            annotation = str
+        elif annotation is dict:
+            annotation = str
+        default = defaults.get(f.name)
+        if default not in (None, "", {}):
+            help_text += f" (default: {default})"
+        flag = "--" + f.name.replace("_", "-")
+        decls = [f"{flag}/--no-{f.name.replace('_', '-')}"] if annotation is bool else [flag]
+        option = typer.Option(*decls, help=help_text, show_default=False)
+        params.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[annotation], option]
+            )
+        )
+    return params
+
+
+def with_config_options(cls: type, defaults: dict[str, Any]) -> Callable:
+    """Give ``fn(**fixed, options: dict)`` a signature with ``cls``'s fields as options."""
+
+    def decorate(fn: Callable) -> Callable:
+        fixed = [p for name, p in inspect.signature(fn).parameters.items() if name != "options"]
+        generated = config_options(cls, defaults)
+        names = {p.name for p in generated}
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs):
+            options = {k: v for k, v in kwargs.items() if k in names and v is not None}
+            rest = {k: v for k, v in kwargs.items() if k not in names}
+            return fn(**rest, options=options)
+
+        wrapper.__signature__ = inspect.Signature(fixed + generated)
+        wrapper.__annotations__ = {p.name: p.annotation for p in fixed + generated}
+        del wrapper.__wrapped__
+        return wrapper
+
+    return decorate
+
+
+def _default_train_options() -> dict[str, Any]:
+    from cifarlens.training import recipe_options
+
+    base = dataclasses.asdict(TrainConfig())
+    return base | recipe_options(base["recipe"])
+
+
+@app.command()
+@user_errors
+@with_config_options(TrainConfig, _default_train_options())
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of options; flags override it")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the killed run in this folder")] = None,
+    options: dict | None = None,
+) -> None:
+    """Train a model and write a run directory (config, metrics, weights, evaluation, plots)."""
+    from cifarlens.config import build_config, read_yaml
+    from cifarlens.training import recipe_options
+    from cifarlens.training.trainer import train as run_training
+
+    options = options or {}
+    if resume is not None:
+        if options or config:
+            given = ", ".join("--" + k.replace("_", "-") for k in options) or "--config"
+            raise CifarlensError(f"--resume continues a run with its saved config; drop {given} or start a new run")
+        _run_interruptible(lambda: run_training(TrainConfig(), resume=resume, console=console), resume)
+        return
+    file_options = read_yaml(config) if config else {}
+    recipe = options.get("recipe") or file_options.get("recipe") or TrainConfig.recipe
+    cfg = build_config(
+        TrainConfig,
+        recipe_options(str(recipe)),
+        file_options,
+        options,
+        sources=(f"recipe {recipe}", str(config), "options"),
+    )
+    _run_interruptible(lambda: run_training(cfg, console=console), cfg.out)
+
+
+def _run_interruptible(fn: Callable[[], Path], out: Any) -> None:
+    try:
+        fn()
+    except KeyboardInterrupt:
+        where = f" {out}" if out else " RUN"
+        err_console.print(f"[yellow]interrupted:[/] the last finished epoch is checkpointed; continue with cifarlens train --resume{where}")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run directory written by cifarlens train")],
+    split: Annotated[str, typer.Option(help="test, or val (needs a run trained with --val-size)")] = "test",
+    tta: Annotated[bool, typer.Option(help="average predictions over the image and its mirror")] = False,
+    data_dir: Annotated[Optional[str], typer.Option(help="folder holding cifar-10-batches-py (default: the run's)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+) -> None:
+    """Score a trained run: accuracy, per-class table, confusion matrix, curves, misclassified images."""
+    from cifarlens.evaluation import evaluate_run
+    from cifarlens.run import resolve_run
+    from cifarlens.training.device import resolve_device
+
+    if split not in ("test", "val"):
+        raise CifarlensError(f"unknown split {split!r}; choose test or val")
+    resolve_run(run)
+    evaluate_run(run, split=split, tta=tta, data_dir=data_dir, device=str(resolve_device(device)), console=console)
+
+
+@app.command("models")
+@user_errors
+def list_models_command() -> None:
+    """List the registered models with their parameter counts."""
+    from cifarlens.models import count_parameters, create_model, list_models, model_description, model_kwargs
+
+    table = Table(title="cifarlens models")
+    table.add_column("name", style="bold")
+    table.add_column("params", justify="right")
+    table.add_column("arguments")
+    table.add_column("description")
+    for name in list_models():
+        params = count_parameters(create_model(name))
+        args = ", ".join(f"{k}={v!r}" for k, v in model_kwargs(name).items())
+        table.add_row(name, f"{params:,}", args, model_description(name))
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def summary(
+    model: Annotated[str, typer.Argument(help="registered model name (see cifarlens models)")],
+    model_args: Annotated[Optional[str], typer.Option(help="model keyword arguments as YAML, e.g. '{dropout: 0.2}'")] = None,
+) -> None:
+    """Layer-by-layer output shapes, parameters and MACs for a 3x32x32 input."""
+    from cifarlens.config import coerce
+    from cifarlens.models import create_model
+    from cifarlens.models.summary import summary_table
+
+    kwargs = coerce("model_args", model_args or "", dict)
+    console.print(summary_table(create_model(model, **kwargs)))
+
+
+@app.command()
+def recipes() -> None:
+    """List the training recipes and the options each one sets."""
+    from cifarlens.training import RECIPES
+
+    table = Table(title="cifarlens recipes (cifarlens train --recipe NAME)")
+    table.add_column("recipe", style="bold")
+    table.add_column("options")
+    for name, opts in RECIPES.items():
+        table.add_row(name, ", ".join(f"{k}={v}" for k, v in opts.items()))
+    console.print(table)
+
+
+@app.command("show-data")
+@user_errors
+def show_data(
+    out: Annotated[Path, typer.Option(help="PNG file to write")] = Path("cifar10_samples.png"),
+    per_class: Annotated[int, typer.Option(help="images shown per class")] = 10,
+    split: Annotated[str, typer.Option(help="train or test")] = "train",
+    seed: Annotated[int, typer.Option(help="seed for picking the images")] = 0,
+    data_dir: Annotated[Optional[str], typer.Option(help="folder holding cifar-10-batches-py")] = None,
+    download: Annotated[bool, typer.Option(help="download CIFAR-10 when missing")] = True,
+) -> None:
+    """Write a grid of sample images, one row per class, and print the class balance."""
+    from cifarlens.data import load_cifar10
+    from cifarlens.evaluation.plots import image_grid
+
+    if split not in ("train", "test"):
+        raise CifarlensError(f"unknown split {split!r}; choose train or test")
+    if per_class < 1:
+        raise CifarlensError(f"--per-class must be at least 1, got {per_class}")
+    data = load_cifar10(data_dir, download=download)
+    chosen = getattr(data, split)
+    image_grid(chosen.images, chosen.labels, data.classes, out, per_class=per_class, seed=seed)
+    counts = chosen.labels.bincount(minlength=len(data.classes)).tolist()
+    console.print(f"{split}: {len(chosen)} images; " + ", ".join(f"{c} {n}" for c, n in zip(data.classes, counts)))
+    console.print(f"wrote {out}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"cifarlens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
+) -> None:
+    """Train CIFAR-10 classifiers fast, then see what they learned."""
+
+
+if __name__ == "__main__":
+    sys.exit(app())

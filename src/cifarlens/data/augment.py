@@ -1,0 +1,100 @@
+"""Augmentation and normalisation on whole uint8 batches, on whatever device the batch lives.
+
+torchvision.transforms.v2 draws one random parameter set per call, so per-image crops
+would need a Python loop over images; these functions draw per-image parameters for the
+whole batch at once (the airbench approach), seeded by an explicit ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cifarlens.errors import ConfigError
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+AUGMENTATIONS = ("crop", "flip", "cutout")
+
+
+def normalize(
+    images: torch.Tensor,
+    mean: tuple[float, ...] = CIFAR10_MEAN,
+    std: tuple[float, ...] = CIFAR10_STD,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float (N, 3, H, W) with per-channel ``(x/255 - mean) / std``."""
+    m = torch.tensor(mean, device=images.device, dtype=dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device, dtype=dtype).view(1, -1, 1, 1)
+    return (images.to(dtype) / 255 - m) / s
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Pad each side by ``padding`` (reflect) and crop back at a random offset per image.
+
+    images: (N, C, H, W). Returns the same shape and dtype.
+    """
+    if padding <= 0:
+        return images
+    n, c, h, w = images.shape
+    padded = F.pad(images.float() if images.dtype == torch.uint8 else images, (padding,) * 4, mode="reflect")
+    padded = padded.to(images.dtype)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    chans = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2. images: (N, C, H, W)."""
+    flip = (torch.rand(len(images), generator=generator) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero a ``size`` x ``size`` square at a random centre per image (DeVries & Taylor 2017)."""
+    if size <= 0:
+        return images
+    n, _, h, w = images.shape
+    cy = torch.randint(0, h, (n,), generator=generator).to(images.device)
+    cx = torch.randint(0, w, (n,), generator=generator).to(images.device)
+    ys = torch.arange(h, device=images.device)[None, :]
+    xs = torch.arange(w, device=images.device)[None, :]
+    half = size // 2
+    in_rows = ((ys >= (cy - half)[:, None]) & (ys < (cy - half + size)[:, None]))[:, :, None]
+    in_cols = ((xs >= (cx - half)[:, None]) & (xs < (cx - half + size)[:, None]))[:, None, :]
+    mask = (in_rows & in_cols)[:, None]
+    return images.masked_fill(mask, 0)
+
+
+def parse_augment(spec: str) -> tuple[str, ...]:
+    """``"crop,flip"`` -> ("crop", "flip"); ``"none"`` or ``""`` -> (). Unknown names are errors."""
+    names = tuple(s.strip() for s in spec.split(",") if s.strip() and s.strip() != "none")
+    unknown = [s for s in names if s not in AUGMENTATIONS]
+    if unknown:
+        raise ConfigError(
+            f"unknown augmentation {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)} or none"
+        )
+    return names
+
+
+class Augmenter:
+    """Applies the augmentations named in ``spec`` to a uint8 batch, in a fixed order."""
+
+    def __init__(self, spec: str = "crop,flip", crop_padding: int = 4, cutout_size: int = 8):
+        self.names = parse_augment(spec)
+        self.crop_padding = crop_padding
+        self.cutout_size = cutout_size
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """images: (N, 3, H, W) uint8 -> augmented (N, 3, H, W) uint8."""
+        if "crop" in self.names:
+            images = random_crop(images, self.crop_padding, generator)
+        if "flip" in self.names:
+            images = random_flip(images, generator)
+        if "cutout" in self.names:
+            images = cutout(images, self.cutout_size, generator)
+        return images

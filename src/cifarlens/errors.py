@@ -1,0 +1,28 @@
+"""User-facing errors.
+
+A ``CifarlensError`` is a mistake the user can fix (bad path, unknown name,
+bad option). The CLI prints its message as one line and exits with code 2,
+never with a traceback. Anything else is a bug and keeps its traceback.
+"""
+
+
+class CifarlensError(Exception):
+    """An error caused by user input; ``str(err)`` says what is wrong and how to fix it."""
+
+    exit_code = 2
+
+
+class DataError(CifarlensError):
+    """The dataset is missing, truncated or not in the CIFAR-10 python format."""
+
+
+class ConfigError(CifarlensError):
+    """A config file or option value is invalid."""
+
+
+class RunDirError(CifarlensError):
+    """A run directory is missing, incomplete or inconsistent."""
+
+
+class TrainingDiverged(CifarlensError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

@@ -1,0 +1,197 @@
+"""The run directory: the contract between train and every command that reads a run.
+
+Layout::
+
+    RUN/config.yaml          resolved training config
+    RUN/metrics.csv          one row per epoch
+    RUN/model.safetensors    final weights; header holds model name, args, classes, normalisation
+    RUN/summary.json         evaluation results
+    RUN/provenance.json      git SHA, package versions, machine
+    RUN/plots/*.png          curves, confusion matrix, misclassified examples
+    RUN/checkpoint/          resumable state (see cifarlens.training.checkpoint)
+
+Any command rebuilds the model from ``model.safetensors`` alone.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from cifarlens.errors import RunDirError
+from cifarlens.io import atomic_path, atomic_write_text
+
+CONFIG = "config.yaml"
+METRICS = "metrics.csv"
+WEIGHTS = "model.safetensors"
+SUMMARY = "summary.json"
+PROVENANCE = "provenance.json"
+PLOTS = "plots"
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class ModelSpec:
+    """What is needed to rebuild a model and feed it: stored in the weights file header."""
+
+    name: str
+    kwargs: dict[str, Any]
+    num_classes: int
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_metadata(self) -> dict[str, str]:
+        from cifarlens import __version__
+
+        return {
+            "format": "cifarlens",
+            "cifarlens_version": __version__,
+            "model": self.name,
+            "model_args": json.dumps(self.kwargs),
+            "num_classes": str(self.num_classes),
+            "classes": json.dumps(list(self.classes)),
+            "mean": json.dumps(list(self.mean)),
+            "std": json.dumps(list(self.std)),
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: Path) -> "ModelSpec":
+        try:
+            return cls(
+                name=meta["model"],
+                kwargs=json.loads(meta["model_args"]),
+                num_classes=int(meta["num_classes"]),
+                classes=tuple(json.loads(meta["classes"])),
+                mean=tuple(json.loads(meta["mean"])),
+                std=tuple(json.loads(meta["std"])),
+            )
+        except (KeyError, ValueError, TypeError):
+            raise RunDirError(
+                f"{path} has no cifarlens header (model name, args, classes); "
+                "it was not written by cifarlens train"
+            ) from None
+
+    def build(self) -> nn.Module:
+        from cifarlens.models import create_model
+
+        return create_model(self.name, num_classes=self.num_classes, **self.kwargs)
+
+
+def save_weights(model: nn.Module, spec: ModelSpec, path: str | Path, extra: dict[str, str] | None = None) -> None:
+    """Write the model's state dict as safetensors with ``spec`` in the header, atomically."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = spec.to_metadata() | (extra or {})
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def read_spec(path: str | Path) -> tuple[ModelSpec, dict[str, str]]:
+    """The model spec and the full header metadata of a cifarlens safetensors file."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise RunDirError(f"{path} is not a readable safetensors file ({err}); re-run training") from None
+    return ModelSpec.from_metadata(meta, path), meta
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model named in the header of ``path`` and load its weights (eval mode)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"weights file {path} not found; train a model first (cifarlens train)")
+    spec, _ = read_spec(path)
+    model = spec.build()
+    state = load_file(str(path))
+    load_state_checked(model, state, path)
+    return model.to(device).eval(), spec
+
+
+def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load ``state`` into ``model``; a mismatch names the first offending tensor."""
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise RunDirError(f"{path} lacks tensor {key!r} expected by the model; the file does not match it")
+        if state[key].shape != tensor.shape:
+            raise RunDirError(
+                f"{path}: tensor {key!r} has shape {tuple(state[key].shape)}, "
+                f"the model expects {tuple(tensor.shape)}; the file does not match the architecture"
+            )
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise RunDirError(f"{path} has tensor {extra[0]!r} that the model does not have; the file does not match it")
+    model.load_state_dict(state)
+
+
+def resolve_run(run: str | Path) -> Path:
+    """Check that ``run`` is a run directory with final weights."""
+    path = Path(run)
+    if not path.is_dir():
+        raise RunDirError(f"run directory {path} not found; pass the folder that cifarlens train wrote")
+    if not (path / WEIGHTS).is_file():
+        if (path / CHECKPOINT).is_dir():
+            raise RunDirError(
+                f"run {path} has no {WEIGHTS} yet (training unfinished); finish it with cifarlens train --resume {path}"
+            )
+        raise RunDirError(f"{path} is not a cifarlens run directory (no {WEIGHTS}); pass the folder that train wrote")
+    return path
+
+
+def load_run_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
+    """The trained model of a run directory and its spec."""
+    return load_weights(resolve_run(run) / WEIGHTS, device)
+
+
+def provenance() -> dict[str, Any]:
+    """Git SHA of the cifarlens checkout (if any), package versions, and the machine."""
+    from cifarlens import __version__
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "numpy", "safetensors"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "cifarlens": __version__,
+        "git_sha": _git_sha(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _git_sha() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        )
+        sha = out.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

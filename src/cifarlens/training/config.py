@@ -1,0 +1,79 @@
+"""The training config: every option of ``cifarlens train``, with its help text as a comment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cifarlens.data.augment import parse_augment
+from cifarlens.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = "seed"  # preset the defaults come from (see `cifarlens recipes`); YAML and flags override it
+    model: str = "seed_bn8"  # registered model name (see `cifarlens models`)
+    model_args: dict = field(default_factory=dict)  # model keyword arguments as YAML, e.g. '{dropout: 0.2}'
+    epochs: int = 20  # passes over the training set
+    batch_size: int = 60  # images per optimizer step
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"  # sgd (with momentum), adam or adamw
+    lr: float = 5e-4  # peak learning rate
+    momentum: float = 0.9  # SGD momentum (beta1 for adam/adamw)
+    nesterov: bool = False  # Nesterov momentum for SGD
+    weight_decay: float = 0.0  # L2 weight decay (decoupled for adamw)
+    schedule: Literal["constant", "step", "cosine", "onecycle"] = "constant"  # learning-rate schedule over all steps
+    step_epochs: int = 10  # step schedule: epochs between decays
+    step_gamma: float = 0.1  # step schedule: factor applied at each decay
+    warmup: float = 0.0  # epochs of linear warm-up from 0 to --lr (may be fractional)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
+    augment: str = "crop,flip"  # comma-separated list of crop, flip, cutout; or none
+    crop_padding: int = 4  # pixels of reflect padding for random crops
+    cutout_size: int = 8  # side of the square cutout erases
+    seed: int = 0  # seed for weights, data order and augmentation
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto picks cuda, then mps, then cpu
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32
+    channels_last: bool = True  # channels-last memory format for conv nets (faster convs on CPU and GPU)
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
+    subset: int = 0  # train on a stratified subset of N images (0: all); also caps the test split at N
+    val_size: int = 0  # hold out N training images as a validation split for tuning (0: none)
+    data_dir: str = ""  # folder holding cifar-10-batches-py (default: $CIFARLENS_DATA_DIR, then the cache dir)
+    download: bool = True  # download CIFAR-10 through torchvision when it is missing
+    out: str = ""  # run directory (default: runs/MODEL-YYYYmmdd-HHMMSS)
+    eval_test_every_epoch: bool = True  # score the test split after every epoch for the curves
+    tensorboard: bool = False  # also write TensorBoard logs to RUN/tensorboard
+    evaluate: bool = True  # run `cifarlens evaluate` on the run when training ends
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for values out of range."""
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        non_negative = {
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "warmup": self.warmup,
+            "crop_padding": self.crop_padding,
+            "cutout_size": self.cutout_size,
+            "threads": self.threads,
+            "subset": self.subset,
+            "val_size": self.val_size,
+            "step_epochs": self.step_epochs,
+        }
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {value}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.warmup > self.epochs:
+            raise ConfigError(f"--warmup {self.warmup} is longer than --epochs {self.epochs}")
+        parse_augment(self.augment)
+        from cifarlens.models import model_kwargs
+
+        accepted = model_kwargs(self.model)  # also rejects unknown model names
+        unknown = sorted(set(self.model_args) - set(accepted))
+        if unknown:
+            raise ConfigError(
+                f"model {self.model!r} does not take {', '.join(unknown)}; "
+                f"valid model args: {', '.join(sorted(accepted)) or 'none'}"
+            )

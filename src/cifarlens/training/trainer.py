@@ -1,0 +1,282 @@
+"""The training loop: config -> data -> model -> run directory.
+
+Data stays as uint8 tensors; each batch is augmented, normalised and moved to the
+device as a whole. Every epoch ends with an atomic checkpoint, so ``--resume``
+continues a killed run and, with the same seed, ends with the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from cifarlens import run as rundir
+from cifarlens.config import build_config, read_yaml, save_yaml, to_dict
+from cifarlens.data import Augmenter, RunData, iterate_batches, normalize, num_batches, prepare_data
+from cifarlens.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from cifarlens.errors import ConfigError, RunDirError, TrainingDiverged
+from cifarlens.evaluation.predict import predict_logits
+from cifarlens.io import atomic_write_text
+from cifarlens.models import create_model
+from cifarlens.training.checkpoint import load_checkpoint, restore_model, rng_state, save_checkpoint, set_rng_state
+from cifarlens.training.config import TrainConfig
+from cifarlens.training.device import autocast, resolve_device, resolve_precision
+from cifarlens.training.optim import build_optimizer, build_scheduler
+
+METRIC_COLUMNS = [
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+    "lr", "seconds", "images_per_s", "elapsed",
+]  # fmt: skip
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    """The run folder for a new run; refuses one that already holds a run."""
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}"
+    if (out / rundir.CONFIG).exists():
+        raise RunDirError(f"run directory {out} already holds a run; continue it with --resume {out} or pick another --out")
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file; pick a folder path")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def load_run_config(run: Path) -> TrainConfig:
+    """The resolved config saved in a run directory."""
+    path = run / rundir.CONFIG
+    if not path.is_file():
+        raise RunDirError(f"{run} is not a cifarlens run directory (no {rundir.CONFIG}); check the path")
+    return build_config(TrainConfig, read_yaml(path), sources=(str(path),))
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: str | Path | None = None,
+    console: Console | None = None,
+    data: RunData | None = None,
+) -> Path:
+    """Train as ``cfg`` says (or continue the run at ``resume``); return the run directory."""
+    console = console or Console()
+    if resume is not None:
+        out = Path(resume)
+        cfg = load_run_config(out)
+    else:
+        out = new_run_dir(cfg)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if data is None:
+        data = prepare_data(
+            cfg.data_dir or None, download=cfg.download, subset=cfg.subset, val_size=cfg.val_size, seed=cfg.seed
+        )
+    if len(data.train) < 2:
+        raise ConfigError("the training split has fewer than 2 images; use a larger --subset")
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=len(data.classes), **cfg.model_args)
+    spec = rundir.ModelSpec(
+        name=cfg.model,
+        kwargs=dict(cfg.model_args),
+        num_classes=len(data.classes),
+        classes=data.classes,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+    )
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+
+    batch_size = min(cfg.batch_size, len(data.train))
+    drop_last = len(data.train) % batch_size == 1  # a 1-image batch breaks BatchNorm in train mode
+    steps_per_epoch = num_batches(len(data.train), batch_size, drop_last)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    start_epoch, rows = 0, []
+    if resume is not None:
+        ckpt = load_checkpoint(out / rundir.CHECKPOINT)
+        restore_model(model, ckpt, out / rundir.CHECKPOINT)
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+        scheduler.load_state_dict(ckpt.state["scheduler"])
+        scaler.load_state_dict(ckpt.state["scaler"])
+        set_rng_state(ckpt.state["rng"])
+        start_epoch = ckpt.epoch
+        rows = [r for r in _read_metrics(out / rundir.METRICS) if int(r["epoch"]) <= start_epoch]
+        console.print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
+    else:
+        save_yaml(to_dict(cfg), out / rundir.CONFIG)
+        rundir.write_json(out / rundir.PROVENANCE, rundir.provenance() | {"device": str(device), "precision": precision})
+
+    console.print(
+        f"[bold]{cfg.model}[/] on {device.type} ({precision}), {len(data.train)} train / "
+        f"{len(data.val) if data.val else 0} val / {len(data.test)} test images, {cfg.epochs} epochs -> {out}"
+    )
+    augment = Augmenter(cfg.augment, cfg.crop_padding, cfg.cutout_size)
+    writer = _tensorboard(out) if cfg.tensorboard else None
+    elapsed = float(rows[-1]["elapsed"]) if rows else 0.0
+
+    for epoch in range(start_epoch, cfg.epochs):
+        # Data order and augmentation draw from a per-epoch generator, so a resumed run
+        # sees exactly the batches an uninterrupted one would.
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        with _progress(console) as progress:
+            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, loss=math.nan, acc=0.0, ips=0.0)
+            batches = iterate_batches(data.train, batch_size, shuffle=True, generator=gen, drop_last=drop_last)
+            for step, (images, labels) in enumerate(batches):
+                images = augment(images, gen)
+                x = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+                y = labels.to(device, non_blocking=True)
+                with autocast(device, precision):
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
+                # A sync per step costs nothing on CPU; on GPU check every 20 steps.
+                if device.type == "cpu" or step % 20 == 0 or step == steps_per_epoch - 1:
+                    mean_loss = loss_sum.item() / seen
+                    if not math.isfinite(mean_loss):
+                        last = f"epoch {epoch}" if epoch else "none: no epoch finished"
+                        raise TrainingDiverged(
+                            f"loss became {mean_loss} in epoch {epoch + 1} step {step + 1}; stopped, last good "
+                            f"checkpoint kept ({last}); lower --lr or use --precision fp32"
+                        )
+                    progress.update(
+                        task, completed=step + 1, loss=mean_loss, acc=correct.item() / seen,
+                        ips=seen / (time.perf_counter() - t0),
+                    )  # fmt: skip
+        train_seconds = time.perf_counter() - t0
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum.item() / seen,
+            "train_acc": correct.item() / seen,
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": seen / train_seconds,
+        }
+        if data.val is not None:
+            row["val_loss"], row["val_acc"] = _score(model, data.val, spec, device, precision)
+        if cfg.eval_test_every_epoch or epoch + 1 == cfg.epochs:
+            row["test_loss"], row["test_acc"] = _score(model, data.test, spec, device, precision)
+        row["seconds"] = time.perf_counter() - t0
+        elapsed += row["seconds"]
+        row["elapsed"] = elapsed
+        rows.append(row)
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+        }
+        save_checkpoint(out / rundir.CHECKPOINT, epoch + 1, model, spec, state)
+        _write_metrics(out / rundir.METRICS, rows)
+        if writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and value != "":
+                    writer.add_scalar(key, value, epoch + 1)
+        console.print(_epoch_line(row, cfg.epochs))
+
+    if writer is not None:
+        writer.close()
+    rundir.save_weights(model, spec, out / rundir.WEIGHTS)
+    _write_train_summary(out, rows, cfg, device, precision)
+    if cfg.evaluate:
+        from cifarlens.evaluation import evaluate_run
+
+        evaluate_run(out, split="test", data=data, device=str(device), console=console)
+    console.print(f"run saved to {out}")
+    return out
+
+
+def _score(model, split, spec, device, precision) -> tuple[float, float]:
+    logits = predict_logits(model, split.images, mean=spec.mean, std=spec.std, device=str(device), precision=precision)
+    loss = F.cross_entropy(logits, split.labels).item()
+    acc = (logits.argmax(1) == split.labels).float().mean().item()
+    model.train()
+    return loss, acc
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']:>3}/{epochs}", f"loss {row['train_loss']:.4f}", f"acc {row['train_acc']:.2%}"]
+    if "val_acc" in row:
+        parts.append(f"val {row['val_acc']:.2%}")
+    if "test_acc" in row:
+        parts.append(f"test {row['test_acc']:.2%}")
+    parts += [f"lr {row['lr']:.2e}", f"{row['images_per_s']:.0f} img/s", f"{row['seconds']:.1f}s"]
+    return "  ".join(parts)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.2%} {task.fields[ips]:.0f} img/s"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_train_summary(out: Path, rows: list[dict], cfg: TrainConfig, device, precision: str) -> None:
+    path = out / rundir.SUMMARY
+    import json
+
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    last = rows[-1]
+    summary["train"] = {
+        "model": cfg.model,
+        "epochs": int(last["epoch"]),
+        "seconds": float(last["elapsed"]),
+        "final_train_loss": float(last["train_loss"]),
+        "final_train_acc": float(last["train_acc"]),
+        "device": str(device),
+        "precision": precision,
+    }
+    for key in ("val_acc", "test_acc"):
+        if last.get(key) not in (None, ""):
+            summary["train"][f"final_{key}"] = float(last[key])
+    rundir.write_json(path, summary)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package; pip install 'cifarlens[tensorboard]'") from None
+    return SummaryWriter(str(out / "tensorboard"))

@@ -1,0 +1,73 @@
+"""Shared fixtures: a small synthetic CIFAR-10 in the official python format."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Images a small net can learn: each class has its own colour and a bright stripe.
+
+    Returns (N, 3072) uint8 rows in the official R(1024) G(1024) B(1024) layout.
+    """
+    n = len(labels)
+    images = rng.integers(0, 60, size=(n, 3, 32, 32)).astype(np.int16)
+    for i, label in enumerate(labels):
+        images[i, label % 3] += 120 + 10 * (label // 3)
+        row = 3 * label
+        images[i, :, row : row + 3, :] = 250
+    return np.clip(images, 0, 255).astype(np.uint8).reshape(n, 3072)
+
+
+def write_batch(path: Path, labels: np.ndarray, rng: np.random.Generator, bytes_keys: bool = False) -> None:
+    entry = {
+        "batch_label": "synthetic",
+        "labels": [int(x) for x in labels],
+        "data": make_images(labels, rng),
+        "filenames": [f"img_{i}.png" for i in range(len(labels))],
+    }
+    if bytes_keys:
+        entry = {k.encode(): v for k, v in entry.items()}
+    with open(path, "wb") as f:
+        pickle.dump(entry, f, protocol=2)
+
+
+def write_cifar(root: Path, per_batch: int = 100, test_size: int = 100, seed: int = 0, bytes_keys: bool = False) -> Path:
+    """Write data_batch_1..5, test_batch and batches.meta under ``root/cifar-10-batches-py``."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i in range(1, 6):
+        write_batch(folder / f"data_batch_{i}", np.arange(per_batch) % 10, rng, bytes_keys)
+    write_batch(folder / "test_batch", np.arange(test_size) % 10, rng, bytes_keys)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CLASSES, "num_cases_per_batch": per_batch}, f, protocol=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    """Folder holding a synthetic ``cifar-10-batches-py`` (500 train, 100 test images)."""
+    return write_cifar(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.fixture
+def no_env_data_dir(monkeypatch, tmp_path):
+    """No CIFARLENS_DATA_DIR and an empty cache dir, as on a fresh machine."""
+    monkeypatch.delenv("CIFARLENS_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def real_data_dir() -> Path | None:
+    value = os.environ.get("CIFARLENS_DATA_DIR")
+    return Path(value) if value else None
+
+
+realdata = pytest.mark.skipif(real_data_dir() is None, reason="set CIFARLENS_DATA_DIR to the real CIFAR-10 folder")

@@ -1,0 +1,185 @@
+"""The cifarlens command as a user runs it: real processes, real exit codes, one-line errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import real_data_dir, write_cifar
+
+
+def cifarlens(*args, env=None, timeout=600, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "cifarlens.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or os.environ.copy(),
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr.replace("\n", " "), result.stderr
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """The real CIFAR-10 when CIFARLENS_DATA_DIR is set, else 2,500 synthetic training images."""
+    return real_data_dir() or write_cifar(tmp_path_factory.mktemp("cli_cifar"), per_batch=500, test_size=2000)
+
+
+@pytest.fixture(scope="module")
+def trained_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tutorial"
+    result = cifarlens(
+        "train", "--recipe", "tutorial", "--epochs", 1, "--batch-size", 16, "--optimizer", "adam", "--lr", 2e-3,
+        "--subset", 2000, "--data-dir", data_dir, "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    return out, result
+
+
+def test_train_tutorial_one_epoch_on_2000_images(trained_run):
+    out, result = trained_run
+    assert "epoch   1/1" in result.stdout
+    for name in ("config.yaml", "metrics.csv", "model.safetensors", "summary.json", "plots/curves.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test"]["n"] == 2000
+    # One epoch reaches ~26% on the real data; chance is 10% (std 0.7 points at n=2000).
+    assert summary["test"]["accuracy"] > 0.18
+
+
+def test_evaluate_run_prints_per_class_table(trained_run):
+    out, _ = trained_run
+    result = cifarlens("evaluate", out, "--tta")
+    assert result.returncode == 0, result.stderr
+    assert "airplane" in result.stdout and "truck" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert "test_tta" in summary and "test" in summary
+
+
+def test_kill_and_resume(data_dir, tmp_path):
+    out = tmp_path / "killed"
+    args = [
+        "train", "--model", "tutorial", "--epochs", 4, "--batch-size", 4, "--optimizer", "sgd", "--lr", 0.01,
+        "--subset", 2000, "--data-dir", data_dir, "--out", out, "--no-evaluate", "--precision", "fp32",
+    ]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "cifarlens.cli", *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = out / "checkpoint" / "latest.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file() and json.loads(latest.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.safetensors").exists()
+    done = json.loads(latest.read_text())["epoch"]
+    assert 1 <= done < 4
+    result = cifarlens("train", "--resume", out)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {out} after epoch {done}/4" in result.stdout.replace("\n", "")
+    assert (out / "model.safetensors").is_file()
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+
+
+def test_resume_refuses_new_options(trained_run):
+    out, _ = trained_run
+    assert_one_line_error(cifarlens("train", "--resume", out, "--lr", 0.1), "drop --lr")
+
+
+def test_missing_data_dir(tmp_path):
+    env = os.environ.copy()
+    env.pop("CIFARLENS_DATA_DIR", None)
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    result = cifarlens("train", "--data-dir", tmp_path / "nothing", "--no-download", "--out", tmp_path / "r", env=env)
+    assert_one_line_error(result, "CIFAR-10 not found in", str(tmp_path / "nothing"))
+
+
+def test_unknown_model_lists_valid_ones(tmp_path):
+    result = cifarlens("train", "--model", "resnet9000", "--out", tmp_path / "r")
+    assert_one_line_error(result, "unknown model 'resnet9000'", "resnet18", "tutorial")
+
+
+def test_corrupted_batch_file(tmp_path):
+    root = write_cifar(tmp_path, per_batch=20, test_size=20)
+    batch = root / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:5000])
+    result = cifarlens("train", "--data-dir", root, "--out", tmp_path / "r", "--no-download")
+    assert_one_line_error(result, "data_batch_2 is truncated or corrupted")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--optimizer", "rmsprop"], "choose one of: sgd, adam, adamw"),
+        (["--augment", "crop,rotate"], "unknown augmentation rotate"),
+        (["--precision", "fp16", "--device", "cpu"], "fp16 is not supported on CPU"),
+        (["--model-args", "{depth: 3}"], "does not take depth"),
+    ],
+)
+def test_bad_option_values(args, fragment, tmp_path, data_dir):
+    result = cifarlens("train", *args, "--data-dir", data_dir, "--out", tmp_path / "r", "--subset", 100)
+    assert_one_line_error(result, fragment)
+
+
+def test_non_numeric_option_is_a_usage_error(tmp_path):
+    result = cifarlens("train", "--epochs", "ten")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--epochs" in result.stderr and "integer" in result.stderr
+
+
+def test_bad_config_key(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("epochz: 3\n")
+    assert_one_line_error(cifarlens("train", "--config", cfg), "unknown option 'epochz'", "epochs")
+
+
+def test_evaluate_missing_run(tmp_path):
+    assert_one_line_error(cifarlens("evaluate", tmp_path / "nope"), "run directory", "not found")
+
+
+def test_models_lists_every_model_with_params():
+    result = cifarlens("models")
+    assert result.returncode == 0, result.stderr
+    for name in ("tutorial", "seed_bn8", "vgg_small", "conv_blocks", "resnet18", "mobilenet_v2", "vgg16"):
+        assert name in result.stdout
+    assert "62,006" in result.stdout  # the tutorial net
+
+
+def test_summary_table():
+    result = cifarlens("summary", "tutorial")
+    assert result.returncode == 0, result.stderr
+    assert "conv1" in result.stdout and "62,006" in result.stdout
+    assert_one_line_error(cifarlens("summary", "nonet"), "unknown model 'nonet'")
+
+
+def test_show_data_writes_grid(data_dir, tmp_path):
+    png = tmp_path / "grid.png"
+    result = cifarlens("show-data", "--data-dir", data_dir, "--out", png, "--per-class", 4)
+    assert result.returncode == 0, result.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_file_and_flag_override(data_dir, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"recipe: tutorial\nepochs: 1\nbatch_size: 50\nsubset: 200\ndata_dir: {data_dir}\nevaluate: false\n")
+    out = tmp_path / "r"
+    result = cifarlens("train", "--config", cfg, "--batch-size", 40, "--out", out)
+    assert result.returncode == 0, result.stderr
+    saved = (out / "config.yaml").read_text()
+    assert "batch_size: 40" in saved and "model: tutorial" in saved and "subset: 200" in saved

@@ -1,0 +1,66 @@
+import pytest
+
+from cifarlens.config import build_config, field_comments, read_yaml
+from cifarlens.errors import ConfigError
+from cifarlens.training import TrainConfig, recipe_options
+
+
+def test_every_option_has_help_text():
+    comments = field_comments(TrainConfig)
+    missing = [f for f in TrainConfig.__dataclass_fields__ if not comments.get(f)]
+    assert missing == []
+    assert comments["lr"] == "peak learning rate"
+
+
+def test_layers_later_wins(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 0.01\nepochs: 3\n")
+    cfg = build_config(TrainConfig, recipe_options("resnet18"), read_yaml(path), {"epochs": 5})
+    assert cfg.model == "resnet18"  # from the recipe
+    assert cfg.lr == 0.01  # YAML beats the recipe
+    assert cfg.epochs == 5  # flags beat YAML
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown option 'learning_rate' in .*run.yaml.*valid options: .*lr"):
+        build_config(TrainConfig, read_yaml(path), sources=(str(path),))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"epochs": 0}, "--epochs must be positive"),
+        ({"lr": -1}, "--lr must be positive"),
+        ({"optimizer": "rmsprop"}, "choose one of: sgd, adam, adamw"),
+        ({"label_smoothing": 1.5}, "label-smoothing"),
+        ({"epochs": "ten"}, "expected an integer"),
+        ({"augment": "crop,warp"}, "unknown augmentation warp"),
+        ({"model": "resnet9000"}, "unknown model 'resnet9000'; valid models: .*tutorial"),
+        ({"model": "tutorial", "model_args": {"depth": 3}}, "does not take depth"),
+        ({"nesterov": "maybe"}, "expected true or false"),
+    ],
+)
+def test_bad_values_are_clear_errors(options, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(TrainConfig, options)
+
+
+def test_model_args_parse_from_yaml_text():
+    cfg = build_config(TrainConfig, {"model": "vgg_small", "model_args": "{dropout: 0.25}"})
+    assert cfg.model_args == {"dropout": 0.25}
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("lr: [0.1\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        read_yaml(path)
+    with pytest.raises(ConfigError, match="not found"):
+        read_yaml(tmp_path / "missing.yaml")
+
+
+def test_unknown_recipe_lists_valid():
+    with pytest.raises(ConfigError, match="valid recipes: .*seed"):
+        recipe_options("warp-speed")

@@ -1,0 +1,150 @@
+"""Training loop, checkpoints and resume, on the synthetic dataset."""
+
+import csv
+import json
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cifarlens.config import build_config
+from cifarlens.data import prepare_data
+from cifarlens.errors import RunDirError, TrainingDiverged
+from cifarlens.run import load_run_model, read_spec
+from cifarlens.training import TrainConfig, recipe_options, train
+from cifarlens.training.checkpoint import load_checkpoint
+from cifarlens.training.optim import lr_factor
+
+
+def quick_config(root, out, **overrides):
+    options = {
+        "model": "tutorial",
+        "epochs": 2,
+        "batch_size": 25,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "schedule": "cosine",
+        "augment": "flip",
+        "data_dir": str(root),
+        "download": False,
+        "out": str(out),
+        "precision": "fp32",
+        "evaluate": False,
+        "channels_last": False,
+        "threads": 1,  # tiny batches: two threads spend their time in barriers on this 2-core machine
+    }
+    return build_config(TrainConfig, options | overrides)
+
+
+@pytest.fixture
+def data(cifar_root):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prepare_data(cifar_root, download=False, val_size=50)
+
+
+def test_run_directory_is_complete_and_model_rebuilds(cifar_root, tmp_path, data):
+    cfg = quick_config(cifar_root, tmp_path / "run", evaluate=True, val_size=50)
+    out = train(cfg, data=data)
+    for name in ("config.yaml", "metrics.csv", "model.safetensors", "summary.json", "provenance.json"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(r["val_acc"] and r["test_acc"] for r in rows)
+    spec, meta = read_spec(out / "model.safetensors")
+    assert spec.name == "tutorial" and spec.classes[0] == "airplane" and meta["cifarlens_version"]
+    model, _ = load_run_model(out)
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train"]["epochs"] == 2 and "test" in summary
+    assert (out / "plots" / "confusion_test.png").is_file()
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["packages"]["torch"].startswith("2.14")
+
+
+def test_training_learns_the_synthetic_classes(cifar_root, tmp_path, data):
+    cfg = quick_config(cifar_root, tmp_path / "run", epochs=6, lr=0.05, optimizer="sgd", schedule="onecycle")
+    out = train(cfg, data=data)
+    last = list(csv.DictReader(open(out / "metrics.csv")))[-1]
+    assert float(last["test_acc"]) > 0.5  # chance is 0.1
+
+
+def test_same_seed_same_numbers_and_other_seed_differs(cifar_root, tmp_path, data):
+    a = train(quick_config(cifar_root, tmp_path / "a", seed=3), data=data)
+    b = train(quick_config(cifar_root, tmp_path / "b", seed=3), data=data)
+    c = train(quick_config(cifar_root, tmp_path / "c", seed=4), data=data)
+    wa, wb, wc = (load_file(str(p / "model.safetensors")) for p in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_resume_matches_uninterrupted_run(cifar_root, tmp_path, data):
+    full = train(quick_config(cifar_root, tmp_path / "full", epochs=3, model="seed_bn8", optimizer="adam", lr=1e-3), data=data)
+    part = tmp_path / "part"
+    train(quick_config(cifar_root, part, epochs=3, model="seed_bn8", optimizer="adam", lr=1e-3), data=data)
+    # Simulate a kill after epoch 2: roll the run back to its epoch-2 checkpoint.
+    ckpt = part / "checkpoint"
+    (ckpt / "latest.json").write_text(
+        json.dumps({"epoch": 2, "weights": "epoch-0002.safetensors", "state": "epoch-0002.state.pt"})
+    )
+    (ckpt / "epoch-0003.safetensors").unlink()
+    (part / "model.safetensors").unlink()
+    train(TrainConfig(), resume=part, data=data)
+    wf, wp = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    assert all(torch.equal(wf[k], wp[k]) for k in wf)
+    rows_full = list(csv.DictReader(open(full / "metrics.csv")))
+    rows_part = list(csv.DictReader(open(part / "metrics.csv")))
+    assert [r["test_acc"] for r in rows_full] == [r["test_acc"] for r in rows_part]
+
+
+def test_existing_run_dir_is_not_overwritten(cifar_root, tmp_path, data):
+    out = train(quick_config(cifar_root, tmp_path / "run", epochs=1), data=data)
+    with pytest.raises(RunDirError, match="--resume"):
+        train(quick_config(cifar_root, out, epochs=1), data=data)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(cifar_root, tmp_path, data):
+    # A step schedule that multiplies the lr by 1e12 after epoch 1 makes epoch 2 diverge.
+    out = tmp_path / "run"
+    cfg = quick_config(cifar_root, out, epochs=3, schedule="step", step_epochs=1, step_gamma=1e12)
+    with pytest.raises(TrainingDiverged, match="in epoch 2 .*last good checkpoint kept"):
+        train(cfg, data=data)
+    ckpt = load_checkpoint(out / "checkpoint")
+    assert ckpt.epoch == 1
+    assert all(torch.isfinite(t).all() for t in ckpt.model_state.values())
+    assert not (out / "model.safetensors").exists()
+    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 2  # header + epoch 1
+
+
+def test_bf16_autocast_trains_on_cpu(cifar_root, tmp_path, data):
+    out = train(quick_config(cifar_root, tmp_path / "run", epochs=1, precision="bf16", channels_last=True), data=data)
+    assert json.loads((out / "provenance.json").read_text())["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "onecycle"])
+def test_schedules_start_low_or_flat_and_end_low(schedule):
+    cfg = build_config(TrainConfig, {"schedule": schedule, "epochs": 10, "warmup": 1.0, "step_epochs": 3})
+    factors = [lr_factor(s, 100, 10, cfg) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1)  # warm-up starts at 1/warmup_steps
+    assert max(factors) == pytest.approx(1.0)
+    if schedule == "constant":
+        assert factors[-1] == 1.0
+    else:
+        assert factors[-1] < 0.05
+
+
+def test_recipes_build_valid_configs():
+    from cifarlens.training import RECIPES
+
+    for name in RECIPES:
+        cfg = build_config(TrainConfig, recipe_options(name))
+        assert cfg.epochs > 0
+
+
+def test_tensorboard_logs_every_epoch(cifar_root, tmp_path, data):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = train(quick_config(cifar_root, tmp_path / "run", epochs=2, tensorboard=True), data=data)
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("test_acc")] == [1, 2]
