@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from cifarlens.errors import ConfigError
 
+# Shared by the from-scratch torchvision recipes below.
+_SGD_COSINE: dict[str, object] = {
+    "epochs": 30,
+    "batch_size": 128,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "schedule": "cosine",
+    "warmup": 1.0,
+    "augment": "crop,flip",
+}
+
 RECIPES: dict[str, dict[str, object]] = {
     # The best recipe of the seed reports: seed_bn8, Adam 5e-4, batch 60, 20 epochs -> ~84%.
     "seed": {
@@ -48,48 +62,11 @@ RECIPES: dict[str, dict[str, object]] = {
         "augment": "crop,flip",
     },
     # A standard strong baseline: ResNet-18, SGD+Nesterov 0.1, cosine, 5e-4 weight decay.
-    "resnet18": {
-        "model": "resnet18",
-        "epochs": 30,
-        "batch_size": 128,
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "momentum": 0.9,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "schedule": "cosine",
-        "warmup": 1.0,
-        "label_smoothing": 0.1,
-        "augment": "crop,flip",
-    },
+    "resnet18": {"model": "resnet18"} | _SGD_COSINE | {"lr": 0.1, "label_smoothing": 0.1},
     # MobileNetV2 from scratch with the CIFAR stem: SGD 0.05, cosine, 30 epochs.
-    "mobilenet_v2": {
-        "model": "mobilenet_v2",
-        "epochs": 30,
-        "batch_size": 128,
-        "optimizer": "sgd",
-        "lr": 0.05,
-        "momentum": 0.9,
-        "nesterov": True,
-        "weight_decay": 4e-5,
-        "schedule": "cosine",
-        "warmup": 1.0,
-        "augment": "crop,flip",
-    },
+    "mobilenet_v2": {"model": "mobilenet_v2"} | _SGD_COSINE | {"weight_decay": 4e-5},
     # VGG16 with BatchNorm from scratch: SGD 0.05, cosine, 30 epochs.
-    "vgg16": {
-        "model": "vgg16",
-        "epochs": 30,
-        "batch_size": 128,
-        "optimizer": "sgd",
-        "lr": 0.05,
-        "momentum": 0.9,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "schedule": "cosine",
-        "warmup": 1.0,
-        "augment": "crop,flip",
-    },
+    "vgg16": {"model": "vgg16"} | _SGD_COSINE,
 }
 
 
