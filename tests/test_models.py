@@ -13,6 +13,7 @@ EXPECTED_PARAMS = {
     "resnet18": 11_173_962,
     "mobilenet_v2": 2_236_682,
     "vgg16": 14_990_922,
+    "airnet": 1_971_352,
 }
 
 
@@ -85,3 +86,18 @@ def test_seed_bn8_trains_with_dropout_and_bn():
     loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_airnet_whitening_decorrelates_patches():
+    torch.manual_seed(0)
+    mix = torch.randn(3, 3)  # correlated colour channels
+    images = torch.einsum("dc,nchw->ndhw", mix, torch.randn(512, 3, 32, 32))
+    model = create_model("airnet")
+    model.init_from_data(images)
+    out = torch.nn.functional.conv2d(images, model.whiten.weight[:12])  # one sign of each eigenvector
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = torch.cov(flat.T)
+    assert torch.allclose(cov, torch.eye(12), atol=0.05)
+    assert not model.whiten.weight.requires_grad
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert "blocks.block1.bn1.weight" in frozen  # BatchNorm scale stays 1

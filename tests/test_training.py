@@ -148,3 +148,11 @@ def test_tensorboard_logs_every_epoch(cifar_root, tmp_path, data):
     out = train(quick_config(cifar_root, tmp_path / "run", epochs=2, tensorboard=True), data=data)
     events = EventAccumulator(str(out / "tensorboard")).Reload()
     assert [e.step for e in events.Scalars("test_acc")] == [1, 2]
+
+
+def test_data_dependent_init_runs_on_new_runs(cifar_root, tmp_path, data):
+    out = train(quick_config(cifar_root, tmp_path / "run", model="airnet", epochs=1, batch_size=50,
+                             model_args={"width": 8, "wide": 16}), data=data)  # fmt: skip
+    weights = load_file(str(out / "model.safetensors"))
+    whiten = weights["whiten.weight"]
+    assert torch.equal(whiten[12:], -whiten[:12])  # fitted: each eigenvector with both signs

@@ -1,6 +1,6 @@
 """Model registry and the built-in CIFAR-10 architectures."""
 
-from cifarlens.models import small, torchvision_models  # noqa: F401  (registers the models)
+from cifarlens.models import fast, small, torchvision_models  # noqa: F401  (registers the models)
 from cifarlens.models.registry import create_model, list_models, model_description, model_kwargs, register_model
 from cifarlens.models.summary import count_parameters, summarize
 

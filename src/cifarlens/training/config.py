@@ -42,6 +42,7 @@ class TrainConfig:
     eval_test_every_epoch: bool = True  # score the test split after every epoch for the curves
     tensorboard: bool = False  # also write TensorBoard logs to RUN/tensorboard
     evaluate: bool = True  # run `cifarlens evaluate` on the run when training ends
+    tta: bool = False  # the final evaluation also scores flip test-time augmentation
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for values out of range."""

@@ -114,6 +114,7 @@ def train(
         rows = [r for r in _read_metrics(out / rundir.METRICS) if int(r["epoch"]) <= start_epoch]
         console.print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
     else:
+        _init_from_data(model, data, cfg.seed, device, memory_format)
         save_yaml(to_dict(cfg), out / rundir.CONFIG)
         rundir.write_json(out / rundir.PROVENANCE, rundir.provenance() | {"device": str(device), "precision": precision})
 
@@ -203,8 +204,20 @@ def train(
         from cifarlens.evaluation import evaluate_run
 
         evaluate_run(out, split="test", data=data, device=str(device), console=console)
+        if cfg.tta:
+            evaluate_run(out, split="test", tta=True, data=data, device=str(device), console=console)
     console.print(f"run saved to {out}")
     return out
+
+
+def _init_from_data(model, data: RunData, seed: int, device, memory_format, n: int = 5000) -> None:
+    """Models with data-dependent layers (e.g. airnet's whitening) fit them on up to ``n`` training images."""
+    init = getattr(model, "init_from_data", None)
+    if init is None:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.train), generator=gen)[:n]
+    init(normalize(data.train.images[idx].to(device)).contiguous(memory_format=memory_format))
 
 
 def _score(model, split, spec, device, precision) -> tuple[float, float]:
