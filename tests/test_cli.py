@@ -183,3 +183,17 @@ def test_config_file_and_flag_override(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     saved = (out / "config.yaml").read_text()
     assert "batch_size: 40" in saved and "model: tutorial" in saved and "subset: 200" in saved
+
+
+def test_ctrl_c_names_the_run_to_resume(data_dir, tmp_path):
+    args = ["train", "--model", "tutorial", "--epochs", 50, "--batch-size", 4, "--subset", 2000, "--data-dir", data_dir]
+    proc = subprocess.Popen([sys.executable, "-m", "cifarlens.cli", *map(str, args)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(tmp_path.glob("runs/*/checkpoint/latest.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    run = next(tmp_path.glob("runs/tutorial-*"))
+    assert proc.returncode == 130
+    assert f"continue with cifarlens train --resume {run.relative_to(tmp_path)}" in " ".join(stderr.split())

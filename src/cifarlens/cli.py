@@ -121,6 +121,7 @@ def train(
     """Train a model and write a run directory (config, metrics, weights, evaluation, plots)."""
     from cifarlens.config import build_config, read_yaml
     from cifarlens.training import recipe_options
+    from cifarlens.training.trainer import default_out
     from cifarlens.training.trainer import train as run_training
 
     options = options or {}
@@ -139,15 +140,20 @@ def train(
         options,
         sources=(f"recipe {recipe}", str(config), "options"),
     )
+    if not cfg.out:
+        cfg = dataclasses.replace(cfg, out=default_out(cfg.model))
     _run_interruptible(lambda: run_training(cfg, console=console), cfg.out)
 
 
-def _run_interruptible(fn: Callable[[], Path], out: Any) -> None:
+def _run_interruptible(fn: Callable[[], Path], out: str | Path) -> None:
     try:
         fn()
     except KeyboardInterrupt:
-        where = f" {out}" if out else " RUN"
-        err_console.print(f"[yellow]interrupted:[/] the last finished epoch is checkpointed; continue with cifarlens train --resume{where}")
+        if (Path(out) / "checkpoint" / "latest.json").is_file():
+            message = f"the last finished epoch is checkpointed; continue with cifarlens train --resume {out}"
+        else:
+            message = f"no epoch had finished, so {out} holds no checkpoint; start the run again"
+        err_console.print(f"[yellow]interrupted:[/] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
 

@@ -38,9 +38,14 @@ METRIC_COLUMNS = [
 ]  # fmt: skip
 
 
+def default_out(model: str) -> str:
+    """``runs/MODEL-YYYYmmdd-HHMMSS``: where a run goes without ``--out``."""
+    return str(Path("runs") / f"{model}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
 def new_run_dir(cfg: TrainConfig) -> Path:
     """The run folder for a new run; refuses one that already holds a run."""
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}"
+    out = Path(cfg.out or default_out(cfg.model))
     if (out / rundir.CONFIG).exists():
         raise RunDirError(f"run directory {out} already holds a run; continue it with --resume {out} or pick another --out")
     if out.exists() and not out.is_dir():
