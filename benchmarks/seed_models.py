@@ -30,15 +30,11 @@ import torch
 
 from cifarlens.config import build_config
 from cifarlens.data import prepare_data
-from cifarlens.training import RECIPES, TrainConfig, recipe_options
+from cifarlens.training import TrainConfig, recipe_options
+from cifarlens.training.recipes import recipe_for_model
 from cifarlens.training.trainer import train
 
 SEED_MODELS = ["tutorial", "seed_bn8", "vgg_small", "conv_blocks", "resnet18", "mobilenet_v2", "vgg16"]
-RECIPE_OF = {"seed_bn8": "seed"}
-
-
-def recipe_for(model: str) -> str:
-    return RECIPE_OF.get(model, model if model in RECIPES else "seed")
 
 
 def run(cfg: TrainConfig, data) -> list[dict]:
@@ -51,7 +47,7 @@ def timing(models, subset, data_dir, workdir) -> list[dict]:
     data = prepare_data(data_dir, download=False, subset=subset, seed=0)
     rows = []
     for model in models:
-        row = {"model": model, "recipe": recipe_for(model)}
+        row = {"model": model, "recipe": recipe_for_model(model)}
         for precision in ("fp32", "bf16"):
             cfg = build_config(
                 TrainConfig,
@@ -79,7 +75,7 @@ def accuracy(models, seeds, data_dir, workdir, epochs) -> list[dict]:
                          "data_dir": data_dir, "download": False}  # fmt: skip
             if epochs:
                 overrides["epochs"] = epochs
-            cfg = build_config(TrainConfig, recipe_options(recipe_for(model)), overrides)
+            cfg = build_config(TrainConfig, recipe_options(recipe_for_model(model)), overrides)
             rows = run(cfg, data)
             accs.append(float(rows[-1]["test_acc"]))
             epoch_secs += [float(r["seconds"]) for r in rows]
@@ -87,7 +83,7 @@ def accuracy(models, seeds, data_dir, workdir, epochs) -> list[dict]:
         results.append(
             {
                 "model": model,
-                "recipe": recipe_for(model),
+                "recipe": recipe_for_model(model),
                 "optimizer": cfg.optimizer,
                 "lr": cfg.lr,
                 "batch_size": cfg.batch_size,

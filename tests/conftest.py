@@ -67,7 +67,8 @@ def no_env_data_dir(monkeypatch, tmp_path):
 
 def real_data_dir() -> Path | None:
     value = os.environ.get("CIFARLENS_DATA_DIR")
-    return Path(value) if value else None
+    # Absolute, so tests that run the CLI from another working directory still find it.
+    return Path(value).resolve() if value else None
 
 
 realdata = pytest.mark.skipif(real_data_dir() is None, reason="set CIFARLENS_DATA_DIR to the real CIFAR-10 folder")

@@ -13,7 +13,7 @@ from cifarlens.data import (
     stratified_indices,
     train_val_indices,
 )
-from cifarlens.data.augment import cutout, random_crop, random_flip
+from cifarlens.data.augment import EpochImages, cutout, jpeg_copies, random_crop, random_flip
 from cifarlens.data.batches import iterate_batches
 from cifarlens.data.cifar10 import read_batch
 from cifarlens.errors import ConfigError, DataError
@@ -154,7 +154,7 @@ def test_cutout_zeroes_a_square():
 
 
 def test_unknown_augmentation_lists_valid():
-    with pytest.raises(ConfigError, match="crop, flip, cutout"):
+    with pytest.raises(ConfigError, match="crop, flip, altflip, jpeg, cutout"):
         Augmenter("crop,rotate")
 
 
@@ -178,3 +178,39 @@ def test_real_cifar10_shapes_and_balance():
     assert data.train.labels.bincount().tolist() == [5000] * 10
     assert data.test.labels.bincount().tolist() == [1000] * 10
     assert np.isclose(data.train.images.float().mean().item() / 255, 0.4734, atol=2e-3)
+
+
+def test_altflip_mirrors_every_image_once_per_two_epochs():
+    images = torch.randint(0, 256, (200, 3, 8, 8), dtype=torch.uint8)
+    view = EpochImages(images, "crop,altflip", seed=0)
+    gen = torch.Generator()
+    even, odd = view(0, gen), view(1, gen)
+    flipped_even = (even == images.flip(3)).flatten(1).all(1)
+    flipped_odd = (odd == images.flip(3)).flatten(1).all(1)
+    assert torch.equal(flipped_even, ~flipped_odd)  # each image mirrored in exactly one of the two epochs
+    assert 60 < int(flipped_even.sum()) < 140
+    assert torch.equal(view(2, gen), even) and torch.equal(EpochImages(images, "altflip", seed=0)(0, gen), even)
+    with pytest.raises(ConfigError, match="both flip and altflip"):
+        EpochImages(images, "flip,altflip", seed=0)
+
+
+def test_jpeg_copies_look_like_quality_75_jpeg(cifar_root):
+    images = load_cifar10(cifar_root, download=False).train.images[:64]
+    copies = jpeg_copies(images)
+    assert copies.shape == images.shape and copies.dtype == torch.uint8
+    assert not torch.equal(copies, images)
+    assert (copies.float() - images.float()).abs().mean() < 20  # degraded, not destroyed
+    # JPEG at a fixed quality is nearly idempotent: a second pass changes far less than the first.
+    again = jpeg_copies(copies)
+    assert (again.float() - copies.float()).abs().mean() < 0.5 * (copies.float() - images.float()).abs().mean()
+
+
+def test_jpeg_mix_swaps_about_half_and_is_seeded():
+    images = torch.randint(0, 256, (300, 3, 16, 16), dtype=torch.uint8)
+    view = EpochImages(images, "jpeg", seed=0)
+    a = view(0, torch.Generator().manual_seed(5))
+    b = view(0, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    from_jpeg = (a == view.jpeg).flatten(1).all(1) & ~(a == images).flatten(1).all(1)
+    from_original = (a == images).flatten(1).all(1)
+    assert bool((from_jpeg | from_original).all()) and 100 < int(from_jpeg.sum()) < 200

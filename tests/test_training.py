@@ -122,7 +122,7 @@ def test_bf16_autocast_trains_on_cpu(cifar_root, tmp_path, data):
     assert json.loads((out / "provenance.json").read_text())["precision"] == "bf16"
 
 
-@pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "onecycle"])
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "linear", "onecycle"])
 def test_schedules_start_low_or_flat_and_end_low(schedule):
     cfg = build_config(TrainConfig, {"schedule": schedule, "epochs": 10, "warmup": 1.0, "step_epochs": 3})
     factors = [lr_factor(s, 100, 10, cfg) for s in range(100)]
@@ -156,3 +156,76 @@ def test_data_dependent_init_runs_on_new_runs(cifar_root, tmp_path, data):
     weights = load_file(str(out / "model.safetensors"))
     whiten = weights["whiten.weight"]
     assert torch.equal(whiten[12:], -whiten[:12])  # fitted: each eigenvector with both signs
+
+
+def test_recipes_train_through_the_normal_trainer(cifar_root, tmp_path, data):
+    from cifarlens.training import RECIPES
+
+    tiny = {"airnet": {"width": 8, "wide": 16}}
+    for name in ("fast", "fast90", "fast95", "airbench94"):
+        options = recipe_options(name)
+        options |= {"epochs": 1, "batch_size": 100, "compile": False, "data_dir": str(cifar_root), "download": False,
+                    "out": str(tmp_path / name), "evaluate": False, "threads": 1, "warmup": 0.0}  # fmt: skip
+        options["model_args"] = tiny.get(options["model"], {})
+        if "whiten_bias_epochs" in options:
+            options["whiten_bias_epochs"] = min(options["whiten_bias_epochs"], 1.0)
+        out = train(build_config(TrainConfig, options), data=data)
+        row = next(csv.DictReader(open(out / "metrics.csv")))
+        assert float(row["train_loss"]) > 0 and float(row["test_acc"]) >= 0, name
+    assert "fast" in RECIPES and TrainConfig().recipe == "fast"
+
+
+def test_muon_trains_and_keeps_filters_normalised(cifar_root, tmp_path, data):
+    cfg = quick_config(cifar_root, tmp_path / "run", model="airnet", model_args={"width": 8, "wide": 16},
+                       optimizer="muon", lr=0.2, bias_lr=1.0, head_lr=0.5, momentum=0.85, nesterov=True,
+                       schedule="linear", batch_size=50, epochs=3, channels_last=True)  # fmt: skip
+    out = train(cfg, data=data)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert float(rows[-1]["train_acc"]) > 0.5  # 10 synthetic classes: chance is 0.1
+    weights = load_file(str(out / "model.safetensors"))
+    conv = weights["blocks.block2.conv2.weight"]
+    # Muon rescales each filter bank to norm sqrt(out_channels) before its (unit-scale) update.
+    assert conv.norm().item() == pytest.approx(len(conv) ** 0.5, rel=0.5)
+
+
+def test_orthogonalize_flattens_the_spectrum():
+    from cifarlens.training.muon import orthogonalize
+
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(32, 96, generator=gen) * torch.logspace(-2, 1, 96)  # singular values spread over 3 decades
+    s = torch.linalg.svdvals(orthogonalize(g, steps=5))
+    assert s.min() > 0.3 and s.max() < 1.3  # ~1 everywhere: U S' V^T with S' in about [0.5, 1.2]
+    u, _, vt = torch.linalg.svd(g, full_matrices=False)
+    cosine = torch.nn.functional.cosine_similarity(orthogonalize(g, steps=5).flatten(), (u @ vt).flatten(), dim=0)
+    assert cosine > 0.9
+
+
+def test_whitening_bias_stops_training_after_its_epochs(cifar_root, tmp_path, data):
+    cfg = quick_config(cifar_root, tmp_path / "run", model="airnet", model_args={"width": 8, "wide": 16},
+                       optimizer="muon", lr=0.2, bias_lr=1.0, whiten_bias_epochs=1.0, schedule="linear",
+                       batch_size=50, epochs=3)  # fmt: skip
+    train(cfg, data=data)
+    ckpt = tmp_path / "run" / "checkpoint"
+    after_1 = load_file(str(ckpt / "epoch-0002.safetensors"))["whiten.bias"]
+    final = load_file(str(tmp_path / "run" / "model.safetensors"))["whiten.bias"]
+    assert torch.equal(after_1, final) and not torch.equal(final, torch.zeros_like(final))
+
+
+def test_metrics_report_flops_and_time_per_phase(cifar_root, tmp_path, data):
+    from cifarlens.models import create_model
+    from cifarlens.models.summary import summarize
+
+    out = train(quick_config(cifar_root, tmp_path / "run", epochs=1), data=data)
+    row = next(csv.DictReader(open(out / "metrics.csv")))
+    phases = sum(float(row[k]) for k in ("data_s", "forward_s", "backward_s", "step_s"))
+    assert 0 < phases <= float(row["seconds"]) and float(row["train_clock"]) >= phases
+    macs = summarize(create_model("tutorial"))["total"]["macs"]
+    flops_per_image = float(row["gflops"]) * 1e9 / float(row["images_per_s"])
+    assert 2 * 2 * macs < flops_per_image < 3.1 * 2 * macs  # forward + backward: about 3x the forward FLOPs
+
+
+def test_compiled_training_runs(cifar_root, tmp_path, data):
+    cfg = quick_config(cifar_root, tmp_path / "run", model="airnet", model_args={"width": 8, "wide": 16},
+                       compile=True, epochs=1, batch_size=100, channels_last=True)  # fmt: skip
+    out = train(cfg, data=data)
+    assert float(next(csv.DictReader(open(out / "metrics.csv")))["train_loss"]) > 0

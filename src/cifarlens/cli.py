@@ -121,6 +121,7 @@ def train(
     """Train a model and write a run directory (config, metrics, weights, evaluation, plots)."""
     from cifarlens.config import build_config, read_yaml
     from cifarlens.training import recipe_options
+    from cifarlens.training.recipes import recipe_for_model
     from cifarlens.training.trainer import default_out
     from cifarlens.training.trainer import train as run_training
 
@@ -132,7 +133,10 @@ def train(
         _run_interruptible(lambda: run_training(TrainConfig(), resume=resume, console=console), resume)
         return
     file_options = read_yaml(config) if config else {}
-    recipe = options.get("recipe") or file_options.get("recipe") or TrainConfig.recipe
+    recipe = options.get("recipe") or file_options.get("recipe")
+    model = options.get("model") or file_options.get("model")
+    if not recipe:  # `--model X` alone trains X with the recipe made for it, not the default's airnet settings
+        recipe = recipe_for_model(str(model)) if model else TrainConfig.recipe
     cfg = build_config(
         TrainConfig,
         recipe_options(str(recipe)),

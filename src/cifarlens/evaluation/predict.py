@@ -84,6 +84,7 @@ def predict_logits(
     with torch.inference_mode(), amp:
         for start in range(0, len(images), batch_size):
             x = normalize(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
+            x = x.contiguous(memory_format=torch.channels_last)  # the fast layout for convs on CPU and GPU
             logits = tta_logits(model, x) if tta else model(x).float()
             outputs.append(logits.cpu())
     if not outputs:

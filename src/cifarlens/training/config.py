@@ -11,28 +11,33 @@ from cifarlens.errors import ConfigError
 
 @dataclass
 class TrainConfig:
-    recipe: str = "seed"  # preset the defaults come from (see `cifarlens recipes`); YAML and flags override it
+    recipe: str = "fast"  # preset the defaults come from (see `cifarlens recipes`); without it, --model picks that model's recipe
     model: str = "seed_bn8"  # registered model name (see `cifarlens models`)
     model_args: dict = field(default_factory=dict)  # model keyword arguments as YAML, e.g. '{dropout: 0.2}'
     epochs: int = 20  # passes over the training set
     batch_size: int = 60  # images per optimizer step
-    optimizer: Literal["sgd", "adam", "adamw"] = "adam"  # sgd (with momentum), adam or adamw
-    lr: float = 5e-4  # peak learning rate
-    momentum: float = 0.9  # SGD momentum (beta1 for adam/adamw)
-    nesterov: bool = False  # Nesterov momentum for SGD
+    optimizer: Literal["sgd", "adam", "adamw", "muon"] = "adam"  # sgd (with momentum), adam, adamw, or muon (Muon on conv filters, SGD on the rest)
+    lr: float = 5e-4  # peak learning rate (of the conv filters with muon)
+    bias_lr: float = 0.0  # learning rate of biases and norm shifts (0: --lr)
+    head_lr: float = 0.0  # learning rate of linear-layer weights (0: --lr)
+    momentum: float = 0.9  # SGD momentum (beta1 for adam/adamw; the non-filter groups of muon)
+    muon_momentum: float = 0.6  # muon: momentum of the conv-filter updates
+    nesterov: bool = False  # Nesterov momentum for SGD and muon
     weight_decay: float = 0.0  # L2 weight decay (decoupled for adamw)
-    schedule: Literal["constant", "step", "cosine", "onecycle"] = "constant"  # learning-rate schedule over all steps
+    schedule: Literal["constant", "step", "cosine", "linear", "onecycle"] = "constant"  # learning-rate schedule over all steps (linear: decay to 0)
     step_epochs: int = 10  # step schedule: epochs between decays
     step_gamma: float = 0.1  # step schedule: factor applied at each decay
     warmup: float = 0.0  # epochs of linear warm-up from 0 to --lr (may be fractional)
+    whiten_bias_epochs: float = 0.0  # train a whitening layer's bias (airnet) only over the first N epochs, its lr decaying to 0 (0: all epochs; models without one ignore it)
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
-    augment: str = "crop,flip"  # comma-separated list of crop, flip, cutout; or none
+    augment: str = "crop,flip"  # comma-separated list of crop, flip, altflip (alternating mirror per epoch), jpeg (JPEG q75 copies), cutout; or none
     crop_padding: int = 4  # pixels of reflect padding for random crops
     cutout_size: int = 8  # side of the square cutout erases
     seed: int = 0  # seed for weights, data order and augmentation
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto picks cuda, then mps, then cpu
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32
     channels_last: bool = True  # channels-last memory format for conv nets (faster convs on CPU and GPU)
+    compile: bool = False  # torch.compile the model for training (Inductor): faster steps after a slow first one
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
     subset: int = 0  # train on a stratified subset of N images (0: all); also caps the test split at N
     val_size: int = 0  # hold out N training images as a validation split for tuning (0: none)
@@ -52,6 +57,10 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
         non_negative = {
             "momentum": self.momentum,
+            "muon_momentum": self.muon_momentum,
+            "bias_lr": self.bias_lr,
+            "head_lr": self.head_lr,
+            "whiten_bias_epochs": self.whiten_bias_epochs,
             "weight_decay": self.weight_decay,
             "warmup": self.warmup,
             "crop_padding": self.crop_padding,

@@ -8,20 +8,49 @@ import torch
 from torch import nn
 
 from cifarlens.training.config import TrainConfig
+from cifarlens.training.muon import Muon
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Trainable parameters split into filters (conv, ndim 4), linear weights (ndim 2) and
+    biases/norm shifts (ndim <= 1), each with its learning rate; weight decay skips the biases.
+
+    A model's whitening bias (airnet) gets a group of its own when ``cfg.whiten_bias_epochs`` is set.
+    """
+    whiten_bias = _whiten_bias(model) if cfg.whiten_bias_epochs else None
+    filters, linear, biases = [], [], []
+    for param in model.parameters():
+        if not param.requires_grad or param is whiten_bias:
+            continue
+        (filters if param.ndim > 2 else linear if param.ndim == 2 else biases).append(param)
+    bias_lr = cfg.bias_lr or cfg.lr
+    groups = [
+        {"params": filters, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "muon": cfg.optimizer == "muon"},
+        {"params": linear, "lr": cfg.head_lr or cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": biases, "lr": bias_lr, "weight_decay": 0.0},
+    ]
+    if whiten_bias is not None:
+        groups.append({"params": [whiten_bias], "lr": bias_lr, "weight_decay": 0.0, "stop_epoch": cfg.whiten_bias_epochs})
+    return [g for g in groups if g["params"]]
+
+
+def _whiten_bias(model: nn.Module) -> nn.Parameter | None:
+    bias = getattr(getattr(model, "whiten", None), "bias", None)
+    return bias if isinstance(bias, nn.Parameter) and bias.requires_grad else None
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov), Adam or AdamW; no weight decay on norms and biases."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """SGD (momentum, optional Nesterov), Adam, AdamW, or Muon on filters with SGD on the rest."""
+    groups = param_groups(model, cfg)
+    nesterov = cfg.nesterov and cfg.momentum > 0
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
+    if cfg.optimizer == "muon":
+        for group in groups:
+            group["momentum"] = cfg.muon_momentum if group.get("muon") else cfg.momentum
+        return Muon(groups, lr=cfg.lr, nesterov=nesterov)
+    for group in groups:
+        group.pop("muon", None)
     betas = (cfg.momentum, 0.999)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=betas)
@@ -29,7 +58,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
-    """Multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based) of ``total_steps``."""
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based) of ``total_steps``."""
     warmup_steps = round(cfg.warmup * steps_per_epoch)
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -41,19 +70,31 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfi
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     if cfg.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
-    # onecycle: linear rise over the first 25% (unless a warm-up is given), then linear decay to 0.
-    if warmup_steps == 0:
-        peak = 0.25
-        step_frac = step / max(1, total_steps)
-        return max(step_frac / peak, 1e-3) if step_frac < peak else (1 - step_frac) / (1 - peak)
-    return 1 - progress
+    if cfg.schedule == "linear" or warmup_steps:
+        return 1 - progress
+    # onecycle without a warm-up: linear rise over the first 25%, then linear decay to 0.
+    peak = 0.25
+    step_frac = step / max(1, total_steps)
+    return max(step_frac / peak, 1e-3) if step_frac < peak else (1 - step_frac) / (1 - peak)
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` stepped once per optimizer step over ``cfg.epochs`` epochs."""
+    """A ``LambdaLR`` stepped once per optimizer step over ``cfg.epochs`` epochs.
+
+    Groups with a ``stop_epoch`` decay linearly to 0 by then, whatever ``cfg.schedule`` says.
+    """
     total = cfg.epochs * steps_per_epoch
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, steps_per_epoch, cfg)
-    )
+
+    def main(step: int) -> float:
+        return lr_factor(step, total, steps_per_epoch, cfg)
+
+    def stopping(stop_steps: int):
+        return lambda step: max(0.0, 1 - step / stop_steps)
+
+    lambdas = [
+        stopping(max(1, round(g["stop_epoch"] * steps_per_epoch))) if "stop_epoch" in g else main
+        for g in optimizer.param_groups
+    ]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

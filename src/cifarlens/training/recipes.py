@@ -18,26 +18,42 @@ _SGD_COSINE: dict[str, object] = {
     "augment": "crop,flip",
 }
 
+# Our transcription of airbench94_muon (Jordan 2024) to this trainer, for comparisons:
+# batch 2000, 8 epochs, Muon (lr 0.24, momentum 0.6) on conv filters, Nesterov SGD
+# (momentum 0.85) on biases and head, whitening bias trained for 3 epochs, linear decay,
+# label smoothing 0.2, alternating flip, 2-pixel translations, mirror TTA. Its sum-reduced
+# loss is restated for our mean loss: bias lr 0.053 * 2000; the head lr and decay are
+# rescaled to airnet's head (logits / 9 instead of a unit-std weight / 256).
+_AIRBENCH94: dict[str, object] = {
+    "model": "airnet",
+    "epochs": 8,
+    "batch_size": 2000,
+    "optimizer": "muon",
+    "lr": 0.24,
+    "muon_momentum": 0.6,
+    "momentum": 0.85,
+    "nesterov": True,
+    "bias_lr": 106.0,
+    "head_lr": 1.66,
+    "weight_decay": 0.0024,
+    "whiten_bias_epochs": 3.0,
+    "schedule": "linear",
+    "warmup": 0.0,
+    "label_smoothing": 0.2,
+    "augment": "crop,altflip",
+    "crop_padding": 2,
+    "tta": True,
+}
+
 RECIPES: dict[str, dict[str, object]] = {
-    # airnet with airbench-style hyperparameters, restated for a mean-reduced loss: airbench's
-    # sum-loss lr 11.5 / (1024 * (1 + 1 / (1 - 0.85))) times the batch gives ~1.5, and its
-    # decay per step (lr * wd) is kept. Being tuned on this CPU (issue 4): not yet the default.
-    "fast": {
-        "model": "airnet",
-        "epochs": 10,
-        "batch_size": 1024,
-        "optimizer": "sgd",
-        "lr": 1.5,
-        "momentum": 0.85,
-        "nesterov": True,
-        "weight_decay": 2e-6,
-        "schedule": "onecycle",
-        "warmup": 2.0,
-        "label_smoothing": 0.2,
-        "augment": "crop,flip",
-        "crop_padding": 2,
-        "tta": True,
-    },
+    # The default: airbench94's recipe at a quarter of its width and 6 epochs, with what pays
+    # on a CPU and on this test set (BENCHMARKS.md): JPEG copies in the training mix, torch.compile.
+    "fast": _AIRBENCH94 | {"augment": "crop,altflip,jpeg", "compile": True, "model_args": {"width": 32, "wide": 128}, "epochs": 6},
+    # Cheaper point on the curve: the same net for 4 epochs.
+    "fast90": _AIRBENCH94 | {"augment": "crop,altflip,jpeg", "compile": True, "model_args": {"width": 32, "wide": 128}, "epochs": 4},
+    # Dearer point: airbench94's full width and 8 epochs, with the JPEG mix.
+    "fast95": _AIRBENCH94 | {"augment": "crop,altflip,jpeg", "compile": True},
+    "airbench94": _AIRBENCH94,
     # The best recipe of the seed reports: seed_bn8, Adam 5e-4, batch 60, 20 epochs -> ~84%.
     "seed": {
         "model": "seed_bn8",
@@ -87,6 +103,13 @@ RECIPES: dict[str, dict[str, object]] = {
     # VGG16 with BatchNorm from scratch: SGD 0.05, cosine, 30 epochs.
     "vgg16": {"model": "vgg16"} | _SGD_COSINE,
 }
+
+
+def recipe_for_model(model: str) -> str:
+    """The recipe made for ``model``: the one named after it, else the first that trains it, else ``seed``."""
+    if model in RECIPES:
+        return model
+    return next((name for name, options in RECIPES.items() if options.get("model") == model), "seed")
 
 
 def recipe_options(name: str) -> dict[str, object]:

@@ -7,8 +7,10 @@ continues a killed run and, with the same seed, ends with the same numbers.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
+import logging
 import math
 import time
 from datetime import datetime
@@ -21,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cifarlens import run as rundir
 from cifarlens.config import build_config, read_yaml, save_yaml, to_dict
-from cifarlens.data import Augmenter, RunData, iterate_batches, normalize, num_batches, prepare_data
+from cifarlens.data import Augmenter, EpochImages, RunData, Split, iterate_batches, normalize, num_batches, prepare_data
 from cifarlens.data.augment import CIFAR10_MEAN, CIFAR10_STD
 from cifarlens.errors import ConfigError, RunDirError, TrainingDiverged
 from cifarlens.evaluation.predict import predict_logits
@@ -34,7 +36,8 @@ from cifarlens.training.optim import build_optimizer, build_scheduler
 
 METRIC_COLUMNS = [
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-    "lr", "seconds", "images_per_s", "elapsed",
+    "lr", "seconds", "images_per_s", "elapsed", "train_clock", "gflops",
+    "data_s", "forward_s", "backward_s", "step_s",
 ]  # fmt: skip
 
 
@@ -71,6 +74,7 @@ def train(
 ) -> Path:
     """Train as ``cfg`` says (or continue the run at ``resume``); return the run directory."""
     console = console or Console()
+    started = time.perf_counter()
     if resume is not None:
         out = Path(resume)
         cfg = load_run_config(out)
@@ -128,8 +132,18 @@ def train(
         f"{len(data.val) if data.val else 0} val / {len(data.test)} test images, {cfg.epochs} epochs -> {out}"
     )
     augment = Augmenter(cfg.augment, cfg.crop_padding, cfg.cutout_size)
+    epoch_images = EpochImages(data.train.images, cfg.augment, cfg.seed)
+    flops_per_image = training_flops_per_image(model, data.train.images[:2], device, memory_format, precision)
+    if cfg.compile and device.type == "cpu":
+        # Inductor's C++ toolchain probe warns "No CUDA runtime is found" on every CPU-only machine.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    forward = torch.compile(model) if cfg.compile else model
     writer = _tensorboard(out) if cfg.tensorboard else None
     elapsed = float(rows[-1]["elapsed"]) if rows else 0.0
+    # Seconds since the run started, without the per-epoch evaluations: what time-to-accuracy counts.
+    train_clock = float(rows[-1].get("train_clock") or 0.0) if rows else 0.0
+    train_clock += time.perf_counter() - started
+    phase_timing = device.type == "cpu"  # CPU ops are synchronous, so wall clocks split the step honestly
 
     for epoch in range(start_epoch, cfg.epochs):
         # Data order and augmentation draw from a per-epoch generator, so a resumed run
@@ -140,18 +154,24 @@ def train(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
+        phases = dict.fromkeys(("data_s", "forward_s", "backward_s", "step_s"), 0.0)
         with _progress(console) as progress:
             task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, loss=math.nan, acc=0.0, ips=0.0)
-            batches = iterate_batches(data.train, batch_size, shuffle=True, generator=gen, drop_last=drop_last)
+            train_split = Split(epoch_images(epoch, gen), data.train.labels)
+            batches = iterate_batches(train_split, batch_size, shuffle=True, generator=gen, drop_last=drop_last)
+            tick = time.perf_counter()
             for step, (images, labels) in enumerate(batches):
                 images = augment(images, gen)
                 x = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
                 y = labels.to(device, non_blocking=True)
+                tick = _lap(phases, "data_s", tick)
                 with autocast(device, precision):
-                    logits = model(x)
+                    logits = forward(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                tick = _lap(phases, "forward_s", tick)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                tick = _lap(phases, "backward_s", tick)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -171,14 +191,20 @@ def train(
                         task, completed=step + 1, loss=mean_loss, acc=correct.item() / seen,
                         ips=seen / (time.perf_counter() - t0),
                     )  # fmt: skip
+                tick = _lap(phases, "step_s", tick)
         train_seconds = time.perf_counter() - t0
+        train_clock += train_seconds
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum.item() / seen,
             "train_acc": correct.item() / seen,
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": seen / train_seconds,
+            "train_clock": train_clock,
+            "gflops": flops_per_image * seen / train_seconds / 1e9,
         }
+        if phase_timing:
+            row |= phases
         if data.val is not None:
             row["val_loss"], row["val_acc"] = _score(model, data.val, spec, device, precision)
         if cfg.eval_test_every_epoch or epoch + 1 == cfg.epochs:
@@ -213,6 +239,26 @@ def train(
             evaluate_run(out, split="test", tta=True, data=data, device=str(device), console=console)
     console.print(f"run saved to {out}")
     return out
+
+
+def _lap(phases: dict[str, float], name: str, since: float) -> float:
+    now = time.perf_counter()
+    phases[name] += now - since
+    return now
+
+
+def training_flops_per_image(model, images, device, memory_format, precision) -> float:
+    """FLOPs of one forward + backward pass per image (torch's FlopCounterMode, on a copy of the model)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    probe = copy.deepcopy(model).train()
+    x = normalize(images.to(device)).contiguous(memory_format=memory_format)
+    # fork_rng: the probe's dropout must not move the RNG stream a resumed run restores.
+    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
+        with autocast(device, precision):
+            out = probe(x)
+        out.float().sum().backward()
+    return counter.get_total_flops() / len(images)
 
 
 def _init_from_data(model, data: RunData, seed: int, device, memory_format, n: int = 5000) -> None:
