@@ -5,7 +5,8 @@ its wall time is measured around the whole process (start-up, data, JPEG copies,
 compilation, training, final evaluation with TTA). From the run directory it reads:
 
 * the final test accuracy (TTA when the recipe uses it);
-* the seconds until the per-epoch test accuracy first reaches each ``--targets`` value,
+* the seconds until the per-epoch test accuracy first reaches each ``--targets`` value and
+  the reference recipe's mean accuracy (the bar our recipes must reach),
   counted on the run's training clock (``train_clock``: everything but the per-epoch
   evaluations, which only exist to draw the curve); the final TTA score counts at the
   time the run ends;
@@ -187,6 +188,9 @@ def main() -> None:
     by_recipe: dict[str, list[dict]] = {}
     for r in stored["runs"]:
         by_recipe.setdefault(r["recipe"], []).append(r)
+    if args.reference in by_recipe:  # the bar of the issue: the reference recipe's own accuracy on this test set
+        reference_acc = statistics.mean(r["test_acc"] for r in by_recipe[args.reference])
+        targets = sorted(set(targets) | {round(reference_acc - 0.0005, 3)})
     stored |= {
         "date": str(date.today()),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",

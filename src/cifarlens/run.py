@@ -50,6 +50,7 @@ class ModelSpec:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    image_size: int = 32  # side the model is fed at: CIFAR images are resized to it (pretrained backbones)
 
     def to_metadata(self) -> dict[str, str]:
         from cifarlens import __version__
@@ -63,6 +64,7 @@ class ModelSpec:
             "classes": json.dumps(list(self.classes)),
             "mean": json.dumps(list(self.mean)),
             "std": json.dumps(list(self.std)),
+            "image_size": str(self.image_size),
         }
 
     @classmethod
@@ -75,6 +77,7 @@ class ModelSpec:
                 classes=tuple(json.loads(meta["classes"])),
                 mean=tuple(json.loads(meta["mean"])),
                 std=tuple(json.loads(meta["std"])),
+                image_size=int(meta.get("image_size", 32)),
             )
         except (KeyError, ValueError, TypeError):
             raise RunDirError(
