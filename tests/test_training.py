@@ -64,7 +64,7 @@ def test_run_directory_is_complete_and_model_rebuilds(cifar_root, tmp_path, data
 
 
 def test_training_learns_the_synthetic_classes(cifar_root, tmp_path, data):
-    cfg = quick_config(cifar_root, tmp_path / "run", epochs=6, lr=0.05, optimizer="sgd", schedule="onecycle")
+    cfg = quick_config(cifar_root, tmp_path / "run", epochs=6, lr=0.02, optimizer="sgd", schedule="onecycle")  # 0.05 diverged at the one-cycle peak
     out = train(cfg, data=data)
     last = list(csv.DictReader(open(out / "metrics.csv")))[-1]
     assert float(last["test_acc"]) > 0.5  # chance is 0.1
