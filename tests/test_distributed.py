@@ -22,9 +22,7 @@ SETTINGS = {
     "threads": 1, "precision": "fp32", "download": False, "evaluate": False,
 }  # fmt: skip
 OPTIONS = [
-    arg
-    for k, v in SETTINGS.items()
-    for arg in ([f"--no-{k}"] if v is False else [f"--{k.replace('_', '-')}", str(v)])
+    arg for k, v in SETTINGS.items() for arg in ([f"--no-{k}"] if v is False else [f"--{k.replace('_', '-')}", str(v)])
 ]
 
 
@@ -93,7 +91,13 @@ def test_distributed_without_torchrun_says_how_to_launch(cifar_root, tmp_path, m
     monkeypatch.delenv("RANK", raising=False)
     cfg = build_config(
         TrainConfig,
-        {"model": "tutorial", "distributed": True, "data_dir": str(cifar_root), "download": False, "out": str(tmp_path / "r")},
+        {
+            "model": "tutorial",
+            "distributed": True,
+            "data_dir": str(cifar_root),
+            "download": False,
+            "out": str(tmp_path / "r"),
+        },
     )
     with pytest.raises(ConfigError, match="torchrun --nproc_per_node N -m cifarlens.cli train --distributed"):
         train(cfg)

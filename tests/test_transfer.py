@@ -109,7 +109,9 @@ def test_failed_download_names_the_file_and_the_folder(tmp_path, monkeypatch):
         raise urllib.error.URLError("network is unreachable")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    with pytest.raises(WeightsUnavailable, match=r"mobilenet_v2-7ebf99e0\.pth.*network is unreachable.*hub/checkpoints"):
+    with pytest.raises(
+        WeightsUnavailable, match=r"mobilenet_v2-7ebf99e0\.pth.*network is unreachable.*hub/checkpoints"
+    ):
         create_model("mobilenet_v2", pretrained=True)
 
 
@@ -207,7 +209,7 @@ def test_freeze_backbone_keeps_the_head_and_bad_layers_are_named():
 def test_config_rejects_pretrained_misuse():
     with pytest.raises(ConfigError, match="model 'tutorial' has no pretrained weights; use one of .*resnet18"):
         build_config(TrainConfig, {"model": "tutorial", "pretrained": True})
-    with pytest.raises(ConfigError, match="pass --pretrained instead"):
+    with pytest.raises(ConfigError, match="pass --pretrained, not pretrained in --model-args"):
         build_config(TrainConfig, {"model": "resnet18", "model_args": {"pretrained": True}})
     with pytest.raises(ConfigError, match="--image-size must be between 16 and 512"):
         build_config(TrainConfig, {"model": "tutorial", "image_size": 8})
@@ -221,7 +223,9 @@ def tutorial_run(cifar_root, data, tmp_path_factory):
     return train(quick_config(cifar_root, out, epochs=2), data=data)
 
 
-def test_features_from_a_run_fits_logistic_regression_that_evaluate_reproduces(cifar_root, data, tutorial_run, tmp_path):
+def test_features_from_a_run_fits_logistic_regression_that_evaluate_reproduces(
+    cifar_root, data, tutorial_run, tmp_path
+):
     out = train(quick_config(cifar_root, tmp_path / "probe", features_from=str(tutorial_run), evaluate=True), data=data)
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == 1 and rows[0]["test_acc"] and rows[0]["train_acc"]
@@ -276,7 +280,9 @@ def test_timm_pretrained_from_the_hub_cache_and_offline_error(tmp_path, monkeypa
 
     monkeypatch.setenv("CIFARLENS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(WeightsUnavailable, match=r"model\.safetensors of Hugging Face repo timm/test_resnet\.r160_in1k.*empty"):
+    with pytest.raises(
+        WeightsUnavailable, match=r"model\.safetensors of Hugging Face repo timm/test_resnet\.r160_in1k.*empty"
+    ):
         create_model("timm:test_resnet.r160_in1k", pretrained=True)
     torch.manual_seed(5)
     state = timm.create_model("test_resnet.r160_in1k").state_dict()

@@ -92,6 +92,7 @@ def predict_logits(
             outputs.append(logits.cpu())
     if not outputs:
         with torch.inference_mode(), amp:  # empty input: ask the model for its number of classes
-            c = model(model_input(torch.zeros(1, *images.shape[1:], dtype=torch.uint8, device=device), mean, std, image_size)).shape[1]
+            blank = torch.zeros(1, *images.shape[1:], dtype=torch.uint8, device=device)
+            c = model(model_input(blank, mean, std, image_size)).shape[1]
         return torch.empty(0, c, dtype=torch.float32)
     return torch.cat(outputs)

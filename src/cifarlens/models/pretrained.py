@@ -29,7 +29,9 @@ class WeightsUnavailable(CifarlensError):
 
 def offline() -> bool:
     """True when ``CIFARLENS_OFFLINE`` or ``HF_HUB_OFFLINE`` asks for no downloads."""
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("CIFARLENS_OFFLINE", "HF_HUB_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("CIFARLENS_OFFLINE", "HF_HUB_OFFLINE")
+    )
 
 
 def hub_weights_path(weights) -> Path:
@@ -45,12 +47,16 @@ def torchvision_state_dict(weights) -> dict[str, torch.Tensor]:
     path = hub_weights_path(weights)
     where = f"save {weights.url} as {path} (the folder is $TORCH_HOME/hub/checkpoints)"
     if not path.is_file() and offline():
-        raise WeightsUnavailable(f"pretrained weights {path.name} ({weights}) are not cached and downloads are off; {where}")
+        raise WeightsUnavailable(
+            f"pretrained weights {path.name} ({weights}) are not cached and downloads are off; {where}"
+        )
     try:
         return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except (OSError, RuntimeError) as err:  # URLError is an OSError; a bad hash or a corrupt file a RuntimeError
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise WeightsUnavailable(f"could not get pretrained weights {path.name} ({weights}): {reason}; {where}") from None
+        raise WeightsUnavailable(
+            f"could not get pretrained weights {path.name} ({weights}): {reason}; {where}"
+        ) from None
 
 
 def load_pretrained(model: nn.Module, weights) -> nn.Module:

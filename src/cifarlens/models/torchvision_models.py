@@ -96,7 +96,7 @@ def mobilenet_v2(
 
 @register_model
 def vgg16(num_classes: int = 10, batch_norm: bool = True, dropout: float = 0.5, pretrained: bool = False) -> nn.Module:
-    """torchvision VGG16 (Simonyan & Zisserman 2015), optional BatchNorm, 512-512-classes CIFAR head; ImageNet features."""
+    """torchvision VGG16 (Simonyan & Zisserman 2015), optional BatchNorm, 512-512-classes CIFAR head; ImageNet weights."""
     model = (tvm.vgg16_bn if batch_norm else tvm.vgg16)(weights=None)
     if pretrained:
         load_pretrained(model, tvm.VGG16_BN_Weights.DEFAULT if batch_norm else tvm.VGG16_Weights.DEFAULT)

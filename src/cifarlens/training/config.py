@@ -95,7 +95,7 @@ class TrainConfig:
         accepted = model_kwargs(self.model)  # also rejects unknown model names
         unknown = sorted(set(self.model_args) - set(accepted))
         if "pretrained" in self.model_args:
-            raise ConfigError("pass --pretrained instead of pretrained in --model-args (runs are rebuilt without hub weights)")
+            raise ConfigError("pass --pretrained, not pretrained in --model-args (runs are rebuilt without hub weights)")
         if self.pretrained and "pretrained" not in accepted:
             have = [name for name in list_models() if "pretrained" in model_kwargs(name)]
             raise ConfigError(

@@ -44,7 +44,7 @@ def setup(enabled: bool, device: torch.device) -> tuple[Context, torch.device]:
         return Context(), device
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise ConfigError(f"--distributed needs the processes torchrun starts; run {TORCHRUN_HINT}")
-    ctx = Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    ctx = Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)

@@ -125,7 +125,9 @@ def linear_probe(cfg: TrainConfig, *, console: Console, data: RunData | None = N
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if data is None:
-        data = prepare_data(cfg.data_dir or None, download=cfg.download, subset=cfg.subset, val_size=cfg.val_size, seed=cfg.seed)
+        data = prepare_data(
+            cfg.data_dir or None, download=cfg.download, subset=cfg.subset, val_size=cfg.val_size, seed=cfg.seed
+        )
     model, spec = probe_source(cfg, data.classes, device)
     head = last_linear(model)
     if head.bias is None:

@@ -24,7 +24,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cifarlens import run as rundir
 from cifarlens.config import build_config, read_yaml, save_yaml, to_dict
-from cifarlens.data import Augmenter, EpochImages, RunData, Split, iterate_batches, model_input, num_batches, prepare_data
+from cifarlens.data import (
+    Augmenter,
+    EpochImages,
+    RunData,
+    Split,
+    iterate_batches,
+    model_input,
+    num_batches,
+    prepare_data,
+)
 from cifarlens.errors import ConfigError, RunDirError, TrainingDiverged
 from cifarlens.evaluation.predict import predict_logits
 from cifarlens.io import atomic_write_text
@@ -314,13 +323,15 @@ def _init_from_data(model, data: RunData, spec, seed: int, device, memory_format
         return
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train), generator=gen)[:n]
-    init(model_input(data.train.images[idx].to(device), spec.mean, spec.std, spec.image_size).contiguous(memory_format=memory_format))
+    x = model_input(data.train.images[idx].to(device), spec.mean, spec.std, spec.image_size)
+    init(x.contiguous(memory_format=memory_format))
 
 
 def _score(model, split, spec, device, precision) -> tuple[float, float]:
     logits = predict_logits(
-        model, split.images, mean=spec.mean, std=spec.std, image_size=spec.image_size, device=str(device), precision=precision
-    )
+        model, split.images, mean=spec.mean, std=spec.std, image_size=spec.image_size,
+        device=str(device), precision=precision,
+    )  # fmt: skip
     loss = F.cross_entropy(logits, split.labels).item()
     acc = (logits.argmax(1) == split.labels).float().mean().item()
     train_mode(model)

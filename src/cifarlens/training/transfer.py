@@ -45,7 +45,9 @@ def parse_freeze(spec: str) -> tuple[str, str | None]:
         return spec, None
     if spec.startswith("until:") and spec[len("until:") :].strip():
         return "until", spec[len("until:") :].strip()
-    raise ConfigError(f"invalid --freeze {spec!r}; use none, backbone or until:LAYER (a module name, e.g. until:layer2)")
+    raise ConfigError(
+        f"invalid --freeze {spec!r}; use none, backbone or until:LAYER (a module name, e.g. until:layer2)"
+    )
 
 
 def head_name(model: nn.Module) -> str:
@@ -55,7 +57,9 @@ def head_name(model: nn.Module) -> str:
         if isinstance(child, nn.Linear) or any(isinstance(m, nn.Linear) for m in child.modules()):
             last = name
     if last is None:
-        raise ConfigError(f"{type(model).__name__} has no Linear layer, so it has no head to keep trainable; use --freeze none")
+        raise ConfigError(
+            f"{type(model).__name__} has no Linear layer, so it has no head to keep trainable; use --freeze none"
+        )
     return last
 
 
