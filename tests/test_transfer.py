@@ -217,6 +217,12 @@ def test_config_rejects_pretrained_misuse():
         create_model("resnet18", pretrained=True)
 
 
+def test_a_model_that_cannot_take_the_image_size_stops_before_writing(cifar_root, data, tmp_path):
+    with pytest.raises(ConfigError, match="model tutorial does not take 64x64 inputs"):
+        train(quick_config(cifar_root, tmp_path / "run", image_size=64), data=data)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
 @pytest.fixture(scope="module")
 def tutorial_run(cifar_root, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tutorial"

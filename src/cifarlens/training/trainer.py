@@ -153,6 +153,12 @@ def _train(cfg: TrainConfig, ctx, device, resume, console: Console, data: RunDat
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
+    try:
+        flops_per_image = training_flops_per_image(model, data.train.images[:2], spec, device, memory_format, precision)
+    except RuntimeError as err:  # the first forward pass, before the run is written: a fixed-size head
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"model {cfg.model} does not take {spec.image_size}x{spec.image_size} inputs ({reason}); "
+                          "pick another --image-size or a model with global pooling") from None
     start_epoch, rows = 0, []
     if resume is not None:
         ckpt = load_checkpoint(out / rundir.CHECKPOINT)
@@ -181,7 +187,6 @@ def _train(cfg: TrainConfig, ctx, device, resume, console: Console, data: RunDat
         console.print(f"--freeze {cfg.freeze}: {len(frozen)} tensors frozen, {trainable:,} parameters trained")
     augment = Augmenter(cfg.augment, cfg.crop_padding, cfg.cutout_size)
     epoch_images = EpochImages(data.train.images, cfg.augment, cfg.seed)
-    flops_per_image = training_flops_per_image(model, data.train.images[:2], spec, device, memory_format, precision)
     if cfg.compile and device.type == "cpu":
         # Inductor's C++ toolchain probe warns "No CUDA runtime is found" on every CPU-only machine.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
