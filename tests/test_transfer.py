@@ -17,6 +17,7 @@ import pytest
 import torch
 import torchvision.models as tvm
 from safetensors.torch import load_file
+from test_training import quick_config as training_config
 
 from cifarlens.config import build_config
 from cifarlens.data import model_input, prepare_data
@@ -31,22 +32,8 @@ from cifarlens.training.transfer import freeze, head_name, train_mode
 
 
 def quick_config(root, out, **overrides):
-    options = {
-        "model": "tutorial",
-        "epochs": 1,
-        "batch_size": 50,
-        "optimizer": "sgd",
-        "lr": 0.05,
-        "augment": "flip",
-        "data_dir": str(root),
-        "download": False,
-        "out": str(out),
-        "precision": "fp32",
-        "evaluate": False,
-        "channels_last": False,
-        "threads": 1,
-    }
-    return build_config(TrainConfig, options | overrides)
+    """test_training's tiny tutorial config: one epoch of 50-image batches unless overridden."""
+    return training_config(root, out, **({"epochs": 1, "batch_size": 50, "schedule": "constant"} | overrides))
 
 
 @pytest.fixture(scope="module")

@@ -120,9 +120,13 @@ def _train(cfg: TrainConfig, ctx, device, resume, console: Console, data: RunDat
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if data is None:
+        if not ctx.main:  # rank 0 downloads a missing dataset alone; the others read it after
+            distributed.barrier(ctx)
         data = prepare_data(
             cfg.data_dir or None, download=cfg.download, subset=cfg.subset, val_size=cfg.val_size, seed=cfg.seed
         )
+        if ctx.main:
+            distributed.barrier(ctx)
     if len(data.train) < 2:
         raise ConfigError("the training split has fewer than 2 images; use a larger --subset")
 
