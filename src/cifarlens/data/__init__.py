@@ -1,6 +1,14 @@
 """CIFAR-10 as uint8 tensors, splits, batched augmentation."""
 
-from cifarlens.data.augment import CIFAR10_MEAN, CIFAR10_STD, Augmenter, EpochImages, normalize, parse_augment
+from cifarlens.data.augment import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    Augmenter,
+    EpochImages,
+    model_input,
+    normalize,
+    parse_augment,
+)
 from cifarlens.data.batches import iterate_batches, num_batches
 from cifarlens.data.cifar10 import CLASSES, Cifar10, Split, load_cifar10, resolve_data_dir
 from cifarlens.data.prepare import RunData, prepare_data
@@ -18,6 +26,7 @@ __all__ = [
     "prepare_data",
     "iterate_batches",
     "load_cifar10",
+    "model_input",
     "normalize",
     "num_batches",
     "parse_augment",

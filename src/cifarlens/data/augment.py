@@ -33,6 +33,25 @@ def normalize(
     return (images.to(dtype) / 255 - m) / s
 
 
+def model_input(
+    images: torch.Tensor,
+    mean: tuple[float, ...] = CIFAR10_MEAN,
+    std: tuple[float, ...] = CIFAR10_STD,
+    image_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> what a model is fed: normalised float (N, 3, S, S), S = ``image_size`` (None: H).
+
+    The one place train, evaluate and every reader of a run resize: bilinear, antialiased when
+    shrinking. Normalising first gives the same result (per-channel affine maps commute with it).
+    """
+    x = normalize(images, mean, std, dtype)
+    if image_size and tuple(x.shape[-2:]) != (image_size, image_size):
+        shrink = image_size < max(x.shape[-2:])
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=shrink)
+    return x
+
+
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Pad each side by ``padding`` (reflect) and crop back at a random offset per image.
 

@@ -90,7 +90,7 @@ def evaluate_run(
 
     t0 = time.perf_counter()
     logits = predict_logits(
-        model, chosen.images, mean=spec.mean, std=spec.std,
+        model, chosen.images, mean=spec.mean, std=spec.std, image_size=spec.image_size,
         batch_size=batch_size, device=device, precision=precision, tta=tta,
     )  # fmt: skip
     seconds = time.perf_counter() - t0

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from cifarlens.data.augment import normalize
+from cifarlens.data.augment import model_input
 from cifarlens.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -66,8 +66,11 @@ def predict_logits(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     tta: bool = False,
+    image_size: int | None = None,
 ) -> torch.Tensor:
     """Logits of ``model`` for uint8 ``images`` (N, 3, H, W): float32 (N, C) on the CPU.
+
+    ``image_size`` resizes each batch as the model was trained (``ModelSpec.image_size``; None: as given).
 
     Puts the model in eval mode (callers that keep training must call ``model.train()``
     again) and moves it to ``device``. ``precision`` "bf16" autocasts on cpu/cuda, "fp16"
@@ -83,12 +86,13 @@ def predict_logits(
     outputs = []
     with torch.inference_mode(), amp:
         for start in range(0, len(images), batch_size):
-            x = normalize(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
+            x = model_input(images[start : start + batch_size].to(device, non_blocking=True), mean, std, image_size)
             x = x.contiguous(memory_format=torch.channels_last)  # the fast layout for convs on CPU and GPU
             logits = tta_logits(model, x) if tta else model(x).float()
             outputs.append(logits.cpu())
     if not outputs:
         with torch.inference_mode(), amp:  # empty input: ask the model for its number of classes
-            c = model(normalize(torch.zeros(1, *images.shape[1:], dtype=torch.uint8, device=device), mean, std)).shape[1]
+            blank = torch.zeros(1, *images.shape[1:], dtype=torch.uint8, device=device)
+            c = model(model_input(blank, mean, std, image_size)).shape[1]
         return torch.empty(0, c, dtype=torch.float32)
     return torch.cat(outputs)

@@ -1,7 +1,8 @@
 """Model registry: every architecture is one function decorated with ``@register_model``.
 
 ``create_model(name, num_classes=10, **kwargs)`` builds it by name, so a run
-directory that stores the name and kwargs can always rebuild its model.
+directory that stores the name and kwargs can always rebuild its model. Names
+``timm:<arch>`` build ``timm.create_model(arch, num_classes=..., **kwargs)``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Callable
 from torch import nn
 
 from cifarlens.errors import ConfigError
+from cifarlens.models.pretrained import check_timm_name, create_timm_model, is_timm
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -37,7 +39,13 @@ def model_description(name: str) -> str:
 
 
 def model_kwargs(name: str) -> dict[str, object]:
-    """Keyword arguments the model accepts (besides ``num_classes``) with their defaults."""
+    """Keyword arguments the model accepts (besides ``num_classes``) with their defaults.
+
+    For ``timm:<arch>`` only ``pretrained``: timm itself checks the others.
+    """
+    if is_timm(name):
+        check_timm_name(name)
+        return {"pretrained": False}
     sig = inspect.signature(_get(name))
     return {
         p.name: p.default
@@ -48,6 +56,8 @@ def model_kwargs(name: str) -> dict[str, object]:
 
 def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     """Build the registered model ``name``; unknown names or arguments raise ``ConfigError``."""
+    if is_timm(name):
+        return create_timm_model(name, num_classes=num_classes, **kwargs)
     fn = _get(name)
     accepted = model_kwargs(name)
     unknown = sorted(set(kwargs) - set(accepted))
@@ -65,5 +75,5 @@ def _get(name: str) -> Callable[..., nn.Module]:
     except KeyError:
         raise ConfigError(
             f"unknown model {name!r}; valid models: {', '.join(list_models())} "
-            "(run `cifarlens models` to see them)"
+            "(run `cifarlens models` to see them), or timm:<name> for a timm model"
         ) from None

@@ -48,6 +48,12 @@ class TrainConfig:
     tensorboard: bool = False  # also write TensorBoard logs to RUN/tensorboard
     evaluate: bool = True  # run `cifarlens evaluate` on the run when training ends
     tta: bool = False  # the final evaluation also scores flip test-time augmentation
+    pretrained: bool = False  # start from ImageNet weights (models with a pretrained argument, timm:<name>); inputs get ImageNet mean/std
+    freeze: str = "none"  # none; backbone (train the head only); or until:LAYER (freeze modules up to and including LAYER, e.g. until:layer2)
+    backbone_lr: float = 0.0  # learning rate of all but the head (the top-level module holding the last Linear) (0: same rules as the head)
+    image_size: int = 32  # side the 32x32 images are resized to, per batch after augmentation (e.g. 64, 96, 224 for pretrained backbones)
+    features_from: str = ""  # linear probe instead of training: logistic regression on frozen features of this run dir or pretrained model name
+    distributed: bool = False  # data-parallel over the processes of `torchrun --nproc_per_node N -m cifarlens.cli train --distributed`
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for values out of range."""
@@ -69,6 +75,7 @@ class TrainConfig:
             "subset": self.subset,
             "val_size": self.val_size,
             "step_epochs": self.step_epochs,
+            "backbone_lr": self.backbone_lr,
         }
         for name, value in non_negative.items():
             if value < 0:
@@ -78,11 +85,23 @@ class TrainConfig:
         if self.warmup > self.epochs:
             raise ConfigError(f"--warmup {self.warmup} is longer than --epochs {self.epochs}")
         parse_augment(self.augment)
-        from cifarlens.models import model_kwargs
+        if not 16 <= self.image_size <= 512:
+            raise ConfigError(f"--image-size must be between 16 and 512 pixels, got {self.image_size}")
+        from cifarlens.models import list_models, model_kwargs
+        from cifarlens.models.pretrained import is_timm
+        from cifarlens.training.transfer import parse_freeze
 
+        parse_freeze(self.freeze)
         accepted = model_kwargs(self.model)  # also rejects unknown model names
         unknown = sorted(set(self.model_args) - set(accepted))
-        if unknown:
+        if "pretrained" in self.model_args:
+            raise ConfigError("pass --pretrained, not pretrained in --model-args (runs are rebuilt without hub weights)")
+        if self.pretrained and "pretrained" not in accepted:
+            have = [name for name in list_models() if "pretrained" in model_kwargs(name)]
+            raise ConfigError(
+                f"model {self.model!r} has no pretrained weights; use one of {', '.join(have)} or timm:<name>"
+            )
+        if unknown and not is_timm(self.model):
             raise ConfigError(
                 f"model {self.model!r} does not take {', '.join(unknown)}; "
                 f"valid model args: {', '.join(sorted(accepted)) or 'none'}"

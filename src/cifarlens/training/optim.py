@@ -7,31 +7,46 @@ import math
 import torch
 from torch import nn
 
+from cifarlens.errors import ConfigError
 from cifarlens.training.config import TrainConfig
 from cifarlens.training.muon import Muon
+from cifarlens.training.transfer import head_parameter_ids
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """Trainable parameters split into filters (conv, ndim 4), linear weights (ndim 2) and
     biases/norm shifts (ndim <= 1), each with its learning rate; weight decay skips the biases.
+    Frozen parameters (``requires_grad=False``) are left out.
 
-    A model's whitening bias (airnet) gets a group of its own when ``cfg.whiten_bias_epochs`` is set.
+    With ``cfg.backbone_lr``, the parameters outside the head (``transfer.head_name``) form the same
+    three groups again at that learning rate. A model's whitening bias (airnet) gets a group of its
+    own when ``cfg.whiten_bias_epochs`` is set.
     """
     whiten_bias = _whiten_bias(model) if cfg.whiten_bias_epochs else None
-    filters, linear, biases = [], [], []
+    head_ids = head_parameter_ids(model) if cfg.backbone_lr else None
+    kinds = ("filters", "linear", "biases")
+    split: dict[tuple[bool, str], list[nn.Parameter]] = {(b, k): [] for b in (False, True) for k in kinds}
     for param in model.parameters():
         if not param.requires_grad or param is whiten_bias:
             continue
-        (filters if param.ndim > 2 else linear if param.ndim == 2 else biases).append(param)
+        kind = "filters" if param.ndim > 2 else "linear" if param.ndim == 2 else "biases"
+        split[head_ids is not None and id(param) not in head_ids, kind].append(param)
     bias_lr = cfg.bias_lr or cfg.lr
+    muon = cfg.optimizer == "muon"
     groups = [
-        {"params": filters, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "muon": cfg.optimizer == "muon"},
-        {"params": linear, "lr": cfg.head_lr or cfg.lr, "weight_decay": cfg.weight_decay},
-        {"params": biases, "lr": bias_lr, "weight_decay": 0.0},
+        {"params": split[False, "filters"], "lr": cfg.lr, "weight_decay": cfg.weight_decay, "muon": muon},
+        {"params": split[False, "linear"], "lr": cfg.head_lr or cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": split[False, "biases"], "lr": bias_lr, "weight_decay": 0.0},
+        {"params": split[True, "filters"], "lr": cfg.backbone_lr, "weight_decay": cfg.weight_decay, "muon": muon},
+        {"params": split[True, "linear"], "lr": cfg.backbone_lr, "weight_decay": cfg.weight_decay},
+        {"params": split[True, "biases"], "lr": cfg.backbone_lr, "weight_decay": 0.0},
     ]
     if whiten_bias is not None:
         groups.append({"params": [whiten_bias], "lr": bias_lr, "weight_decay": 0.0, "stop_epoch": cfg.whiten_bias_epochs})
-    return [g for g in groups if g["params"]]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ConfigError("every parameter is frozen, so there is nothing to train; loosen --freeze")
+    return groups
 
 
 def _whiten_bias(model: nn.Module) -> nn.Parameter | None:

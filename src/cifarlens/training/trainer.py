@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -23,16 +24,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cifarlens import run as rundir
 from cifarlens.config import build_config, read_yaml, save_yaml, to_dict
-from cifarlens.data import Augmenter, EpochImages, RunData, Split, iterate_batches, normalize, num_batches, prepare_data
-from cifarlens.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from cifarlens.data import (
+    Augmenter,
+    EpochImages,
+    RunData,
+    Split,
+    iterate_batches,
+    model_input,
+    num_batches,
+    prepare_data,
+)
 from cifarlens.errors import ConfigError, RunDirError, TrainingDiverged
 from cifarlens.evaluation.predict import predict_logits
 from cifarlens.io import atomic_write_text
 from cifarlens.models import create_model
+from cifarlens.training import distributed
 from cifarlens.training.checkpoint import load_checkpoint, restore_model, rng_state, save_checkpoint, set_rng_state
 from cifarlens.training.config import TrainConfig
 from cifarlens.training.device import autocast, resolve_device, resolve_precision
 from cifarlens.training.optim import build_optimizer, build_scheduler
+from cifarlens.training.transfer import freeze, input_normalization, model_arguments, train_mode
 
 METRIC_COLUMNS = [
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
@@ -46,14 +57,15 @@ def default_out(model: str) -> str:
     return str(Path("runs") / f"{model}-{datetime.now():%Y%m%d-%H%M%S}")
 
 
-def new_run_dir(cfg: TrainConfig) -> Path:
-    """The run folder for a new run; refuses one that already holds a run."""
+def new_run_dir(cfg: TrainConfig, create: bool = True) -> Path:
+    """The run folder for a new run (made when ``create``); refuses one that already holds a run."""
     out = Path(cfg.out or default_out(cfg.model))
     if (out / rundir.CONFIG).exists():
         raise RunDirError(f"run directory {out} already holds a run; continue it with --resume {out} or pick another --out")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} is a file; pick a folder path")
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -72,45 +84,85 @@ def train(
     console: Console | None = None,
     data: RunData | None = None,
 ) -> Path:
-    """Train as ``cfg`` says (or continue the run at ``resume``); return the run directory."""
+    """Train as ``cfg`` says (or continue the run at ``resume``); return the run directory.
+
+    ``cfg.features_from`` fits a linear probe instead (``cifarlens.training.features``); with
+    ``cfg.distributed`` this is one process of a torchrun job (``cifarlens.training.distributed``).
+    """
     console = console or Console()
     started = time.perf_counter()
     if resume is not None:
+        cfg = load_run_config(Path(resume))
+        if cfg.features_from:
+            raise RunDirError(f"{resume} is a linear-probe run (--features-from): nothing to resume, start it again")
+    elif cfg.features_from:
+        from cifarlens.training.features import linear_probe
+
+        return linear_probe(cfg, console=console, data=data)
+    ctx, device = distributed.setup(cfg.distributed, resolve_device(cfg.device))
+    try:
+        return _train(cfg, ctx, device, resume, console if ctx.main else Console(quiet=True), data, started)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: TrainConfig, ctx, device, resume, console: Console, data: RunData | None, started: float) -> Path:
+    if resume is not None:
         out = Path(resume)
-        cfg = load_run_config(out)
     else:
-        out = new_run_dir(cfg)
-    device = resolve_device(cfg.device)
+        # Every rank checks the folder before rank 0 writes into it; all use rank 0's default name.
+        cfg = distributed.broadcast(cfg if cfg.out else dataclasses.replace(cfg, out=default_out(cfg.model)), ctx)
+        out = new_run_dir(cfg, create=False)
+        distributed.barrier(ctx)
+        if ctx.main:
+            out.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if data is None:
+        if not ctx.main:  # rank 0 downloads a missing dataset alone; the others read it after
+            distributed.barrier(ctx)
         data = prepare_data(
             cfg.data_dir or None, download=cfg.download, subset=cfg.subset, val_size=cfg.val_size, seed=cfg.seed
         )
+        if ctx.main:
+            distributed.barrier(ctx)
     if len(data.train) < 2:
         raise ConfigError("the training split has fewer than 2 images; use a larger --subset")
 
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=len(data.classes), **cfg.model_args)
+    stored_args, build_args = model_arguments(cfg)
+    model = create_model(cfg.model, num_classes=len(data.classes), **build_args)
+    mean, std = input_normalization(cfg, model)
     spec = rundir.ModelSpec(
         name=cfg.model,
-        kwargs=dict(cfg.model_args),
+        kwargs=stored_args,
         num_classes=len(data.classes),
         classes=data.classes,
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
+        mean=mean,
+        std=std,
+        image_size=cfg.image_size,
     )
+    frozen = freeze(model, cfg.freeze)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
 
     batch_size = min(cfg.batch_size, len(data.train))
-    drop_last = len(data.train) % batch_size == 1  # a 1-image batch breaks BatchNorm in train mode
+    if batch_size < 2 * ctx.world:
+        raise ConfigError(f"--batch-size {batch_size} leaves fewer than 2 images per process for {ctx.world} processes")
+    # A last batch of fewer than 2 images per process breaks BatchNorm in train mode.
+    drop_last = 0 < len(data.train) % batch_size < 2 * ctx.world
     steps_per_epoch = num_batches(len(data.train), batch_size, drop_last)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
+    try:
+        flops_per_image = training_flops_per_image(model, data.train.images[:2], spec, device, memory_format, precision)
+    except RuntimeError as err:  # the first forward pass, before the run is written: a fixed-size head
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"model {cfg.model} does not take {spec.image_size}x{spec.image_size} inputs ({reason}); "
+                          "pick another --image-size or a model with global pooling") from None
     start_epoch, rows = 0, []
     if resume is not None:
         ckpt = load_checkpoint(out / rundir.CHECKPOINT)
@@ -123,22 +175,28 @@ def train(
         rows = [r for r in _read_metrics(out / rundir.METRICS) if int(r["epoch"]) <= start_epoch]
         console.print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
     else:
-        _init_from_data(model, data, cfg.seed, device, memory_format)
-        save_yaml(to_dict(cfg), out / rundir.CONFIG)
-        rundir.write_json(out / rundir.PROVENANCE, rundir.provenance() | {"device": str(device), "precision": precision})
+        _init_from_data(model, data, spec, cfg.seed, device, memory_format)
+        if ctx.main:
+            save_yaml(to_dict(cfg), out / rundir.CONFIG)
+            machine = {"device": str(device), "precision": precision, "world_size": ctx.world}
+            rundir.write_json(out / rundir.PROVENANCE, rundir.provenance() | machine)
 
     console.print(
         f"[bold]{cfg.model}[/] on {device.type} ({precision}), {len(data.train)} train / "
         f"{len(data.val) if data.val else 0} val / {len(data.test)} test images, {cfg.epochs} epochs -> {out}"
+        + (f", {ctx.world} processes" if ctx.world > 1 else "")
     )
+    if frozen:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        console.print(f"--freeze {cfg.freeze}: {len(frozen)} tensors frozen, {trainable:,} parameters trained")
     augment = Augmenter(cfg.augment, cfg.crop_padding, cfg.cutout_size)
     epoch_images = EpochImages(data.train.images, cfg.augment, cfg.seed)
-    flops_per_image = training_flops_per_image(model, data.train.images[:2], device, memory_format, precision)
     if cfg.compile and device.type == "cpu":
         # Inductor's C++ toolchain probe warns "No CUDA runtime is found" on every CPU-only machine.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    forward = torch.compile(model) if cfg.compile else model
-    writer = _tensorboard(out) if cfg.tensorboard else None
+    wrapped = distributed.wrap(model, ctx, device)
+    forward = torch.compile(wrapped) if cfg.compile else wrapped
+    writer = _tensorboard(out) if cfg.tensorboard and ctx.main else None
     elapsed = float(rows[-1]["elapsed"]) if rows else 0.0
     # Seconds since the run started, without the per-epoch evaluations: what time-to-accuracy counts.
     train_clock = float(rows[-1].get("train_clock") or 0.0) if rows else 0.0
@@ -150,7 +208,7 @@ def train(
         # sees exactly the batches an uninterrupted one would.
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         t0 = time.perf_counter()
-        model.train()
+        train_mode(model)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
@@ -161,8 +219,9 @@ def train(
             batches = iterate_batches(train_split, batch_size, shuffle=True, generator=gen, drop_last=drop_last)
             tick = time.perf_counter()
             for step, (images, labels) in enumerate(batches):
-                images = augment(images, gen)
-                x = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+                images, labels = distributed.shard(augment(images, gen), labels, ctx)
+                x = model_input(images.to(device, non_blocking=True), spec.mean, spec.std, spec.image_size)
+                x = x.contiguous(memory_format=memory_format)
                 y = labels.to(device, non_blocking=True)
                 tick = _lap(phases, "data_s", tick)
                 with autocast(device, precision):
@@ -194,10 +253,11 @@ def train(
                 tick = _lap(phases, "step_s", tick)
         train_seconds = time.perf_counter() - t0
         train_clock += train_seconds
+        total_loss, total_correct, seen = distributed.sum_across([loss_sum, correct, seen], ctx, device)
         row = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum.item() / seen,
-            "train_acc": correct.item() / seen,
+            "train_loss": total_loss / seen,
+            "train_acc": total_correct / seen,
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": seen / train_seconds,
             "train_clock": train_clock,
@@ -205,6 +265,8 @@ def train(
         }
         if phase_timing:
             row |= phases
+        if not ctx.main:  # rank 0 evaluates and writes; the others go on to the next epoch's all-reduce
+            continue
         if data.val is not None:
             row["val_loss"], row["val_acc"] = _score(model, data.val, spec, device, precision)
         if cfg.eval_test_every_epoch or epoch + 1 == cfg.epochs:
@@ -229,6 +291,8 @@ def train(
 
     if writer is not None:
         writer.close()
+    if not ctx.main:
+        return out
     rundir.save_weights(model, spec, out / rundir.WEIGHTS)
     _write_train_summary(out, rows, cfg, device, precision)
     if cfg.evaluate:
@@ -247,12 +311,12 @@ def _lap(phases: dict[str, float], name: str, since: float) -> float:
     return now
 
 
-def training_flops_per_image(model, images, device, memory_format, precision) -> float:
+def training_flops_per_image(model, images, spec, device, memory_format, precision) -> float:
     """FLOPs of one forward + backward pass per image (torch's FlopCounterMode, on a copy of the model)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    probe = copy.deepcopy(model).train()
-    x = normalize(images.to(device)).contiguous(memory_format=memory_format)
+    probe = train_mode(copy.deepcopy(model))
+    x = model_input(images.to(device), spec.mean, spec.std, spec.image_size).contiguous(memory_format=memory_format)
     # fork_rng: the probe's dropout must not move the RNG stream a resumed run restores.
     with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
         with autocast(device, precision):
@@ -261,21 +325,25 @@ def training_flops_per_image(model, images, device, memory_format, precision) ->
     return counter.get_total_flops() / len(images)
 
 
-def _init_from_data(model, data: RunData, seed: int, device, memory_format, n: int = 5000) -> None:
+def _init_from_data(model, data: RunData, spec, seed: int, device, memory_format, n: int = 5000) -> None:
     """Models with data-dependent layers (e.g. airnet's whitening) fit them on up to ``n`` training images."""
     init = getattr(model, "init_from_data", None)
     if init is None:
         return
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train), generator=gen)[:n]
-    init(normalize(data.train.images[idx].to(device)).contiguous(memory_format=memory_format))
+    x = model_input(data.train.images[idx].to(device), spec.mean, spec.std, spec.image_size)
+    init(x.contiguous(memory_format=memory_format))
 
 
 def _score(model, split, spec, device, precision) -> tuple[float, float]:
-    logits = predict_logits(model, split.images, mean=spec.mean, std=spec.std, device=str(device), precision=precision)
+    logits = predict_logits(
+        model, split.images, mean=spec.mean, std=spec.std, image_size=spec.image_size,
+        device=str(device), precision=precision,
+    )  # fmt: skip
     loss = F.cross_entropy(logits, split.labels).item()
     acc = (logits.argmax(1) == split.labels).float().mean().item()
-    model.train()
+    train_mode(model)
     return loss, acc
 
 

@@ -1,0 +1,172 @@
+"""The classical transfer baseline: logistic regression on frozen penultimate features.
+
+``cifarlens train --features-from RUN_OR_MODEL`` takes the model of a run directory, or a
+model with pretrained weights (``resnet18``, ``timm:<name>`` ...), reads the input of its last
+``nn.Linear`` for every image (the pooled penultimate features), fits scikit-learn's
+``LogisticRegression`` on the training split and writes a normal run directory whose model is
+the backbone with that Linear set to the fitted classifier, so ``evaluate`` rebuilds it as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from cifarlens import run as rundir
+from cifarlens.config import save_yaml, to_dict
+from cifarlens.data import RunData, model_input, prepare_data
+from cifarlens.errors import ConfigError
+from cifarlens.models import create_model, model_kwargs
+from cifarlens.models.pretrained import is_timm
+from cifarlens.training.config import TrainConfig
+from cifarlens.training.device import resolve_device
+from cifarlens.training.transfer import input_normalization, model_arguments
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The model's last registered ``nn.Linear``: its classifier."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no Linear classifier to read features from")
+    return linears[-1]
+
+
+@torch.inference_mode()
+def penultimate_features(
+    model: nn.Module, images: torch.Tensor, spec: rundir.ModelSpec, device: torch.device, batch_size: int = 250
+) -> torch.Tensor:
+    """uint8 images (N, 3, 32, 32) -> float32 (N, D): the input of the last Linear, in eval mode.
+
+    A forward pre-hook reads it, which works for any model (torchvision's FX feature
+    extractor cannot trace every timm or custom forward).
+    """
+    head = last_linear(model)
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda _module, args: captured.append(args[0].float().flatten(1).cpu()))
+    model.to(device).eval()
+    try:
+        for start in range(0, len(images), batch_size):
+            model(model_input(images[start : start + batch_size].to(device), spec.mean, spec.std, spec.image_size))
+    finally:
+        handle.remove()
+    return torch.cat(captured) if captured else torch.empty(0, head.in_features)
+
+
+def fit_linear_head(
+    train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, max_iter: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardise, fit multinomial ``LogisticRegression`` (C=1, lbfgs); return (weight (K, D), bias (K,))
+    of the equivalent Linear layer on the raw features (the scaling is folded into it)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x = train_x.numpy().astype(np.float64)
+    scaler = StandardScaler().fit(x)
+    clf = LogisticRegression(max_iter=max_iter).fit(scaler.transform(x), train_y.numpy())
+    coef = np.zeros((num_classes, x.shape[1]))
+    intercept = np.full(num_classes, -1e4)  # classes absent from the training split are never predicted
+    coef[clf.classes_] = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_, clf.coef_]) / 2
+    intercept[clf.classes_] = clf.intercept_ if len(clf.classes_) > 2 else np.array([-1, 1]) * clf.intercept_ / 2
+    weight = coef / scaler.scale_
+    bias = intercept - weight @ scaler.mean_
+    return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32)
+
+
+def probe_source(cfg: TrainConfig, classes: tuple[str, ...], device) -> tuple[nn.Module, rundir.ModelSpec]:
+    """The frozen feature model named by ``cfg.features_from`` and the spec the probe run stores."""
+    source = cfg.features_from
+    if Path(source).is_dir():
+        model, src = rundir.load_run_model(source, device)
+        spec = dataclasses.replace(src, num_classes=len(classes), classes=tuple(classes))
+        if src.num_classes != len(classes):  # same architecture as spec.build(): a head for these classes
+            _replace_last_linear(model, len(classes))
+        return model, spec
+    try:
+        has_weights = is_timm(source) or "pretrained" in model_kwargs(source)
+    except ConfigError:
+        has_weights = False
+    if not has_weights:
+        raise ConfigError(
+            f"--features-from {source!r} is neither a run directory nor a model with pretrained weights; "
+            "pass a run folder or e.g. resnet18 / timm:<name>"
+        )
+    backbone_cfg = dataclasses.replace(cfg, model=source, pretrained=True)
+    stored, build = model_arguments(backbone_cfg)
+    torch.manual_seed(cfg.seed)
+    model = create_model(source, num_classes=len(classes), **build)
+    mean, std = input_normalization(backbone_cfg, model)
+    spec = rundir.ModelSpec(source, stored, len(classes), tuple(classes), mean, std, cfg.image_size)
+    return model.to(device), spec
+
+
+def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
+    target = last_linear(model)
+    for module in model.modules():
+        for name, child in module.named_children():
+            if child is target:
+                setattr(module, name, nn.Linear(target.in_features, num_classes, bias=target.bias is not None))
+
+
+def linear_probe(cfg: TrainConfig, *, console: Console, data: RunData | None = None) -> Path:
+    """Fit and write the linear-probe run ``cfg`` describes; return the run directory."""
+    from cifarlens.training.trainer import _write_metrics, _write_train_summary, new_run_dir
+
+    started = time.perf_counter()
+    if cfg.distributed:
+        raise ConfigError("--features-from runs in one process; drop --distributed")
+    out = new_run_dir(cfg)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if data is None:
+        data = prepare_data(
+            cfg.data_dir or None, download=cfg.download, subset=cfg.subset, val_size=cfg.val_size, seed=cfg.seed
+        )
+    model, spec = probe_source(cfg, data.classes, device)
+    head = last_linear(model)
+    if head.bias is None:
+        raise ConfigError(f"the last Linear of {spec.name} has no bias, so it cannot hold a logistic regression")
+    cfg = dataclasses.replace(cfg, model=spec.name, model_args=spec.kwargs, image_size=spec.image_size)
+    save_yaml(to_dict(cfg), out / rundir.CONFIG)
+    rundir.write_json(out / rundir.PROVENANCE, rundir.provenance() | {"device": str(device), "precision": "fp32"})
+    console.print(
+        f"linear probe on [bold]{spec.name}[/] features ({cfg.features_from}) at {spec.image_size}px, "
+        f"{len(data.train)} train images -> {out}"
+    )
+    train_x = penultimate_features(model, data.train.images, spec, device)
+    weight, bias = fit_linear_head(train_x, data.train.labels, len(data.classes))
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight.device))
+        head.bias.copy_(bias.to(head.bias.device))
+    row = {"epoch": 1, **_scores(train_x, data.train.labels, weight, bias, "train")}
+    for name in ("val", "test"):
+        split = getattr(data, name)
+        if split is not None:
+            row |= _scores(penultimate_features(model, split.images, spec, device), split.labels, weight, bias, name)
+    row["seconds"] = row["elapsed"] = row["train_clock"] = time.perf_counter() - started
+    _write_metrics(out / rundir.METRICS, [row])
+    rundir.save_weights(model, spec, out / rundir.WEIGHTS)
+    _write_train_summary(out, [row], cfg, device, "fp32")
+    console.print(
+        f"probe: train acc {row['train_acc']:.2%}" + (f", test acc {row['test_acc']:.2%}" if "test_acc" in row else "")
+    )
+    if cfg.evaluate:
+        from cifarlens.evaluation import evaluate_run
+
+        evaluate_run(out, split="test", data=data, device=str(device), console=console)
+    console.print(f"run saved to {out}")
+    return out
+
+
+def _scores(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, name: str) -> dict[str, float]:
+    logits = x @ weight.T + bias
+    return {
+        f"{name}_loss": torch.nn.functional.cross_entropy(logits, y).item(),
+        f"{name}_acc": (logits.argmax(1) == y).float().mean().item(),
+    }
