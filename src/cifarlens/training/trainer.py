@@ -15,6 +15,7 @@ import math
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,8 +72,13 @@ def train(
     resume: str | Path | None = None,
     console: Console | None = None,
     data: RunData | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
 ) -> Path:
-    """Train as ``cfg`` says (or continue the run at ``resume``); return the run directory."""
+    """Train as ``cfg`` says (or continue the run at ``resume``); return the run directory.
+
+    ``on_epoch_end(row)`` gets each epoch's metrics row after its checkpoint is written; an
+    exception it raises (e.g. a sweep pruning the trial) stops training with that checkpoint kept.
+    """
     console = console or Console()
     started = time.perf_counter()
     if resume is not None:
@@ -207,7 +213,7 @@ def train(
             row |= phases
         if data.val is not None:
             row["val_loss"], row["val_acc"] = _score(model, data.val, spec, device, precision)
-        if cfg.eval_test_every_epoch or epoch + 1 == cfg.epochs:
+        if cfg.eval_test_every_epoch or (epoch + 1 == cfg.epochs and cfg.evaluate):
             row["test_loss"], row["test_acc"] = _score(model, data.test, spec, device, precision)
         row["seconds"] = time.perf_counter() - t0
         elapsed += row["seconds"]
@@ -226,6 +232,8 @@ def train(
                 if key != "epoch" and value != "":
                     writer.add_scalar(key, value, epoch + 1)
         console.print(_epoch_line(row, cfg.epochs))
+        if on_epoch_end is not None:
+            on_epoch_end(row)
 
     if writer is not None:
         writer.close()
@@ -237,6 +245,10 @@ def train(
         evaluate_run(out, split="test", data=data, device=str(device), console=console)
         if cfg.tta:
             evaluate_run(out, split="test", tta=True, data=data, device=str(device), console=console)
+    if cfg.report:
+        from cifarlens.evaluation.report import write_report
+
+        console.print(f"report: {write_report([out], out / 'report.html')}")
     console.print(f"run saved to {out}")
     return out
 
