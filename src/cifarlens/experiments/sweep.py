@@ -200,6 +200,7 @@ def run_sweep(sweep: SweepConfig, console: Console | None = None) -> dict[str, A
         from cifarlens.experiments.budget import plan_budget
 
         plan = plan_budget(sweep, console)
+    trial_config(sweep, {}, out / TRIALS, plan)  # bad base options stop here, before any training
     cache = _DataCache()
     quiet = Console(file=io.StringIO()) if not console.is_terminal else console
     if sweep.method == "grid":
