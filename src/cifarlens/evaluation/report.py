@@ -34,7 +34,8 @@ th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; height: auto; display: block; margin: .5rem 0; }
 pre { background: #f7f7f7; padding: .6rem; overflow-x: auto; font-size: .8rem; max-height: 30rem; }
 .muted { color: #777; font-size: .85rem; } .worst { color: #b00; font-weight: bold; }
-nav a { margin-right: 1rem; }
+nav a { margin-right: 1rem; } .scroll { overflow-x: auto; }
+table.facts td { text-align: left; } table.facts td:first-child { font-weight: bold; background: #f8f8f8; }
 """
 
 
@@ -107,7 +108,8 @@ def _run_section(run: Path, label: str, anchor: str) -> str:
         ("code", f"cifarlens {prov.get('cifarlens', '')} git {prov.get('git_sha') or 'n/a'}, torch {prov.get('packages', {}).get('torch', '')}"),
         ("run directory", str(run)),
     ]
-    parts.append(_table(["", ""], facts))
+    rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in facts)
+    parts.append(f'<table class="facts"><tbody>{rows}</tbody></table>')
     if not rec.summary.get("test"):
         parts.append('<p class="muted">not scored on the test split (a sweep trial, or trained with --no-evaluate); '
                      f"run <code>cifarlens evaluate {_esc(run)}</code></p>")  # fmt: skip
@@ -172,7 +174,10 @@ def _comparison_section(runs: list[Path]) -> str:
     table = _table(header, [[_cell(c, v) for c, v in zip(header, row)] for row in rows])
     with tempfile.TemporaryDirectory() as tmp:
         image = _img(plot_overlaid_curves(records, Path(tmp) / "curves.png"), "validation and test curves of every run")
-    return f'<section id="comparison"><h2>Comparison</h2><p class="muted">config keys that differ, then results</p>{table}{image}</section>'
+    return (
+        '<section id="comparison"><h2>Comparison</h2><p class="muted">config keys that differ, then results</p>'
+        f'<div class="scroll">{table}</div>{image}</section>'
+    )
 
 
 def render_report(runs: list[str | Path]) -> str:

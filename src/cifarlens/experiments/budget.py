@@ -64,12 +64,11 @@ def plan_budget(sweep, console: Console | None = None) -> dict:
 
     points = grid_points(sweep.params) if sweep.method == "grid" else [{}] * sweep.trials
     configs = [trial_config(sweep, p, Path(sweep.out)) for p in points]
-    costs = []
-    for cfg in configs:
-        key = f"{cfg.model} {sorted(cfg.model_args.items())} {cfg.batch_size} {cfg.device}"
+    keys = [f"{c.model} {sorted(c.model_args.items())} {c.batch_size} {c.device}" for c in configs]
+    for key, cfg in zip(keys, configs):
         if key not in _MEASURED:
             _MEASURED[key] = seconds_per_image(cfg)
-        costs.append(_MEASURED[key])
+    costs = [_MEASURED[key] for key in keys]
     largest = min(configs[0].subset or TRAIN_IMAGES - sweep.val_size, TRAIN_IMAGES - sweep.val_size)
     candidates = [s for s in SUBSETS if s < largest] + [largest]
     plan = None
@@ -82,9 +81,13 @@ def plan_budget(sweep, console: Console | None = None) -> dict:
     if plan["estimated_s"] > sweep.budget:
         plan["epoch_scale"] = sweep.budget / plan["estimated_s"]
         plan["estimated_s"] = estimate_seconds(configs, costs, plan["subset"], plan["val_size"], plan["epoch_scale"], sweep.finalists)
-    plan["seconds_per_image"] = {key: _MEASURED[key] for key in dict.fromkeys(
-        f"{c.model} {sorted(c.model_args.items())} {c.batch_size} {c.device}" for c in configs)}
+    plan["seconds_per_image"] = {key: _MEASURED[key] for key in keys}
     if console is not None:
+        if plan["estimated_s"] > sweep.budget * 1.1:
+            console.print(
+                f"[yellow]warning:[/] even 1 epoch on {plan['subset']} images per trial needs about "
+                f"{plan['estimated_s']:.0f}s here; the sweep will overrun its {sweep.budget:.0f}s budget"
+            )
         console.print(
             f"budget {sweep.budget:.0f}s for {len(configs)} trials: subset {plan['subset']}, val {plan['val_size']}, "
             f"epochs x{plan['epoch_scale']:.2f} (estimated {plan['estimated_s']:.0f}s)"

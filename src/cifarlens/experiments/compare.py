@@ -16,7 +16,7 @@ from typing import Any
 
 from cifarlens import run as rundir
 from cifarlens.config import read_yaml
-from cifarlens.errors import RunDirError
+from cifarlens.errors import CifarlensError, RunDirError
 from cifarlens.io import atomic_write_text
 
 IGNORED_KEYS = {"out"}  # always differs, says nothing about the run
@@ -130,8 +130,15 @@ def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
 
 
 def _flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """Config with each model argument as its own ``model_args.NAME`` key, defaults filled in."""
+    from cifarlens.models import model_kwargs
+
     flat = {k: v for k, v in config.items() if k != "model_args"}
-    for k, v in (config.get("model_args") or {}).items():
+    try:
+        defaults = model_kwargs(config["model"])
+    except (KeyError, CifarlensError):  # a model this install does not register
+        defaults = {}
+    for k, v in (defaults | (config.get("model_args") or {})).items():
         flat[f"model_args.{k}"] = v
     return flat
 
