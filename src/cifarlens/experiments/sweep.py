@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -236,19 +237,27 @@ def _storage(sweep: SweepConfig):
     url = sweep.storage or f"sqlite:///{(Path(sweep.out) / 'study.db').resolve()}"
     # SQLite: wait for another process's write lock instead of failing at once.
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine,
-                # A trial whose process died stops beating; it is marked failed and run again.
-                heartbeat_interval=30,
-                grace_period=120,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
-    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
-        raise ConfigError(f"cannot open optuna storage {url!r}: {err}; check the URL and its database driver") from None
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine,
+                    # A trial whose process died stops beating; it is marked failed and run again.
+                    heartbeat_interval=30,
+                    grace_period=120,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+            # Two workers creating a new database at once race on its schema; the loser retries.
+            if attempt == 4:
+                raise ConfigError(f"cannot open optuna storage {url!r}: {err}; check the URL and the database") from None
+            time.sleep(1 + attempt)
+        except (ImportError, ValueError) as err:
+            raise ConfigError(f"cannot open optuna storage {url!r}: {err}; check the URL and its database driver") from None
 
 
 def _suggest(trial, params: dict[str, dict]) -> dict[str, Any]:
