@@ -34,8 +34,16 @@ def base_options(cifar_root, **overrides):
 
 
 def write_sweep(path: Path, **content) -> Path:
+    content = {"val_size": 100, "finalists": 1} | content
     path.write_text(yaml.safe_dump(content, sort_keys=False))
     return path
+
+
+def sweep_quietly(path: Path) -> dict:
+    """Run the sweep in ``path`` without the synthetic data's MD5 warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run_sweep(load_sweep(path))
 
 
 def read_trials(out: Path) -> list[dict]:
@@ -60,13 +68,10 @@ def grid_sweep(cifar_root, tmp_path_factory):
         base=base_options(cifar_root),
         method="grid",
         params={"lr": [0.05, 0.0001], "batch_size": [25, 50]},
-        val_size=100,
         finalists=2,
         out=str(out),
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = run_sweep(load_sweep(path))
+    result = sweep_quietly(path)
     return path, out, result
 
 
@@ -104,9 +109,7 @@ def test_grid_sweep_resumes_and_refuses_a_changed_sweep(grid_sweep, tmp_path):
         json.dumps({"epoch": 1, "weights": "epoch-0001.safetensors", "state": "epoch-0001.state.pt"})
     )
     (killed / "model.safetensors").unlink()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run_sweep(load_sweep(path))
+    sweep_quietly(path)
     assert weights.stat().st_mtime_ns == before, "a finished trial was trained again"
     assert (killed / "model.safetensors").is_file()
     assert [r["epoch"] for r in csv.DictReader(open(killed / "metrics.csv"))] == ["1", "2"]
@@ -126,13 +129,9 @@ def test_optuna_prunes_hopeless_trials(cifar_root, tmp_path):
         trials=6,
         prune_startup=2,
         prune_warmup=0,
-        val_size=100,
-        finalists=1,
         out=str(out),
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = run_sweep(load_sweep(path))
+    result = sweep_quietly(path)
     rows = read_trials(out)
     assert len(rows) == 6 and (out / "study.db").is_file()
     pruned = [r for r in rows if r["state"] == "pruned"]
@@ -141,9 +140,7 @@ def test_optuna_prunes_hopeless_trials(cifar_root, tmp_path):
     assert all(int(r["epochs"]) == 3 for r in rows if r["state"] == "complete")
     assert result["best"]["params"] == {"lr": 0.05}
     # Resuming the finished study runs nothing new.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert run_sweep(load_sweep(path))["trials"] == 6
+    assert sweep_quietly(path)["trials"] == 6
 
 
 def test_two_processes_share_one_sqlite_study(cifar_root, tmp_path):
@@ -157,8 +154,6 @@ def test_two_processes_share_one_sqlite_study(cifar_root, tmp_path):
         params={"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}, "batch_size": {"type": "int", "low": 25, "high": 50}},
         trials=4,
         pruning=False,
-        val_size=100,
-        finalists=1,
         storage=f"sqlite:///{db}",
         study_name="shared",
         out=str(tmp_path / "sweep"),
