@@ -78,7 +78,12 @@ def grid_sweep(cifar_root, tmp_path_factory):
 def test_grid_sweep_tunes_on_val_and_scores_only_finalists_on_test(grid_sweep):
     _, out, result = grid_sweep
     rows = read_trials(out)
-    assert [(r["batch_size"], r["lr"]) for r in rows] == [("25", "0.05"), ("25", "0.0001"), ("50", "0.05"), ("50", "0.0001")]
+    assert [(r["batch_size"], r["lr"]) for r in rows] == [
+        ("25", "0.05"),
+        ("25", "0.0001"),
+        ("50", "0.05"),
+        ("50", "0.0001"),
+    ]
     assert all(r["state"] == "complete" and r["val_acc"] for r in rows)
     finalists = [r for r in rows if r["test_acc"]]
     assert len(finalists) == 2
@@ -86,7 +91,7 @@ def test_grid_sweep_tunes_on_val_and_scores_only_finalists_on_test(grid_sweep):
     assert sorted((float(r["val_acc"]) for r in finalists), reverse=True) == best_val
     for row in rows:
         run = Path(row["run"])
-        metrics = list(csv.DictReader(open(run / "metrics.csv")))
+        metrics = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
         assert all(m["test_acc"] == "" for m in metrics), "the test split was scored during a trial"
         assert float(metrics[-1]["val_acc"]) == pytest.approx(float(row["val_acc"]))
         summary = json.loads((run / "summary.json").read_text())
@@ -112,7 +117,7 @@ def test_grid_sweep_resumes_and_refuses_a_changed_sweep(grid_sweep, tmp_path):
     sweep_quietly(path)
     assert weights.stat().st_mtime_ns == before, "a finished trial was trained again"
     assert (killed / "model.safetensors").is_file()
-    assert [r["epoch"] for r in csv.DictReader(open(killed / "metrics.csv"))] == ["1", "2"]
+    assert [r["epoch"] for r in csv.DictReader((killed / "metrics.csv").read_text().splitlines())] == ["1", "2"]
     changed = yaml.safe_load(path.read_text())
     changed["base"]["epochs"] = 3
     with pytest.raises(ConfigError, match="was run with other options \\(epochs"):
@@ -151,7 +156,10 @@ def test_two_processes_share_one_sqlite_study(cifar_root, tmp_path):
         tmp_path / "shared.yaml",
         base=base_options(cifar_root, epochs=1),
         method="optuna",
-        params={"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}, "batch_size": {"type": "int", "low": 25, "high": 50}},
+        params={
+            "lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+            "batch_size": {"type": "int", "low": 25, "high": 50},
+        },
         trials=4,
         pruning=False,
         storage=f"sqlite:///{db}",
@@ -160,7 +168,9 @@ def test_two_processes_share_one_sqlite_study(cifar_root, tmp_path):
     )
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "cifarlens.cli", "sweep", str(path), "--worker-trials", "2"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     for proc, (stdout, stderr) in zip(procs, outputs):
         assert proc.returncode == 0, stderr
@@ -206,13 +216,20 @@ def test_sweep_config_errors_are_one_line(cifar_root, tmp_path):
     fails("needs a non-empty list", params={"lr": 0.1})
     fails("set by the sweep itself", params={"val_size": [10]})
     fails("needs {type: float", method="optuna", params={"lr": [0.1, 0.2]})
-    fails("unknown option 'not_an_option' in sweep base", base={"not_an_option": 1}, params={"lr": [0.1]}, out=str(tmp_path / "s"))
+    fails(
+        "unknown option 'not_an_option' in sweep base",
+        base={"not_an_option": 1},
+        params={"lr": [0.1]},
+        out=str(tmp_path / "s"),
+    )
 
 
 def test_seed_table_example_and_budget_plan():
     sweep = load_sweep(ROOT / "examples" / "seed_table.yaml", {"out": "unused"})
     points = grid_points(sweep.params)
-    assert len(points) == 12 and {"model_args.batch_norm": False} in points and {"optimizer": "sgd", "lr": 0.01} in points
+    assert (
+        len(points) == 12 and {"model_args.batch_norm": False} in points and {"optimizer": "sgd", "lr": 0.01} in points
+    )
     tight = plan_budget(load_sweep(ROOT / "examples" / "seed_table.yaml", {"budget": 30}))
     assert tight["subset"] == 500 and tight["epoch_scale"] < 1
     roomy = plan_budget(load_sweep(ROOT / "examples" / "seed_table.yaml", {"budget": 1e9}))

@@ -60,7 +60,7 @@ def test_report_renders_explain_outputs_and_several_runs(runs, tmp_path):
     assert "Explanations" in page and "probes/probe_accuracy.png" in page and "<td>conv2</td>" in page
     assert "&quot;accuracy&quot;" in page  # the JSON numbers, escaped
     both = write_report([a, b], tmp_path / "both.html").read_text()
-    assert "Comparison" in both and both.count("<section id=\"run-") == 2
+    assert "Comparison" in both and both.count('<section id="run-') == 2
     assert re.search(r"<th>lr</th>", both) and "<td>0.01</td>" in both
 
 
@@ -73,7 +73,11 @@ def test_report_cli_and_bad_input(runs, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "b.html").stat().st_size > 10_000
     bad = CliRunner().invoke(app, ["report", str(tmp_path)])
-    assert bad.exit_code == 2 and "not a cifarlens run directory" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert (
+        bad.exit_code == 2
+        and "not a cifarlens run directory" in bad.stderr
+        and len(bad.stderr.strip().splitlines()) == 1
+    )
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary found (apt-get install chromium)")
@@ -86,10 +90,10 @@ def test_report_renders_in_headless_chromium_without_errors(runs, tmp_path):
         try:
             for name, path in pages.items():
                 page = browser.new_page()
-                errors = []
-                page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-                page.on("pageerror", lambda err: errors.append(str(err)))
-                page.on("requestfailed", lambda req: errors.append(f"request failed: {req.url}"))
+                errors: list[str] = []
+                page.on("console", lambda msg, errors=errors: errors.append(msg.text) if msg.type == "error" else None)
+                page.on("pageerror", lambda err, errors=errors: errors.append(str(err)))
+                page.on("requestfailed", lambda req, errors=errors: errors.append(f"request failed: {req.url}"))
                 page.goto(path.resolve().as_uri(), wait_until="load")
                 assert errors == [], (name, errors)
                 widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")

@@ -48,10 +48,15 @@ def _img(path: Path, alt: str) -> str:
     return f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt)}"><figcaption class="muted">{_esc(alt)}</figcaption></figure>'
 
 
-def _table(header: list[str], rows: list[list[Any]], classes: list[str] | None = None) -> str:
+def _table(header: list[str], rows: list[list[Any]], marks: list[list[str]] | None = None, css: str = "") -> str:
+    """An HTML table; ``marks[i][j]`` is a CSS class for cell (i, j)."""
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td{_cls(c)}>{_esc(v)}</td>" for c, v in zip(classes or [""] * len(row), row)) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    marks = marks or [[""] * len(row) for row in rows]
+    body = "".join(
+        "<tr>" + "".join(f"<td{_cls(c)}>{_esc(v)}</td>" for c, v in zip(marked, row)) + "</tr>"
+        for marked, row in zip(marks, rows)
+    )
+    return f"<table{_cls(css)}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _cls(name: str) -> str:
@@ -83,6 +88,10 @@ def _pct(value: Any) -> str:
     return f"{float(value):.2%}" if value not in (None, "") else "n/a"
 
 
+def _torch_version(provenance: dict[str, Any]) -> str:
+    return str((provenance.get("packages") or {}).get("torch", "n/a"))
+
+
 def _run_section(run: Path, label: str, anchor: str) -> str:
     from cifarlens.evaluation.plots import plot_curves
     from cifarlens.experiments.compare import load_record
@@ -104,8 +113,14 @@ def _run_section(run: Path, label: str, anchor: str) -> str:
         ("MACs per image", f"{res['macs']:,}" if res["macs"] is not None else "n/a"),
         ("training time", f"{res['train_s']:.1f} s" if res["train_s"] is not None else "n/a"),
         ("images/s (training)", f"{res['images_per_s']:.0f}" if res["images_per_s"] is not None else "n/a"),
-        ("device", f"{train.get('device', prov.get('device', ''))} {train.get('precision', prov.get('precision', ''))}"),
-        ("code", f"cifarlens {prov.get('cifarlens', '')} git {prov.get('git_sha') or 'n/a'}, torch {prov.get('packages', {}).get('torch', '')}"),
+        (
+            "device",
+            f"{train.get('device', prov.get('device', ''))} {train.get('precision', prov.get('precision', ''))}",
+        ),
+        (
+            "code",
+            f"cifarlens {prov.get('cifarlens', '')}, git {prov.get('git_sha') or 'n/a'}, torch {_torch_version(prov)}",
+        ),
         ("run directory", str(run)),
     ]
     rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in facts)
@@ -114,28 +129,63 @@ def _run_section(run: Path, label: str, anchor: str) -> str:
         parts.append('<p class="muted">not scored on the test split (a sweep trial, or trained with --no-evaluate); '
                      f"run <code>cifarlens evaluate {_esc(run)}</code></p>")  # fmt: skip
     if (plots / "curves.png").is_file():
-        parts.append("<h3>Training curves</h3>" + _img(plots / "curves.png", "loss, accuracy and learning rate per epoch"))
+        parts.append(
+            "<h3>Training curves</h3>" + _img(plots / "curves.png", "loss, accuracy and learning rate per epoch")
+        )
     if rec.per_class:
         worst = min(float(r["accuracy"]) for r in rec.per_class)
-        rows = [[r["class"], _pct(r["accuracy"]), _pct(r["precision"]), _pct(r["recall"]), f"{float(r['f1']):.3f}", r["support"]] for r in rec.per_class]
-        classes = [["", "worst" if float(r["accuracy"]) == worst else "", "", "", "", ""] for r in rec.per_class]
-        body = "".join(
-            "<tr>" + "".join(f"<td{_cls(c)}>{_esc(v)}</td>" for c, v in zip(cl, row)) + "</tr>" for cl, row in zip(classes, rows)
-        )
-        head = "".join(f"<th>{h}</th>" for h in ("class", "accuracy", "precision", "recall", "F1", "support"))
-        parts.append(f'<h3>Per-class accuracy (test)</h3><table class="per-class"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+        header = ["class", "accuracy", "precision", "recall", "F1", "support"]
+        rows = [
+            [
+                r["class"],
+                _pct(r["accuracy"]),
+                _pct(r["precision"]),
+                _pct(r["recall"]),
+                f"{float(r['f1']):.3f}",
+                r["support"],
+            ]
+            for r in rec.per_class
+        ]
+        marks = [["", "worst" if float(r["accuracy"]) == worst else "", "", "", "", ""] for r in rec.per_class]
+        parts.append("<h3>Per-class accuracy (test)</h3>" + _table(header, rows, marks, css="per-class"))
     if (plots / "confusion_test.png").is_file():
-        parts.append("<h3>Confusion matrix (test)</h3>" + _img(plots / "confusion_test.png", "confusion matrix on the test split"))
+        parts.append(
+            "<h3>Confusion matrix (test)</h3>"
+            + _img(plots / "confusion_test.png", "confusion matrix on the test split")
+        )
     if (plots / "misclassified_test.png").is_file():
-        parts.append("<h3>Misclassified examples (test)</h3>" + _img(plots / "misclassified_test.png", "most confident mistakes on the test split"))
+        parts.append(
+            "<h3>Misclassified examples (test)</h3>"
+            + _img(plots / "misclassified_test.png", "most confident mistakes on the test split")
+        )
     others = sorted(p for p in plots.glob("*.png") if p.name not in MAIN_PLOTS) if plots.is_dir() else []
     if others:
         parts.append("<h3>Other plots</h3>" + "".join(_img(p, p.stem.replace("_", " ")) for p in others))
     parts.append(_explain_section(run))
-    parts.append("<h3>Config</h3>" + _table(["option", "value"], [[k, json.dumps(v) if isinstance(v, dict) else v] for k, v in rec.config.items()]))
+    parts.append(
+        "<h3>Config</h3>"
+        + _table(["option", "value"], [[k, json.dumps(v) if isinstance(v, dict) else v] for k, v in rec.config.items()])
+    )
     if rec.metrics:
-        columns = [c for c in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_s") if c in rec.metrics[0]]
-        parts.append("<h3>Metrics per epoch</h3>" + _table(columns, [[r.get(c, "") for c in columns] for r in rec.metrics]))
+        columns = [
+            c
+            for c in (
+                "epoch",
+                "train_loss",
+                "train_acc",
+                "val_loss",
+                "val_acc",
+                "test_loss",
+                "test_acc",
+                "lr",
+                "seconds",
+                "images_per_s",
+            )
+            if c in rec.metrics[0]
+        ]
+        parts.append(
+            "<h3>Metrics per epoch</h3>" + _table(columns, [[r.get(c, "") for c in columns] for r in rec.metrics])
+        )
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -194,11 +244,11 @@ def render_report(runs: list[str | Path]) -> str:
         body.append(_comparison_section(paths))
     body += [_run_section(p, label, f"run-{i}") for i, (p, label) in enumerate(zip(paths, labels))]
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="icon" href="data:,">'
         f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{_esc(title)}</h1><p class=\"muted\">written {datetime.now():%Y-%m-%d %H:%M}</p>\n"
+        f'<h1>{_esc(title)}</h1><p class="muted">written {datetime.now():%Y-%m-%d %H:%M}</p>\n'
         + "\n".join(body)
         + "\n</body></html>\n"
     )

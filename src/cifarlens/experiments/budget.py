@@ -49,7 +49,9 @@ def seconds_per_image(cfg: TrainConfig, steps: int = 2) -> float:
     return elapsed / (steps * batch)
 
 
-def estimate_seconds(configs: list[TrainConfig], costs: list[float], subset: int, val: int, scale: float, finalists: int) -> float:
+def estimate_seconds(
+    configs: list[TrainConfig], costs: list[float], subset: int, val: int, scale: float, finalists: int
+) -> float:
     """Estimated seconds of all trials (training, per-epoch validation) plus the finalists' test scoring."""
     total = 0.0
     for cfg, cost in zip(configs, costs):
@@ -80,7 +82,9 @@ def plan_budget(sweep, console: Console | None = None) -> dict:
             break
     if plan["estimated_s"] > sweep.budget:
         plan["epoch_scale"] = sweep.budget / plan["estimated_s"]
-        plan["estimated_s"] = estimate_seconds(configs, costs, plan["subset"], plan["val_size"], plan["epoch_scale"], sweep.finalists)
+        plan["estimated_s"] = estimate_seconds(
+            configs, costs, plan["subset"], plan["val_size"], plan["epoch_scale"], sweep.finalists
+        )
     plan["seconds_per_image"] = {key: _MEASURED[key] for key in keys}
     if console is not None:
         if plan["estimated_s"] > sweep.budget * 1.1:

@@ -15,7 +15,9 @@ from cifarlens.errors import CifarlensError
 def sweep(
     config: Annotated[Path, typer.Argument(help="sweep YAML: base, method (grid|optuna), params, trials, ...")],
     out: Annotated[Optional[str], typer.Option(help="sweep folder (overrides the file's out)")] = None,
-    budget: Annotated[Optional[float], typer.Option(help="seconds the whole sweep should take here: shrinks subset, then epochs")] = None,
+    budget: Annotated[
+        Optional[float], typer.Option(help="seconds the whole sweep should take here: shrinks subset, then epochs")
+    ] = None,
     trials: Annotated[Optional[int], typer.Option(help="optuna: trials of the study in total")] = None,
     worker_trials: Annotated[Optional[int], typer.Option(help="optuna: stop this process after N trials")] = None,
     storage: Annotated[Optional[str], typer.Option(help="optuna storage URL (default sqlite:///OUT/study.db)")] = None,
@@ -33,7 +35,9 @@ def sweep(
 @user_errors
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="run directories written by cifarlens train")],
-    out: Annotated[Optional[Path], typer.Option(help="also write OUT.md, OUT.csv and OUT.png (overlaid curves)")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="also write OUT.md, OUT.csv and OUT.png (overlaid curves)")
+    ] = None,
 ) -> None:
     """One table of the config keys that differ and the results of several runs, plus overlaid curves."""
     from cifarlens.experiments.compare import write_comparison
@@ -47,7 +51,9 @@ def compare(
 @user_errors
 def report(
     runs: Annotated[list[Path], typer.Argument(help="run directories written by cifarlens train")],
-    out: Annotated[Optional[Path], typer.Option(help="HTML file (default: RUN/report.html for one run, report.html for several)")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="HTML file (default: RUN/report.html for one run, report.html for several)")
+    ] = None,
 ) -> None:
     """One self-contained HTML page: config, curves, per-class accuracy, confusion, mistakes, explain outputs."""
     from cifarlens.evaluation.report import write_report

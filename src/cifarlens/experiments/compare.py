@@ -96,7 +96,9 @@ def load_record(run: str | Path) -> RunRecord:
     if not path.is_dir():
         raise RunDirError(f"run directory {path} not found; pass folders written by cifarlens train")
     if not (path / rundir.CONFIG).is_file():
-        raise RunDirError(f"{path} is not a cifarlens run directory (no {rundir.CONFIG}); pass folders written by cifarlens train")
+        raise RunDirError(
+            f"{path} is not a cifarlens run directory (no {rundir.CONFIG}); pass folders written by cifarlens train"
+        )
     config = read_yaml(path / rundir.CONFIG)
     params, macs = model_size(path, config)
     return RunRecord(
@@ -153,7 +155,14 @@ def comparison_rows(records: list[RunRecord]) -> tuple[list[str], list[list[Any]
         flat = _flatten(rec.config)
         per_class = {row["class"]: float(row["accuracy"]) for row in rec.per_class}
         results = rec.results()
-        rows.append([label, *(flat.get(k) for k in keys), *(results[c] for c in RESULT_COLUMNS), *(per_class.get(c) for c in classes)])
+        rows.append(
+            [
+                label,
+                *(flat.get(k) for k in keys),
+                *(results[c] for c in RESULT_COLUMNS),
+                *(per_class.get(c) for c in classes),
+            ]
+        )
     return header, rows
 
 
@@ -198,7 +207,9 @@ def plot_overlaid_curves(records: list[RunRecord], path: str | Path) -> Path:
     for label, rec, color in zip(run_labels([r.path for r in records]), records, colors):
         for split, style in (("val", "-"), ("test", "--"), ("train", ":")):
             for ax, metric in ((ax_acc, "acc"), (ax_loss, "loss")):
-                points = [(int(r["epoch"]), float(r[f"{split}_{metric}"])) for r in rec.metrics if r.get(f"{split}_{metric}")]
+                points = [
+                    (int(r["epoch"]), float(r[f"{split}_{metric}"])) for r in rec.metrics if r.get(f"{split}_{metric}")
+                ]
                 if split == "train" and any(r.get(f"val_{metric}") or r.get(f"test_{metric}") for r in rec.metrics):
                     continue  # train curves only where a run has nothing held out
                 if points:

@@ -50,7 +50,9 @@ class SweepConfig:
     finalists: int = 3  # best trials (by val accuracy) scored on the test split
     storage: str = ""  # optuna storage URL (default: sqlite:///OUT/study.db); a postgresql:// or mysql:// URL lets several machines share one study
     study_name: str = "cifarlens"  # optuna study name inside the storage
-    pruning: bool = True  # optuna: stop trials whose val accuracy is below the median of earlier trials at the same epoch
+    pruning: bool = (
+        True  # optuna: stop trials whose val accuracy is below the median of earlier trials at the same epoch
+    )
     prune_startup: int = 3  # optuna: trials that always run to the end before pruning starts
     prune_warmup: int = 1  # optuna: epochs of each trial that are never pruned
     seed: int = 0  # seed of the Optuna sampler
@@ -125,7 +127,9 @@ def trial_config(sweep: SweepConfig, params: dict[str, Any], out: Path, plan: di
         options["subset"] = plan["subset"]
         epochs = int(options.get("epochs") or recipe_options(recipe).get("epochs") or TrainConfig.epochs)
         options["epochs"] = max(1, round(epochs * plan["epoch_scale"]))
-        options["warmup"] = min(float(options.get("warmup") or recipe_options(recipe).get("warmup") or 0), options["epochs"])
+        options["warmup"] = min(
+            float(options.get("warmup") or recipe_options(recipe).get("warmup") or 0), options["epochs"]
+        )
     val_size = plan["val_size"] if plan else sweep.val_size
     forced = {"val_size": val_size, "out": str(out), "evaluate": False, "eval_test_every_epoch": False}
     return build_config(
@@ -254,10 +258,14 @@ def _storage(sweep: SweepConfig):
         except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
             # Two workers creating a new database at once race on its schema; the loser retries.
             if attempt == 4:
-                raise ConfigError(f"cannot open optuna storage {url!r}: {err}; check the URL and the database") from None
+                raise ConfigError(
+                    f"cannot open optuna storage {url!r}: {err}; check the URL and the database"
+                ) from None
             time.sleep(1 + attempt)
         except (ImportError, ValueError) as err:
-            raise ConfigError(f"cannot open optuna storage {url!r}: {err}; check the URL and its database driver") from None
+            raise ConfigError(
+                f"cannot open optuna storage {url!r}: {err}; check the URL and its database driver"
+            ) from None
 
 
 def _suggest(trial, params: dict[str, dict]) -> dict[str, Any]:
@@ -267,9 +275,13 @@ def _suggest(trial, params: dict[str, dict]) -> dict[str, Any]:
         if kind == "categorical":
             chosen[key] = trial.suggest_categorical(key, spec["choices"])
         elif kind == "float":
-            chosen[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")), step=spec.get("step"))
+            chosen[key] = trial.suggest_float(
+                key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")), step=spec.get("step")
+            )
         else:
-            chosen[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")), step=int(spec.get("step", 1)))
+            chosen[key] = trial.suggest_int(
+                key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")), step=int(spec.get("step", 1))
+            )
     return chosen
 
 
