@@ -215,6 +215,7 @@ def test_sweep_config_errors_are_one_line(cifar_root, tmp_path):
     fails("unknown sweep parameter 'learning_rate'", params={"learning_rate": [0.1]})
     fails("needs a non-empty list", params={"lr": 0.1})
     fails("set by the sweep itself", params={"val_size": [10]})
+    fails("which the sweep sets itself", base={"evaluate": True}, params={"lr": [0.1]})
     fails("needs {type: float", method="optuna", params={"lr": [0.1, 0.2]})
     fails(
         "unknown option 'not_an_option' in sweep base",

@@ -66,6 +66,9 @@ class SweepConfig:
                 raise ConfigError(f"sweep {name} must be at least 1, got {getattr(self, name)}")
         if self.worker_trials < 0 or self.budget < 0 or self.prune_startup < 0 or self.prune_warmup < 0:
             raise ConfigError("sweep worker_trials, budget, prune_startup and prune_warmup must not be negative")
+        fixed = sorted(set(self.base) & set(FORCED))
+        if fixed:
+            raise ConfigError(f"sweep base sets {', '.join(fixed)}, which the sweep sets itself; remove it from base")
         if not self.params:
             raise ConfigError("the sweep has no params; list the options to vary under params:")
         grids = self.params if isinstance(self.params, list) else [self.params]
