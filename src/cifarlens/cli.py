@@ -177,6 +177,13 @@ def show_data(
     console.print(f"wrote {out}")
 
 
+from cifarlens.experiments import commands as _experiments  # noqa: E402  (light: imports stay inside the commands)
+
+app.command()(_experiments.sweep)
+app.command()(_experiments.compare)
+app.command()(_experiments.report)
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"cifarlens {__version__}")

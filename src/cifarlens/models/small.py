@@ -32,12 +32,12 @@ def _check_dropout(name: str, p: float) -> None:
         raise ConfigError(f"{name} must be in [0, 1), got {p}")
 
 
-def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
-    """3x3 'same' conv (no bias: BatchNorm follows), BatchNorm, ReLU."""
+def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1, batch_norm: bool = True) -> nn.Sequential:
+    """3x3 'same' conv (no bias when BatchNorm follows), BatchNorm (or Identity), ReLU."""
     return nn.Sequential(
         OrderedDict(
-            conv=nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-            bn=nn.BatchNorm2d(c_out),
+            conv=nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=not batch_norm),
+            bn=nn.BatchNorm2d(c_out) if batch_norm else nn.Identity(),
             relu=nn.ReLU(),
         )
     )
@@ -115,8 +115,13 @@ def vgg_small(num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
 
 
 @register_model
-def conv_blocks(num_classes: int = 10, blocks: int = 3, width: int = 32) -> nn.Module:
-    """Keras-tutorial CNN: blocks of two Conv-BN-ReLU, max-pool and rising dropout, then dense(128)."""
+def conv_blocks(
+    num_classes: int = 10, blocks: int = 3, width: int = 32, dropout: bool = True, batch_norm: bool = True
+) -> nn.Module:
+    """Keras-tutorial CNN: blocks of two Conv-BN-ReLU, max-pool and rising dropout, then dense(128).
+
+    ``dropout`` and ``batch_norm`` switch those layers off (the seed reports' ablations).
+    """
     if not 1 <= blocks <= 5:
         raise ConfigError(f"blocks must be between 1 and 5 (each halves the 32x32 input), got {blocks}")
     if width < 1:
@@ -127,10 +132,10 @@ def conv_blocks(num_classes: int = 10, blocks: int = 3, width: int = 32) -> nn.M
         c_out = width * 2**i
         features[f"block{i + 1}"] = nn.Sequential(
             OrderedDict(
-                conv1=_conv_bn_relu(c_in, c_out),
-                conv2=_conv_bn_relu(c_out, c_out),
+                conv1=_conv_bn_relu(c_in, c_out, batch_norm=batch_norm),
+                conv2=_conv_bn_relu(c_out, c_out, batch_norm=batch_norm),
                 pool=nn.MaxPool2d(2),
-                drop=nn.Dropout(min(0.2 + 0.1 * i, 0.5)),  # 0.2, 0.3, 0.4, ...
+                drop=nn.Dropout(min(0.2 + 0.1 * i, 0.5) if dropout else 0.0),  # 0.2, 0.3, 0.4, ...
             )
         )
         c_in = c_out
@@ -139,7 +144,7 @@ def conv_blocks(num_classes: int = 10, blocks: int = 3, width: int = 32) -> nn.M
     classifier = OrderedDict(
         fc1=nn.Linear(c_in * side * side, 128),
         relu1=nn.ReLU(),
-        drop1=nn.Dropout(0.5),
+        drop1=nn.Dropout(0.5 if dropout else 0.0),
         fc2=nn.Linear(128, num_classes),
     )
     return _net(features, classifier)

@@ -46,7 +46,8 @@ class TrainConfig:
     out: str = ""  # run directory (default: runs/MODEL-YYYYmmdd-HHMMSS)
     eval_test_every_epoch: bool = True  # score the test split after every epoch for the curves
     tensorboard: bool = False  # also write TensorBoard logs to RUN/tensorboard
-    evaluate: bool = True  # run `cifarlens evaluate` on the run when training ends
+    evaluate: bool = True  # run `cifarlens evaluate` on the run when training ends (off together with --no-eval-test-every-epoch: the test split is never scored)
+    report: bool = True  # write RUN/report.html (config, curves, per-class accuracy, confusion, mistakes) when training ends
     tta: bool = False  # the final evaluation also scores flip test-time augmentation
     pretrained: bool = False  # start from ImageNet weights (models with a pretrained argument, timm:<name>); inputs get ImageNet mean/std
     freeze: str = "none"  # none; backbone (train the head only); or until:LAYER (freeze modules up to and including LAYER, e.g. until:layer2)

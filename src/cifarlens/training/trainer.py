@@ -16,6 +16,7 @@ import math
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -83,11 +84,14 @@ def train(
     resume: str | Path | None = None,
     console: Console | None = None,
     data: RunData | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
 ) -> Path:
     """Train as ``cfg`` says (or continue the run at ``resume``); return the run directory.
 
     ``cfg.features_from`` fits a linear probe instead (``cifarlens.training.features``); with
     ``cfg.distributed`` this is one process of a torchrun job (``cifarlens.training.distributed``).
+    ``on_epoch_end(row)`` gets each epoch's metrics row after its checkpoint is written; an
+    exception it raises (e.g. a sweep pruning the trial) stops training with that checkpoint kept.
     """
     console = console or Console()
     started = time.perf_counter()
@@ -101,12 +105,22 @@ def train(
         return linear_probe(cfg, console=console, data=data)
     ctx, device = distributed.setup(cfg.distributed, resolve_device(cfg.device))
     try:
-        return _train(cfg, ctx, device, resume, console if ctx.main else Console(quiet=True), data, started)
+        rank_console = console if ctx.main else Console(quiet=True)
+        return _train(cfg, ctx, device, resume, rank_console, data, started, on_epoch_end)
     finally:
         distributed.teardown(ctx)
 
 
-def _train(cfg: TrainConfig, ctx, device, resume, console: Console, data: RunData | None, started: float) -> Path:
+def _train(
+    cfg: TrainConfig,
+    ctx,
+    device,
+    resume,
+    console: Console,
+    data: RunData | None,
+    started: float,
+    on_epoch_end: Callable[[dict], None] | None,
+) -> Path:
     if resume is not None:
         out = Path(resume)
     else:
@@ -269,7 +283,7 @@ def _train(cfg: TrainConfig, ctx, device, resume, console: Console, data: RunDat
             continue
         if data.val is not None:
             row["val_loss"], row["val_acc"] = _score(model, data.val, spec, device, precision)
-        if cfg.eval_test_every_epoch or epoch + 1 == cfg.epochs:
+        if cfg.eval_test_every_epoch or (epoch + 1 == cfg.epochs and cfg.evaluate):
             row["test_loss"], row["test_acc"] = _score(model, data.test, spec, device, precision)
         row["seconds"] = time.perf_counter() - t0
         elapsed += row["seconds"]
@@ -281,13 +295,16 @@ def _train(cfg: TrainConfig, ctx, device, resume, console: Console, data: RunDat
             "scaler": scaler.state_dict(),
             "rng": rng_state(),
         }
-        save_checkpoint(out / rundir.CHECKPOINT, epoch + 1, model, spec, state)
+        # Metrics first: a kill between the two leaves a row that resume drops, never a checkpoint without its row.
         _write_metrics(out / rundir.METRICS, rows)
+        save_checkpoint(out / rundir.CHECKPOINT, epoch + 1, model, spec, state)
         if writer is not None:
             for key, value in row.items():
                 if key != "epoch" and value != "":
                     writer.add_scalar(key, value, epoch + 1)
         console.print(_epoch_line(row, cfg.epochs))
+        if on_epoch_end is not None:
+            on_epoch_end(row)
 
     if writer is not None:
         writer.close()
@@ -301,6 +318,10 @@ def _train(cfg: TrainConfig, ctx, device, resume, console: Console, data: RunDat
         evaluate_run(out, split="test", data=data, device=str(device), console=console)
         if cfg.tta:
             evaluate_run(out, split="test", tta=True, data=data, device=str(device), console=console)
+    if cfg.report:
+        from cifarlens.evaluation.report import write_report
+
+        console.print(f"report: {write_report([out], out / 'report.html')}")
     console.print(f"run saved to {out}")
     return out
 

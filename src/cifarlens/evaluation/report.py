@@ -1,0 +1,261 @@
+"""``cifarlens report RUN [RUN...]``: one self-contained HTML page per run (or per set of runs).
+
+Everything is embedded (PNGs as base64 data URIs, tables from the run's CSV/JSON), so the
+file can be mailed or archived alone. Sections: summary, config, curves, per-class accuracy,
+confusion matrix, misclassified examples, other plots, and whatever ``RUN/explain/<command>/``
+holds (PNG, JSON and CSV files are rendered generically). Several runs get the comparison
+table and overlaid curves first, then one section per run.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cifarlens import run as rundir
+from cifarlens.io import atomic_write_text
+
+MAX_TABLE_ROWS = 60  # CSV files longer than this are cut, with a note saying how many rows were left out
+MAX_JSON_CHARS = 20_000
+MAIN_PLOTS = ("curves.png", "confusion_test.png", "misclassified_test.png")
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; padding: 0 1rem; color: #222; }
+h1 { margin-bottom: .2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2rem; margin-top: 2rem; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .9rem; }
+th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: right; }
+th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; height: auto; display: block; margin: .5rem 0; }
+pre { background: #f7f7f7; padding: .6rem; overflow-x: auto; font-size: .8rem; max-height: 30rem; }
+.muted { color: #777; font-size: .85rem; } .worst { color: #b00; font-weight: bold; }
+nav a { margin-right: 1rem; } .scroll { overflow-x: auto; }
+table.facts td { text-align: left; } table.facts td:first-child { font-weight: bold; background: #f8f8f8; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt)}"><figcaption class="muted">{_esc(alt)}</figcaption></figure>'
+
+
+def _table(header: list[str], rows: list[list[Any]], marks: list[list[str]] | None = None, css: str = "") -> str:
+    """An HTML table; ``marks[i][j]`` is a CSS class for cell (i, j)."""
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    marks = marks or [[""] * len(row) for row in rows]
+    body = "".join(
+        "<tr>" + "".join(f"<td{_cls(c)}>{_esc(v)}</td>" for c, v in zip(marked, row)) + "</tr>"
+        for marked, row in zip(marks, rows)
+    )
+    return f"<table{_cls(css)}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cls(name: str) -> str:
+    return f' class="{name}"' if name else ""
+
+
+def _csv_table(path: Path) -> str:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return '<p class="muted">(empty)</p>'
+    note = ""
+    if len(rows) - 1 > MAX_TABLE_ROWS:
+        note = f'<p class="muted">first {MAX_TABLE_ROWS} of {len(rows) - 1} rows</p>'
+    return _table(rows[0], rows[1 : MAX_TABLE_ROWS + 1]) + note
+
+
+def _json_block(path: Path) -> str:
+    try:
+        text = json.dumps(json.loads(path.read_text()), indent=2)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f'<p class="muted">{_esc(path.name)} is not valid JSON</p>'
+    if len(text) > MAX_JSON_CHARS:
+        text = text[:MAX_JSON_CHARS] + f"\n... ({len(text) - MAX_JSON_CHARS} more characters in {path.name})"
+    return f"<pre>{_esc(text)}</pre>"
+
+
+def _pct(value: Any) -> str:
+    return f"{float(value):.2%}" if value not in (None, "") else "n/a"
+
+
+def _torch_version(provenance: dict[str, Any]) -> str:
+    return str((provenance.get("packages") or {}).get("torch", "n/a"))
+
+
+def _run_section(run: Path, label: str, anchor: str) -> str:
+    from cifarlens.evaluation.plots import plot_curves
+    from cifarlens.experiments.compare import load_record
+
+    rec = load_record(run)
+    plots = run / rundir.PLOTS
+    if not (plots / "curves.png").is_file() and rec.metrics:
+        plot_curves(run / rundir.METRICS, plots / "curves.png")  # trials scored without `evaluate` have none yet
+    res = rec.results()
+    train = rec.summary.get("train", {})
+    prov = rec.provenance
+    parts = [f'<section id="{anchor}"><h2>{_esc(label)}</h2>']
+    facts = [
+        ("model", f"{rec.config.get('model')} {json.dumps(rec.config.get('model_args') or {})}"),
+        ("test accuracy", _pct(res["test_acc"])),
+        ("validation accuracy", _pct(res["val_acc"])),
+        ("epochs", train.get("epochs", len(rec.metrics))),
+        ("parameters", f"{res['params']:,}" if res["params"] is not None else "n/a"),
+        ("MACs per image", f"{res['macs']:,}" if res["macs"] is not None else "n/a"),
+        ("training time", f"{res['train_s']:.1f} s" if res["train_s"] is not None else "n/a"),
+        ("images/s (training)", f"{res['images_per_s']:.0f}" if res["images_per_s"] is not None else "n/a"),
+        (
+            "device",
+            f"{train.get('device', prov.get('device', ''))} {train.get('precision', prov.get('precision', ''))}",
+        ),
+        (
+            "code",
+            f"cifarlens {prov.get('cifarlens', '')}, git {prov.get('git_sha') or 'n/a'}, torch {_torch_version(prov)}",
+        ),
+        ("run directory", str(run)),
+    ]
+    rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in facts)
+    parts.append(f'<table class="facts"><tbody>{rows}</tbody></table>')
+    if not rec.summary.get("test"):
+        parts.append('<p class="muted">not scored on the test split (a sweep trial, or trained with --no-evaluate); '
+                     f"run <code>cifarlens evaluate {_esc(run)}</code></p>")  # fmt: skip
+    if (plots / "curves.png").is_file():
+        parts.append(
+            "<h3>Training curves</h3>" + _img(plots / "curves.png", "loss, accuracy and learning rate per epoch")
+        )
+    if rec.per_class:
+        worst = min(float(r["accuracy"]) for r in rec.per_class)
+        header = ["class", "accuracy", "precision", "recall", "F1", "support"]
+        rows = [
+            [
+                r["class"],
+                _pct(r["accuracy"]),
+                _pct(r["precision"]),
+                _pct(r["recall"]),
+                f"{float(r['f1']):.3f}",
+                r["support"],
+            ]
+            for r in rec.per_class
+        ]
+        marks = [["", "worst" if float(r["accuracy"]) == worst else "", "", "", "", ""] for r in rec.per_class]
+        parts.append("<h3>Per-class accuracy (test)</h3>" + _table(header, rows, marks, css="per-class"))
+    if (plots / "confusion_test.png").is_file():
+        parts.append(
+            "<h3>Confusion matrix (test)</h3>"
+            + _img(plots / "confusion_test.png", "confusion matrix on the test split")
+        )
+    if (plots / "misclassified_test.png").is_file():
+        parts.append(
+            "<h3>Misclassified examples (test)</h3>"
+            + _img(plots / "misclassified_test.png", "most confident mistakes on the test split")
+        )
+    others = sorted(p for p in plots.glob("*.png") if p.name not in MAIN_PLOTS) if plots.is_dir() else []
+    if others:
+        parts.append("<h3>Other plots</h3>" + "".join(_img(p, p.stem.replace("_", " ")) for p in others))
+    parts.append(_explain_section(run))
+    parts.append(
+        "<h3>Config</h3>"
+        + _table(["option", "value"], [[k, json.dumps(v) if isinstance(v, dict) else v] for k, v in rec.config.items()])
+    )
+    if rec.metrics:
+        columns = [
+            c
+            for c in (
+                "epoch",
+                "train_loss",
+                "train_acc",
+                "val_loss",
+                "val_acc",
+                "test_loss",
+                "test_acc",
+                "lr",
+                "seconds",
+                "images_per_s",
+            )
+            if c in rec.metrics[0]
+        ]
+        parts.append(
+            "<h3>Metrics per epoch</h3>" + _table(columns, [[r.get(c, "") for c in columns] for r in rec.metrics])
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _explain_section(run: Path) -> str:
+    """Every PNG, JSON and CSV under RUN/explain, grouped by the folder (explain command) that holds it."""
+    root = run / "explain"
+    if not root.is_dir():
+        return ""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".png", ".json", ".csv"))
+    if not files:
+        return ""
+    parts = ['<h3>Explanations</h3><div class="explain">']
+    current = None
+    for path in files:
+        group = str(path.parent.relative_to(root))
+        if group != current:
+            parts.append(f"<h4>{_esc(group if group != '.' else 'explain')}</h4>")
+            current = group
+        name = str(path.relative_to(root))
+        if path.suffix.lower() == ".png":
+            parts.append(_img(path, name))
+        elif path.suffix.lower() == ".json":
+            parts.append(f'<p class="muted">{_esc(name)}</p>' + _json_block(path))
+        else:
+            parts.append(f'<p class="muted">{_esc(name)}</p>' + _csv_table(path))
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _comparison_section(runs: list[Path]) -> str:
+    from cifarlens.experiments.compare import _cell, comparison_rows, load_record, plot_overlaid_curves
+
+    records = [load_record(r) for r in runs]
+    header, rows = comparison_rows(records)
+    table = _table(header, [[_cell(c, v) for c, v in zip(header, row)] for row in rows])
+    with tempfile.TemporaryDirectory() as tmp:
+        image = _img(plot_overlaid_curves(records, Path(tmp) / "curves.png"), "validation and test curves of every run")
+    return (
+        '<section id="comparison"><h2>Comparison</h2><p class="muted">config keys that differ, then results</p>'
+        f'<div class="scroll">{table}</div>{image}</section>'
+    )
+
+
+def render_report(runs: list[str | Path]) -> str:
+    """The HTML page for ``runs`` (see the module doc)."""
+    from cifarlens.experiments.compare import run_labels
+
+    paths = [Path(r) for r in runs]
+    labels = run_labels(paths)
+    title = f"cifarlens report: {labels[0]}" if len(paths) == 1 else f"cifarlens report: {len(paths)} runs"
+    body = []
+    if len(paths) > 1:
+        links = "".join(f'<a href="#run-{i}">{_esc(label)}</a>' for i, label in enumerate(labels))
+        body.append(f'<nav><a href="#comparison">comparison</a>{links}</nav>')
+        body.append(_comparison_section(paths))
+    body += [_run_section(p, label, f"run-{i}") for i, (p, label) in enumerate(zip(paths, labels))]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'
+        f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>"
+        f'<h1>{_esc(title)}</h1><p class="muted">written {datetime.now():%Y-%m-%d %H:%M}</p>\n'
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def write_report(runs: list[str | Path], out: str | Path) -> Path:
+    """Write the report of ``runs`` to ``out`` atomically; return ``out``."""
+    out = Path(out)
+    atomic_write_text(out, render_report(runs))
+    return out

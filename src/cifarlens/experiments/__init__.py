@@ -1,0 +1,1 @@
+"""Experiments: sweeps over training options (grid or Optuna), comparison tables of runs, time budgets."""

@@ -1,0 +1,243 @@
+"""``cifarlens compare RUN...``: one table of the config keys that differ and the results, plus overlaid curves.
+
+Everything comes from the run directories: config.yaml, summary.json, metrics.csv,
+per_class_test.csv, provenance.json, and the model rebuilt from its spec for params and MACs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cifarlens import run as rundir
+from cifarlens.config import read_yaml
+from cifarlens.errors import CifarlensError, RunDirError
+from cifarlens.io import atomic_write_text
+
+IGNORED_KEYS = {"out"}  # always differs, says nothing about the run
+RESULT_COLUMNS = ["test_acc", "val_acc", "params", "macs", "train_s", "images_per_s"]
+
+
+@dataclass
+class RunRecord:
+    """What compare and report read from one run directory."""
+
+    path: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    metrics: list[dict[str, str]]
+    per_class: list[dict[str, str]]
+    provenance: dict[str, Any]
+    params: int | None
+    macs: int | None  # multiply-accumulates per 3x32x32 image
+
+    @property
+    def test_acc(self) -> float | None:
+        if "test" in self.summary:
+            return float(self.summary["test"]["accuracy"])
+        return self.summary.get("train", {}).get("final_test_acc")
+
+    @property
+    def val_acc(self) -> float | None:
+        value = self.metrics[-1].get("val_acc") if self.metrics else None
+        return float(value) if value else None
+
+    def results(self) -> dict[str, Any]:
+        rates = [float(r["images_per_s"]) for r in self.metrics if r.get("images_per_s")]
+        return {
+            "test_acc": self.test_acc,
+            "val_acc": self.val_acc,
+            "params": self.params,
+            "macs": self.macs,
+            "train_s": self.summary.get("train", {}).get("seconds"),
+            "images_per_s": sum(rates) / len(rates) if rates else None,
+        }
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunDirError(f"{path} is not valid JSON; re-run cifarlens evaluate on the run") from None
+    return data if isinstance(data, dict) else {}
+
+
+def model_size(run: Path, config: dict[str, Any]) -> tuple[int | None, int | None]:
+    """Parameters and MACs per image of the run's model (rebuilt from its weights header, else its config)."""
+    from cifarlens.models import create_model
+    from cifarlens.models.summary import summarize
+
+    if (run / rundir.WEIGHTS).is_file():
+        spec, _ = rundir.read_spec(run / rundir.WEIGHTS)
+        model, size = spec.build(), spec.image_size
+    else:
+        model, size = create_model(config["model"], **(config.get("model_args") or {})), 32
+    total = summarize(model, input_size=(1, 3, size, size), depth=1)["total"]
+    return int(total["params"]), int(total["macs"])
+
+
+def load_record(run: str | Path) -> RunRecord:
+    """Read one run directory; a folder that is not a run is a ``RunDirError``."""
+    path = Path(run)
+    if not path.is_dir():
+        raise RunDirError(f"run directory {path} not found; pass folders written by cifarlens train")
+    if not (path / rundir.CONFIG).is_file():
+        raise RunDirError(
+            f"{path} is not a cifarlens run directory (no {rundir.CONFIG}); pass folders written by cifarlens train"
+        )
+    config = read_yaml(path / rundir.CONFIG)
+    params, macs = model_size(path, config)
+    return RunRecord(
+        path=path,
+        config=config,
+        summary=_read_json(path / rundir.SUMMARY),
+        metrics=_read_csv(path / rundir.METRICS),
+        per_class=_read_csv(path / "per_class_test.csv"),
+        provenance=_read_json(path / rundir.PROVENANCE),
+        params=params,
+        macs=macs,
+    )
+
+
+def run_labels(paths: list[Path]) -> list[str]:
+    """Short unique names: the folder name, or more of the path where names repeat."""
+    for depth in range(1, 6):
+        labels = ["/".join(p.resolve().parts[-depth:]) for p in paths]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]
+
+
+def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
+    """Config keys whose values are not the same in every run (model args one by one)."""
+    flat = [_flatten(c) for c in configs]
+    keys = sorted({k for f in flat for k in f} - IGNORED_KEYS)
+    if len(configs) < 2:
+        return []
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+
+
+def _flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """Config with each model argument as its own ``model_args.NAME`` key, defaults filled in."""
+    from cifarlens.models import model_kwargs
+
+    flat = {k: v for k, v in config.items() if k != "model_args"}
+    try:
+        defaults = model_kwargs(config["model"])
+    except (KeyError, CifarlensError):  # a model this install does not register
+        defaults = {}
+    for k, v in (defaults | (config.get("model_args") or {})).items():
+        flat[f"model_args.{k}"] = v
+    return flat
+
+
+def comparison_rows(records: list[RunRecord]) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows: run, differing config keys, results, then per-class test accuracy."""
+    keys = differing_keys([r.config for r in records])
+    classes = [row["class"] for row in records[0].per_class] if records and records[0].per_class else []
+    header = ["run", *keys, *RESULT_COLUMNS, *(f"acc_{c}" for c in classes)]
+    rows = []
+    for label, rec in zip(run_labels([r.path for r in records]), records):
+        flat = _flatten(rec.config)
+        per_class = {row["class"]: float(row["accuracy"]) for row in rec.per_class}
+        results = rec.results()
+        rows.append(
+            [
+                label,
+                *(flat.get(k) for k in keys),
+                *(results[c] for c in RESULT_COLUMNS),
+                *(per_class.get(c) for c in classes),
+            ]
+        )
+    return header, rows
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if column.endswith("acc") or column.startswith("acc_"):
+        return f"{value:.2%}"
+    if column in ("params", "macs"):
+        return f"{value:,}"
+    if column in ("train_s", "images_per_s"):
+        return f"{value:.1f}" if column == "train_s" else f"{value:.0f}"
+    return str(value)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub markdown table; accuracies as percentages."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(c, v).replace("|", "\\|") for c, v in zip(header, row)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(header: list[str], rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in row])
+    return buf.getvalue()
+
+
+def plot_overlaid_curves(records: list[RunRecord], path: str | Path) -> Path:
+    """Val (solid) and test (dashed) accuracy and loss of every run against epoch, one colour per run."""
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    from cifarlens.evaluation.plots import _new_figure, _save
+
+    fig = _new_figure(11.0, 4.6)
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    colors = [f"C{i % 10}" for i in range(len(records))]
+    for label, rec, color in zip(run_labels([r.path for r in records]), records, colors):
+        for split, style in (("val", "-"), ("test", "--"), ("train", ":")):
+            for ax, metric in ((ax_acc, "acc"), (ax_loss, "loss")):
+                points = [
+                    (int(r["epoch"]), float(r[f"{split}_{metric}"])) for r in rec.metrics if r.get(f"{split}_{metric}")
+                ]
+                if split == "train" and any(r.get(f"val_{metric}") or r.get(f"test_{metric}") for r in rec.metrics):
+                    continue  # train curves only where a run has nothing held out
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, style, color=color, marker="o", markersize=3, label=f"{label} {split}")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax_loss.set_ylabel("cross-entropy loss")
+    for ax in (ax_acc, ax_loss):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    if ax_acc.get_legend_handles_labels()[0]:
+        ax_acc.legend(frameon=False, fontsize=8)
+    ax_acc.set_title("accuracy (solid: val, dashed: test)", fontsize=10)
+    ax_loss.set_title("loss", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def write_comparison(runs: list[Path], prefix: str | Path | None = None) -> str:
+    """The markdown comparison of ``runs``; with ``prefix`` also PREFIX.md, PREFIX.csv and PREFIX.png."""
+    records = [load_record(r) for r in runs]
+    header, rows = comparison_rows(records)
+    table = markdown_table(header, rows)
+    if prefix is not None:
+        prefix = Path(prefix)
+        atomic_write_text(prefix.with_name(prefix.name + ".md"), table)
+        atomic_write_text(prefix.with_name(prefix.name + ".csv"), csv_table(header, rows))
+        plot_overlaid_curves(records, prefix.with_name(prefix.name + ".png"))
+    return table
