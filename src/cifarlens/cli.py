@@ -177,6 +177,14 @@ def show_data(
     console.print(f"wrote {out}")
 
 
+from cifarlens.export import commands as _deploy  # noqa: E402 - light module; heavy imports stay in the commands
+
+app.command()(_deploy.export)
+app.command()(_deploy.predict)
+app.command()(_deploy.bench)
+app.command()(_deploy.serve)
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"cifarlens {__version__}")
