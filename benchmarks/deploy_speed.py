@@ -46,7 +46,7 @@ def markdown(reports: dict[str, dict]) -> str:
     sizes = list(first["results"][0]["throughput"])
     big = sizes[-1] if sizes else None
     lines = [
-        f"| model | backend | accuracy | p50 ms (b=1) | p99 ms (b=1) | "
+        "| model | backend | accuracy | p50 ms (b=1) | p99 ms (b=1) | "
         + " | ".join(f"img/s b={s}" for s in sizes)
         + f" | vs torch (b={big}) | GFLOP/s | share of peak |",
         "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in sizes) + " | ---: | ---: | ---: |",

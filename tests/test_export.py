@@ -240,7 +240,7 @@ class Payload:
 
 
 def test_pickle_refused_unless_trusted_then_weights_only(run, tmp_path):
-    model, spec = rundir.load_run_model(run)
+    model, _ = rundir.load_run_model(run)
     pt = tmp_path / "weights.pt"
     torch.save(model.state_dict(), pt)
     with pytest.raises(RunDirError, match="--trust-pickle"):
@@ -261,7 +261,7 @@ def test_pickle_refused_unless_trusted_then_weights_only(run, tmp_path):
 
 
 def test_mismatched_checkpoint_names_the_first_bad_tensor(run, tmp_path):
-    spec, meta = rundir.read_spec(run / rundir.WEIGHTS)
+    _, meta = rundir.read_spec(run / rundir.WEIGHTS)
     model, _ = rundir.load_run_model(run)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     state["classifier.fc2.weight"] = torch.zeros(3, 3)
@@ -291,3 +291,18 @@ def test_bench_measures_every_backend_on_the_same_images(exported, run):
     assert backends["onnxruntime"]["accuracy"] == backends["torch"]["accuracy"]
     bad = cifarlens("bench", run, "--backends", "torch,tensorrt")
     assert_one_line_error(bad, "unknown --backends 'tensorrt'")
+
+
+def test_pillow_limit_set_explicitly_refuses_bombs_as_errors(tmp_path):
+    from PIL import Image as PILImage
+
+    from cifarlens.export.images import set_pillow_pixel_limit
+
+    Image.new("RGB", (200, 200)).save(tmp_path / "big.png")
+    old = PILImage.MAX_IMAGE_PIXELS
+    try:
+        set_pillow_pixel_limit(10_000)  # Pillow itself now warns at 40,000 pixels; that warning must become the error
+        with pytest.raises(ImageFileError, match="decompression-bomb guard"):
+            load_image(tmp_path / "big.png", max_pixels=10**9)
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = old

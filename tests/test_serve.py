@@ -41,7 +41,17 @@ def server(tmp_path_factory):
     rundir.save_weights(create_model("tutorial"), spec, weights)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cifarlens.cli", "serve", str(weights), "--port", str(port), "--max-bytes", str(MAX_BYTES)],
+        [
+            sys.executable,
+            "-m",
+            "cifarlens.cli",
+            "serve",
+            str(weights),
+            "--port",
+            str(port),
+            "--max-bytes",
+            str(MAX_BYTES),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

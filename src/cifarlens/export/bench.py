@@ -12,9 +12,11 @@ same work (preprocessing included, it is inside every backend). For each backend
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,10 +94,10 @@ def bench_backend(
     throughput = {}
     for size in batch_sizes:
         batch = batch_of(size)
-        if classifier.fixed_batch and size != classifier.fixed_batch:
-            call = lambda: classifier.logits(batch, size)  # noqa: E731 - a fixed-batch graph loops inside
+        if classifier.fixed_batch and size != classifier.fixed_batch:  # a fixed-batch graph loops inside
+            call = functools.partial(classifier.logits, batch, size)
         else:
-            call = lambda: classifier.run(batch)  # noqa: E731
+            call = functools.partial(classifier.run, batch)
         call()
         per_call = np.median(timed_calls(call, seconds, min_calls=3))
         throughput[size] = size / per_call

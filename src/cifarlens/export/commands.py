@@ -7,7 +7,7 @@ commands so ``cifarlens --help`` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -16,13 +16,15 @@ from rich.table import Table
 from cifarlens.console import console, err_console, user_errors
 from cifarlens.errors import ConfigError
 
-ModelSource = Annotated[Path, typer.Argument(help="run directory, cifarlens .safetensors, or .onnx from cifarlens export")]
+ModelSource = Annotated[
+    Path, typer.Argument(help="run directory, cifarlens .safetensors, or .onnx from cifarlens export")
+]
 TrustPickle = Annotated[
     bool, typer.Option("--trust-pickle", help="allow a .pt/.pth/.pkl state dict (read with weights_only=True)")
 ]
-ModelName = Annotated[Optional[str], typer.Option("--model", help="architecture of a --trust-pickle state dict")]
-ModelArgs = Annotated[Optional[str], typer.Option("--model-args", help="its model arguments as YAML, e.g. '{width: 8}'")]
-DataDir = Annotated[Optional[str], typer.Option(help="folder holding cifar-10-batches-py (default: the run's)")]
+ModelName = Annotated[str | None, typer.Option("--model", help="architecture of a --trust-pickle state dict")]
+ModelArgs = Annotated[str | None, typer.Option("--model-args", help="its model arguments as YAML, e.g. '{width: 8}'")]
+DataDir = Annotated[str | None, typer.Option(help="folder holding cifar-10-batches-py (default: the run's)")]
 
 
 def _model_args(text: str | None) -> dict[str, Any]:
@@ -43,8 +45,12 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset")] = 18,
     dynamic_batch: Annotated[bool, typer.Option(help="any batch size (else the graph takes batch 1)")] = True,
     quantize: Annotated[str, typer.Option(help="none, or int8 (static, calibrated on training images)")] = "none",
-    out: Annotated[Optional[Path], typer.Option(help="fp32 .onnx file (default RUN/export/model.onnx); int8 goes to <stem>.int8.onnx")] = None,
-    test_images: Annotated[int, typer.Option(help="test images the export is verified on (0: the run's whole test split)")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="fp32 .onnx file (default RUN/export/model.onnx); int8 goes to <stem>.int8.onnx")
+    ] = None,
+    test_images: Annotated[
+        int, typer.Option(help="test images the export is verified on (0: the run's whole test split)")
+    ] = 0,
     calibration_images: Annotated[int, typer.Option(help="training images int8 is calibrated on")] = 512,
     data_dir: DataDir = None,
     trust_pickle: TrustPickle = False,
@@ -91,11 +97,13 @@ def predict(
     model_args: ModelArgs = None,
 ) -> None:
     """Classify image files of any size and mode; unreadable files get an error line each, exit 1 at the end."""
+    from cifarlens.export.images import set_pillow_pixel_limit
     from cifarlens.export.predict import predict_files
     from cifarlens.export.runtime import open_classifier
 
     if top_k < 1 or batch_size < 1 or max_pixels < 1:
         raise ConfigError("--top-k, --batch-size and --max-pixels must be at least 1")
+    set_pillow_pixel_limit(max_pixels)
     classifier = open_classifier(source, trust_pickle=trust_pickle, model=model, model_args=_model_args(model_args))
     failed = done = 0
     table = None
@@ -108,7 +116,9 @@ def predict(
     for pred in predict_files(classifier, images, k=top_k, batch_size=batch_size, max_pixels=max_pixels):
         if pred.error is not None:
             failed += 1
-            err_console.print(f"[bold red]error:[/] {escape(pred.file)}: {escape(pred.error)}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(pred.file)}: {escape(pred.error)}", highlight=False, soft_wrap=True
+            )
         else:
             done += 1
         if json_lines:
@@ -129,12 +139,14 @@ def predict(
 def bench(
     source: Annotated[Path, typer.Argument(help="run directory or cifarlens .safetensors")],
     batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes for throughput")] = "1,32,256",
-    backends: Annotated[str, typer.Option(help="comma-separated: torch, torch-compile, onnxruntime, onnxruntime-int8")] = "torch,torch-compile,onnxruntime,onnxruntime-int8",
+    backends: Annotated[
+        str, typer.Option(help="comma-separated: torch, torch-compile, onnxruntime, onnxruntime-int8")
+    ] = "torch,torch-compile,onnxruntime,onnxruntime-int8",
     threads: Annotated[int, typer.Option(help="threads for every backend (0: torch's default)")] = 0,
     seconds: Annotated[float, typer.Option(help="time spent per measurement")] = 2.0,
     test_images: Annotated[int, typer.Option(help="test images for accuracy (0: the run's whole test split)")] = 0,
     data_dir: DataDir = None,
-    out: Annotated[Optional[Path], typer.Option(help="JSON results (default RUN/export/bench.json)")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON results (default RUN/export/bench.json)")] = None,
 ) -> None:
     """Latency (p50/p99 at batch 1), throughput and accuracy of each backend on this CPU, same images and threads."""
     import torch
@@ -179,9 +191,14 @@ def bench(
         console.print(f"measuring {name} ...")
         results.append(
             bench_backend(
-                classifier, data.test_images, data.test_labels,
-                batch_sizes=sizes, flops_per_image=flops, peak_gflops=peak, seconds=seconds,
-            )  # fmt: skip
+                classifier,
+                data.test_images,
+                data.test_labels,
+                batch_sizes=sizes,
+                flops_per_image=flops,
+                peak_gflops=peak,
+                seconds=seconds,
+            )
         )
     ref = next((r for r in results if r.backend == "torch"), results[0])
     table = Table(title=f"inference on this CPU: {escape(str(source))} ({spec.name}, {threads} threads)")
@@ -209,7 +226,7 @@ def bench(
             "model_args": spec.kwargs,
             "threads": threads,
             "seconds_per_measurement": seconds,
-            "test_images": int(len(data.test_labels)),
+            "test_images": len(data.test_labels),
             "flops_per_image": flops,
             "peak_gflops_fp32_matmul": peak,
             "results": [r.to_dict() for r in results],
@@ -231,6 +248,7 @@ def serve(
     model_args: ModelArgs = None,
 ) -> None:
     """HTTP API: POST /predict an image, get the top-k classes; GET /health."""
+    from cifarlens.export.images import set_pillow_pixel_limit
     from cifarlens.export.runtime import open_classifier
     from cifarlens.export.serve import serve as run_server
 
@@ -238,8 +256,13 @@ def serve(
         raise ConfigError(f"--port must be 1..65535, got {port}")
     if max_bytes < 1 or max_pixels < 1:
         raise ConfigError("--max-bytes and --max-pixels must be at least 1")
+    set_pillow_pixel_limit(max_pixels)
     classifier = open_classifier(source, trust_pickle=trust_pickle, model=model, model_args=_model_args(model_args))
     if host not in ("127.0.0.1", "localhost", "::1"):
-        err_console.print(f"[yellow]warning:[/] listening on {host}: other machines can reach this API", highlight=False)
-    console.print(f"serving {escape(str(source))} ({classifier.backend}) on http://{host}:{port} (GET /health, POST /predict)")
+        err_console.print(
+            f"[yellow]warning:[/] listening on {host}: other machines can reach this API", highlight=False
+        )
+    console.print(
+        f"serving {escape(str(source))} ({classifier.backend}) on http://{host}:{port} (GET /health, POST /predict)"
+    )
     run_server(classifier, host, port, max_bytes=max_bytes, max_pixels=max_pixels)

@@ -67,11 +67,20 @@ def load_image(
     except ImageFileError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageFileError(f"{label}: refused as a decompression bomb ({err})") from None
+        raise ImageFileError(
+            f"{label}: over the pixel limit (decompression-bomb guard: {err}); shrink the image or raise --max-pixels"
+        ) from None
     except UnidentifiedImageError:
         raise ImageFileError(f"{label}: not an image file Pillow can read") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise ImageFileError(f"{label}: truncated or corrupt image ({err})") from None
+    except Exception as err:  # malformed files make Pillow's decoders raise almost anything (struct.error, ...)
+        raise ImageFileError(f"{label}: corrupt image ({type(err).__name__}: {err})") from None
+
+
+def set_pillow_pixel_limit(max_pixels: int) -> None:
+    """Make Pillow's own decompression-bomb limit ``max_pixels`` (process-wide; the CLI commands call it)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _decode(stream, label: str, size: int, max_pixels: int) -> np.ndarray:

@@ -55,7 +55,7 @@ def input_contract(spec: rundir.ModelSpec, dynamic_batch: bool) -> dict[str, Any
         "channels": "RGB",
         "shape": ["batch" if dynamic_batch else 1, 3, CIFAR_SIZE, CIFAR_SIZE],
         "range": [0, 255],
-        "in_graph": f"x/255, (x - mean)/std per channel"
+        "in_graph": "x/255, (x - mean)/std per channel"
         + (f", bilinear resize to {spec.image_size}x{spec.image_size}" if spec.image_size != CIFAR_SIZE else ""),
         "file_to_input": "EXIF transpose, RGB (alpha on white), centre square crop, BOX resize to 32x32",
     }
@@ -94,7 +94,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) ->
     """Logit difference, top-1 agreement and both accuracies (in %) of two (N, C) logit arrays."""
     ref_top, cand_top = reference.argmax(1), candidate.argmax(1)
     return {
-        "images": int(len(labels)),
+        "images": len(labels),
         "max_abs_logit_diff": float(np.abs(reference - candidate).max(initial=0.0)),
         "top1_agreement": float((ref_top == cand_top).mean()) if len(labels) else 1.0,
         "reference_accuracy": float((ref_top == labels).mean() * 100) if len(labels) else 0.0,
@@ -145,7 +145,11 @@ def export_run(
         "std": list(spec.std),
         "image_size": spec.image_size,
         "input": input_contract(spec, dynamic_batch),
-        "output": {"name": OUTPUT, "meaning": "logits (softmax for probabilities)", "shape": ["batch", spec.num_classes]},
+        "output": {
+            "name": OUTPUT,
+            "meaning": "logits (softmax for probabilities)",
+            "shape": ["batch", spec.num_classes],
+        },
         "opset": opset,
         "dynamic_batch": dynamic_batch,
         "torch_version": torch.__version__,
@@ -155,7 +159,10 @@ def export_run(
         exporter = export_graph(model, spec, tmp, opset=opset, dynamic_batch=dynamic_batch)
         fp32 = _checked_session(tmp, base, data, batch_size)
         fp32_logits = fp32.logits(data.test_images, batch_size)
-        check = compare(reference, fp32_logits, data.test_labels) | {"against": "pytorch fp32", "min_agreement": min_agreement}
+        check = compare(reference, fp32_logits, data.test_labels) | {
+            "against": "pytorch fp32",
+            "min_agreement": min_agreement,
+        }
         if check["top1_agreement"] < min_agreement:
             raise VerificationError(
                 f"ONNX export of {source} agrees with PyTorch on only {check['top1_agreement']:.2%} of "
@@ -199,7 +206,12 @@ def _checked_session(path: Path, info: dict[str, Any], data: EvalImages, batch_s
 
 
 def load_eval_images(
-    source: str | Path, data_dir: str | Path | None = None, *, test_images: int = 0, calibration_images: int = 512, seed: int = 0
+    source: str | Path,
+    data_dir: str | Path | None = None,
+    *,
+    test_images: int = 0,
+    calibration_images: int = 512,
+    seed: int = 0,
 ) -> EvalImages:
     """Test images (stratified ``test_images`` of them, 0: all) and training images for calibration.
 
@@ -217,5 +229,9 @@ def load_eval_images(
     if test_images and test_images < len(test):
         test = test.take(stratified_indices(test.labels, test_images, seed))
     n_cal = min(calibration_images, len(data.train))
-    calib = data.train.take(stratified_indices(data.train.labels, n_cal, seed)) if n_cal else data.train.take(torch.arange(0))
+    calib = (
+        data.train.take(stratified_indices(data.train.labels, n_cal, seed))
+        if n_cal
+        else data.train.take(torch.arange(0))
+    )
     return EvalImages(test.images.numpy(), test.labels.numpy(), calib.images.numpy())

@@ -8,9 +8,9 @@ the caller exits non-zero at the end when any file failed.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -30,7 +30,9 @@ class Prediction:
         if self.error is not None:
             return json.dumps({"file": self.file, "error": self.error})
         top = [{"class": c, "probability": round(p, 6)} for c, p in self.top or []]
-        return json.dumps({"file": self.file, "class": top[0]["class"], "probability": top[0]["probability"], "top_k": top})
+        return json.dumps(
+            {"file": self.file, "class": top[0]["class"], "probability": top[0]["probability"], "top_k": top}
+        )
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

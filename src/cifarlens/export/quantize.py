@@ -16,8 +16,9 @@ import contextlib
 import io
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,6 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, fixed_batch: i
         "activations": "uint8",
         "weights": "int8",
         "calibration": "MinMax",
-        "calibration_images": int(len(calibration)),
+        "calibration_images": len(calibration),
         "calibration_source": "training images",
     }

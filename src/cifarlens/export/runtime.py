@@ -118,7 +118,9 @@ class OnnxClassifier(Classifier):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
-            raise RunDirError(f"{path} is not a loadable ONNX model ({str(err).splitlines()[0]}); export it again") from None
+            raise RunDirError(
+                f"{path} is not a loadable ONNX model ({str(err).splitlines()[0]}); export it again"
+            ) from None
         node = self.session.get_inputs()[0]
         self.input_name = node.name
         batch = node.shape[0]
