@@ -157,12 +157,8 @@ def export_run(
     result: dict[str, Any] = {"fp32": None, "int8": None}
     with atomic_path(out) as tmp:
         exporter = export_graph(model, spec, tmp, opset=opset, dynamic_batch=dynamic_batch)
-        fp32 = _checked_session(tmp, base, data, batch_size)
-        fp32_logits = fp32.logits(data.test_images, batch_size)
-        check = compare(reference, fp32_logits, data.test_labels) | {
-            "against": "pytorch fp32",
-            "min_agreement": min_agreement,
-        }
+        fp32_logits, check = _check_graph(tmp, base, data, reference, batch_size)
+        check |= {"against": "pytorch fp32", "min_agreement": min_agreement}
         if check["top1_agreement"] < min_agreement:
             raise VerificationError(
                 f"ONNX export of {source} agrees with PyTorch on only {check['top1_agreement']:.2%} of "
@@ -176,8 +172,7 @@ def export_run(
         int8_path = out.with_name(out.stem + ".int8.onnx")
         with atomic_path(int8_path) as tmp:
             details = quantize_int8(out, tmp, data.calibration, fixed_batch=None if dynamic_batch else 1)
-            int8 = _checked_session(tmp, base, data, batch_size)
-            check = compare(fp32_logits, int8.logits(data.test_images, batch_size), data.test_labels)
+            _, check = _check_graph(tmp, base, data, fp32_logits, batch_size)
             drop = check["reference_accuracy"] - check["accuracy"]
             check |= {"against": "onnx fp32", "accuracy_drop_points": drop, "max_accuracy_drop_points": max_int8_drop}
             if drop > max_int8_drop:
@@ -192,17 +187,20 @@ def export_run(
     return result
 
 
-def _checked_session(path: Path, info: dict[str, Any], data: EvalImages, batch_size: int) -> OnnxClassifier:
-    """An onnxruntime session of a graph not yet in place (its sidecar is written only after the checks)."""
-    # the temporary graph has no sidecar yet: write one for it, removed again below
+def _check_graph(
+    path: Path, info: dict[str, Any], data: EvalImages, reference: np.ndarray, batch_size: int
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Logits of the graph at ``path`` (not yet in place) on the test images, compared with ``reference``."""
     from cifarlens.run import write_json
 
     side = sidecar_path(path)
-    write_json(side, info)
+    write_json(side, info)  # the temporary graph has no sidecar yet: one just for this session
     try:
-        return OnnxClassifier(path)
+        session = OnnxClassifier(path)
     finally:
         side.unlink(missing_ok=True)
+    logits = session.logits(data.test_images, batch_size)
+    return logits, compare(reference, logits, data.test_labels)
 
 
 def load_eval_images(
