@@ -17,6 +17,8 @@ from rich.table import Table
 from cifarlens import __version__
 from cifarlens.console import console, err_console, user_errors, with_config_options
 from cifarlens.errors import CifarlensError
+from cifarlens.experiments import commands as _experiments  # light modules: heavy imports stay inside the commands
+from cifarlens.export import commands as _deploy
 from cifarlens.training.config import TrainConfig
 
 app = typer.Typer(
@@ -177,11 +179,13 @@ def show_data(
     console.print(f"wrote {out}")
 
 
-from cifarlens.experiments import commands as _experiments  # noqa: E402  (light: imports stay inside the commands)
-
 app.command()(_experiments.sweep)
 app.command()(_experiments.compare)
 app.command()(_experiments.report)
+app.command()(_deploy.export)
+app.command()(_deploy.predict)
+app.command()(_deploy.bench)
+app.command()(_deploy.serve)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,133 @@
+"""``cifarlens bench``: latency and throughput of each inference backend on this CPU, with accuracy.
+
+Every backend gets the same uint8 test images (N, 3, 32, 32), the same thread count, and the
+same work (preprocessing included, it is inside every backend). For each backend:
+
+* accuracy on the test images, so speed is never bought with silent accuracy loss;
+* latency at batch 1: p50 and p99 over single calls;
+* throughput (images/s) at each batch size;
+* GFLOP/s achieved (the fp32 model's FLOPs per image x images/s) and its share of the machine's
+  peak, measured here with a large fp32 matmul on the same threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from cifarlens.export.runtime import Classifier
+
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-int8")
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    accuracy: float  # % on the test images
+    latency_p50_ms: float  # batch 1
+    latency_p99_ms: float
+    throughput: dict[int, float]  # batch size -> images/s
+    gflops: float  # at the largest batch size
+    peak_share: float  # gflops / measured fp32 matmul peak
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"throughput": {str(k): v for k, v in self.throughput.items()}}
+
+
+def timed_calls(fn: Callable[[], Any], seconds: float, min_calls: int = 5, max_calls: int = 100_000) -> list[float]:
+    """Seconds per call of ``fn``, called until ``seconds`` have passed (at least ``min_calls`` times)."""
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def model_flops(model: torch.nn.Module) -> int:
+    """FLOPs of one forward pass of the fp32 model on one image (torch's FLOP counter: 2 per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    image = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(image)
+    return int(counter.get_total_flops())
+
+
+def matmul_peak_gflops(seconds: float = 1.0, n: int = 2048) -> float:
+    """Best fp32 matmul GFLOP/s on the current torch threads: the machine's practical peak."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(timed_calls(lambda: torch.mm(a, b), seconds, min_calls=3))
+    return 2 * n**3 / best / 1e9
+
+
+def bench_backend(
+    classifier: Classifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_sizes: list[int],
+    flops_per_image: int,
+    peak_gflops: float,
+    seconds: float = 2.0,
+) -> BackendResult:
+    """Measure one backend. images: uint8 (N, 3, 32, 32) test images with their labels (N,)."""
+    accuracy = float((classifier.logits(images, max(batch_sizes)).argmax(1) == labels).mean() * 100)
+
+    def batch_of(size: int) -> np.ndarray:
+        reps = -(-size // len(images))
+        return np.ascontiguousarray(np.concatenate([images] * reps)[:size])
+
+    one = batch_of(1)
+    for _ in range(3):  # warm-up: first calls allocate, compile or tune kernels
+        classifier.run(one)
+    latencies = np.array(timed_calls(lambda: classifier.run(one), seconds, min_calls=20)) * 1000
+    throughput = {}
+    for size in batch_sizes:
+        batch = batch_of(size)
+        if classifier.fixed_batch and size != classifier.fixed_batch:  # a fixed-batch graph loops inside
+            call = functools.partial(classifier.logits, batch, size)
+        else:
+            call = functools.partial(classifier.run, batch)
+        call()
+        per_call = np.median(timed_calls(call, seconds, min_calls=3))
+        throughput[size] = size / per_call
+    gflops = throughput[max(batch_sizes)] * flops_per_image / 1e9
+    return BackendResult(
+        backend=classifier.backend,
+        accuracy=accuracy,
+        latency_p50_ms=float(np.percentile(latencies, 50)),
+        latency_p99_ms=float(np.percentile(latencies, 99)),
+        throughput=throughput,
+        gflops=gflops,
+        peak_share=gflops / peak_gflops if peak_gflops else 0.0,
+    )
+
+
+def parse_list(text: str, kind: type, name: str, allowed: tuple[str, ...] | None = None) -> list:
+    """``"1,32,256"`` -> [1, 32, 256]; a clear ConfigError on bad items."""
+    from cifarlens.errors import ConfigError
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"{name} is empty; give a comma-separated list")
+    try:
+        values = [kind(t) for t in items]
+    except ValueError:
+        raise ConfigError(f"{name} {text!r} must be a comma-separated list of {kind.__name__}") from None
+    if allowed is not None:
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise ConfigError(f"unknown {name} {unknown[0]!r}; choose from {', '.join(allowed)}")
+    if kind is int and any(v < 1 for v in values):
+        raise ConfigError(f"{name} must be positive integers, got {text!r}")
+    return values

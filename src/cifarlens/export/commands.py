@@ -1,0 +1,268 @@
+"""CLI commands of the deployment area: ``export``, ``predict``, ``bench``, ``serve``.
+
+Registered in ``cifarlens.cli``; heavy imports (onnx, onnxruntime, fastapi) stay inside the
+commands so ``cifarlens --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cifarlens.console import console, err_console, user_errors
+from cifarlens.errors import ConfigError
+
+ModelSource = Annotated[
+    Path, typer.Argument(help="run directory, cifarlens .safetensors, or .onnx from cifarlens export")
+]
+TrustPickle = Annotated[
+    bool, typer.Option("--trust-pickle", help="allow a .pt/.pth/.pkl state dict (read with weights_only=True)")
+]
+ModelName = Annotated[str | None, typer.Option("--model", help="architecture of a --trust-pickle state dict")]
+ModelArgs = Annotated[str | None, typer.Option("--model-args", help="its model arguments as YAML, e.g. '{width: 8}'")]
+DataDir = Annotated[str | None, typer.Option(help="folder holding cifar-10-batches-py (default: the run's)")]
+
+
+def _model_args(text: str | None) -> dict[str, Any]:
+    from cifarlens.config import coerce
+
+    return coerce("model_args", text or "", dict)
+
+
+def default_onnx_path(source: Path) -> Path:
+    """RUN/export/model.onnx for a run directory, else the weights file's name with .onnx."""
+    return source / "export" / "model.onnx" if source.is_dir() else source.with_suffix(".onnx")
+
+
+@user_errors
+def export(
+    source: ModelSource,
+    format: Annotated[str, typer.Option("--format", help="export format (onnx)")] = "onnx",
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 18,
+    dynamic_batch: Annotated[bool, typer.Option(help="any batch size (else the graph takes batch 1)")] = True,
+    quantize: Annotated[str, typer.Option(help="none, or int8 (static, calibrated on training images)")] = "none",
+    out: Annotated[
+        Path | None, typer.Option(help="fp32 .onnx file (default RUN/export/model.onnx); int8 goes to <stem>.int8.onnx")
+    ] = None,
+    test_images: Annotated[
+        int, typer.Option(help="test images the export is verified on (0: the run's whole test split)")
+    ] = 0,
+    calibration_images: Annotated[int, typer.Option(help="training images int8 is calibrated on")] = 512,
+    data_dir: DataDir = None,
+    trust_pickle: TrustPickle = False,
+    model: ModelName = None,
+    model_args: ModelArgs = None,
+) -> None:
+    """Export to ONNX (preprocessing inside the graph) and verify it with onnxruntime on real test images."""
+    from cifarlens.export.onnx_export import export_run, load_eval_images
+
+    if format != "onnx":
+        raise ConfigError(f"unknown --format {format!r}; onnx is the only export format")
+    if source.suffix == ".onnx":
+        raise ConfigError(f"{source} is already an ONNX file; pass the run directory or .safetensors it came from")
+    out = out or default_onnx_path(source)
+    data = load_eval_images(source, data_dir, test_images=test_images, calibration_images=calibration_images)
+    result = export_run(
+        source, data, out=out, opset=opset, dynamic_batch=dynamic_batch, quantize=quantize,
+        trust_pickle=trust_pickle, model_name=model, model_args=_model_args(model_args),
+    )  # fmt: skip
+    table = Table(title=f"ONNX export of {escape(str(source))} (verified on {len(data.test_labels)} test images)")
+    for column in ("graph", "exporter", "max |logit diff|", "top-1 agreement", "accuracy", "vs"):
+        table.add_column(column, justify="left" if column in ("graph", "vs") else "right")
+    for path, info in ((out, result["fp32"]), (out.with_name(out.stem + ".int8.onnx"), result["int8"])):
+        if info:
+            v = info["verification"]
+            table.add_row(
+                escape(str(path)), info["exporter"], f"{v['max_abs_logit_diff']:.2e}", f"{v['top1_agreement']:.2%}",
+                f"{v['accuracy']:.2f}%", f"{v['against']} {v['reference_accuracy']:.2f}%",
+            )  # fmt: skip
+    console.print(table)
+    console.print(f"wrote {escape(str(out))} and {escape(str(out.with_suffix('.json')))} (classes, input contract)")
+
+
+@user_errors
+def predict(
+    source: ModelSource,
+    images: Annotated[list[Path], typer.Argument(help="image files or folders (searched recursively)")],
+    top_k: Annotated[int, typer.Option("--top-k", help="classes shown per image")] = 3,
+    json_lines: Annotated[bool, typer.Option("--json", help="one JSON object per file on stdout")] = False,
+    batch_size: Annotated[int, typer.Option(help="images decoded and classified at a time")] = 64,
+    max_pixels: Annotated[int, typer.Option(help="larger images are refused (decompression-bomb guard)")] = 89_478_485,
+    trust_pickle: TrustPickle = False,
+    model: ModelName = None,
+    model_args: ModelArgs = None,
+) -> None:
+    """Classify image files of any size and mode; unreadable files get an error line each, exit 1 at the end."""
+    from cifarlens.export.images import set_pillow_pixel_limit
+    from cifarlens.export.predict import predict_files
+    from cifarlens.export.runtime import open_classifier
+
+    if top_k < 1 or batch_size < 1 or max_pixels < 1:
+        raise ConfigError("--top-k, --batch-size and --max-pixels must be at least 1")
+    set_pillow_pixel_limit(max_pixels)
+    classifier = open_classifier(source, trust_pickle=trust_pickle, model=model, model_args=_model_args(model_args))
+    failed = done = 0
+    table = None
+    if not json_lines:
+        table = Table(title=f"predictions of {escape(str(source))} ({classifier.backend})")
+        table.add_column("file")
+        table.add_column("class", style="bold")
+        table.add_column("p", justify="right")
+        table.add_column(f"top {top_k}")
+    for pred in predict_files(classifier, images, k=top_k, batch_size=batch_size, max_pixels=max_pixels):
+        if pred.error is not None:
+            failed += 1
+            err_console.print(
+                f"[bold red]error:[/] {escape(pred.file)}: {escape(pred.error)}", highlight=False, soft_wrap=True
+            )
+        else:
+            done += 1
+        if json_lines:
+            print(pred.to_json(), flush=True)
+        elif pred.top:
+            others = ", ".join(f"{c} {p:.1%}" for c, p in pred.top)
+            table.add_row(escape(pred.file), pred.top[0][0], f"{pred.top[0][1]:.1%}", others)
+    if table is not None and done:
+        console.print(table)
+    if failed:
+        err_console.print(f"{failed} of {failed + done} files could not be classified", highlight=False)
+        raise typer.Exit(1)
+    if not done:
+        raise ConfigError("no image files found; pass image files or folders that hold them")
+
+
+@user_errors
+def bench(
+    source: Annotated[Path, typer.Argument(help="run directory or cifarlens .safetensors")],
+    batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes for throughput")] = "1,32,256",
+    backends: Annotated[
+        str, typer.Option(help="comma-separated: torch, torch-compile, onnxruntime, onnxruntime-int8")
+    ] = "torch,torch-compile,onnxruntime,onnxruntime-int8",
+    threads: Annotated[int, typer.Option(help="threads for every backend (0: torch's default)")] = 0,
+    seconds: Annotated[float, typer.Option(help="time spent per measurement")] = 2.0,
+    test_images: Annotated[int, typer.Option(help="test images for accuracy (0: the run's whole test split)")] = 0,
+    data_dir: DataDir = None,
+    out: Annotated[Path | None, typer.Option(help="JSON results (default RUN/export/bench.json)")] = None,
+) -> None:
+    """Latency (p50/p99 at batch 1), throughput and accuracy of each backend on this CPU, same images and threads."""
+    import torch
+
+    from cifarlens.export.bench import BACKENDS, bench_backend, matmul_peak_gflops, model_flops, parse_list
+    from cifarlens.export.onnx_export import export_run, load_eval_images
+    from cifarlens.export.runtime import OnnxClassifier, TorchClassifier, load_torch
+    from cifarlens.run import provenance, write_json
+
+    sizes = parse_list(batch_sizes, int, "--batch-sizes")
+    chosen = parse_list(backends, str, "--backends", BACKENDS)
+    if seconds <= 0:
+        raise ConfigError(f"--seconds must be positive, got {seconds}")
+    if threads < 0:
+        raise ConfigError(f"--threads must be 0 (default) or more, got {threads}")
+    if source.suffix == ".onnx":
+        raise ConfigError("bench compares against PyTorch; pass the run directory or .safetensors, not the .onnx")
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    data = load_eval_images(source, data_dir, test_images=test_images)
+    model, spec = load_torch(source)
+    onnx_path = default_onnx_path(source)
+    int8_path = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+    wanted = {"onnxruntime": onnx_path, "onnxruntime-int8": int8_path}
+    if any(b in chosen and not wanted[b].is_file() for b in wanted):
+        console.print(f"exporting {escape(str(onnx_path))} first (cifarlens export --quantize int8)")
+        export_run(source, data, out=onnx_path, quantize="int8" if "onnxruntime-int8" in chosen else "none")
+    base = TorchClassifier(model, spec, str(source))
+    flops = model_flops(base.module)
+    peak = matmul_peak_gflops()
+    console.print(
+        f"{spec.name}: {flops / 1e6:.1f} MFLOP/image; {threads} threads; fp32 matmul peak {peak:.0f} GFLOP/s; "
+        f"{len(data.test_labels)} test images"
+    )
+    results = []
+    for name in chosen:
+        if name.startswith("onnxruntime"):
+            classifier = OnnxClassifier(wanted[name], threads=threads)
+        else:
+            classifier = base if name == "torch" else TorchClassifier(model, spec, str(source), compile=True)
+        console.print(f"measuring {name} ...")
+        results.append(
+            bench_backend(
+                classifier,
+                data.test_images,
+                data.test_labels,
+                batch_sizes=sizes,
+                flops_per_image=flops,
+                peak_gflops=peak,
+                seconds=seconds,
+            )
+        )
+    ref = next((r for r in results if r.backend == "torch"), results[0])
+    table = Table(title=f"inference on this CPU: {escape(str(source))} ({spec.name}, {threads} threads)")
+    table.add_column("backend", style="bold")
+    table.add_column("accuracy", justify="right")
+    table.add_column("p50 / p99 ms (b=1)", justify="right")
+    for size in sizes:
+        table.add_column(f"img/s b={size}", justify="right")
+    table.add_column(f"vs {ref.backend}", justify="right")
+    table.add_column("GFLOP/s (share of peak)", justify="right")
+    big = max(sizes)
+    for r in results:
+        table.add_row(
+            r.backend, f"{r.accuracy:.2f}%", f"{r.latency_p50_ms:.2f} / {r.latency_p99_ms:.2f}",
+            *(f"{r.throughput[s]:,.0f}" for s in sizes), f"{r.throughput[big] / ref.throughput[big]:.2f}x",
+            f"{r.gflops:.1f} ({r.peak_share:.0%})",
+        )  # fmt: skip
+    console.print(table)
+    out = out or (onnx_path.parent / "bench.json" if source.is_dir() else source.with_suffix(".bench.json"))
+    write_json(
+        out,
+        {
+            "source": str(source),
+            "model": spec.name,
+            "model_args": spec.kwargs,
+            "threads": threads,
+            "seconds_per_measurement": seconds,
+            "test_images": len(data.test_labels),
+            "flops_per_image": flops,
+            "peak_gflops_fp32_matmul": peak,
+            "results": [r.to_dict() for r in results],
+            "provenance": provenance(),
+        },
+    )
+    console.print(f"wrote {escape(str(out))}")
+
+
+@user_errors
+def serve(
+    source: ModelSource,
+    host: Annotated[str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    max_bytes: Annotated[int, typer.Option(help="largest accepted request body in bytes")] = 10 * 1024 * 1024,
+    max_pixels: Annotated[int, typer.Option(help="larger images are refused (decompression-bomb guard)")] = 89_478_485,
+    trust_pickle: TrustPickle = False,
+    model: ModelName = None,
+    model_args: ModelArgs = None,
+) -> None:
+    """HTTP API: POST /predict an image, get the top-k classes; GET /health."""
+    from cifarlens.export.images import set_pillow_pixel_limit
+    from cifarlens.export.runtime import open_classifier
+    from cifarlens.export.serve import serve as run_server
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be 1..65535, got {port}")
+    if max_bytes < 1 or max_pixels < 1:
+        raise ConfigError("--max-bytes and --max-pixels must be at least 1")
+    set_pillow_pixel_limit(max_pixels)
+    classifier = open_classifier(source, trust_pickle=trust_pickle, model=model, model_args=_model_args(model_args))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(
+            f"[yellow]warning:[/] listening on {host}: other machines can reach this API", highlight=False
+        )
+    console.print(
+        f"serving {escape(str(source))} ({classifier.backend}) on http://{host}:{port} (GET /health, POST /predict)"
+    )
+    run_server(classifier, host, port, max_bytes=max_bytes, max_pixels=max_pixels)

@@ -1,0 +1,214 @@
+"""A classifier from any file a user may hand us, with one interface whatever runs it.
+
+Accepted sources:
+
+* a run directory (``RUN/model.safetensors``) or a cifarlens ``.safetensors`` file: PyTorch;
+* an ``.onnx`` file exported by ``cifarlens export``, read with the JSON written next to it
+  (``model.onnx`` -> ``model.json``: classes, input layout, preprocessing): onnxruntime;
+* a pickled ``.pt/.pth/.pkl`` state dict only with ``trust_pickle=True`` plus the model name,
+  and even then through ``torch.load(weights_only=True)``.
+
+Every classifier takes what ``cifarlens.export.images`` produces, uint8 RGB (N, 3, 32, 32), and
+returns float32 logits (N, C); scaling, normalisation and any resize to the model's
+``image_size`` happen inside (``Preprocessed``), so a consumer cannot get them wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cifarlens import run as rundir
+from cifarlens.data import model_input
+from cifarlens.errors import CifarlensError, RunDirError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+ONNX_FORMAT = "cifarlens-onnx"
+
+
+class Preprocessed(nn.Module):
+    """``model`` behind its input pipeline: uint8 RGB (N, 3, H, W) -> logits (N, C).
+
+    ``x / 255``, per-channel ``(x - mean) / std``, then a bilinear resize to ``image_size`` when
+    the model was trained larger than the 32x32 CIFAR images (as training resized them).
+    """
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], image_size: int = 32):
+        super().__init__()
+        self.model = model
+        self.mean, self.std, self.image_size = tuple(mean), tuple(std), image_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(model_input(images, self.mean, self.std, self.image_size))  # the training pipeline's own
+
+
+class Classifier:
+    """uint8 RGB images (N, 3, 32, 32) -> float32 logits (N, C); ``classes`` names the columns."""
+
+    classes: tuple[str, ...]
+    backend: str
+    source: str
+    info: dict[str, Any]
+    fixed_batch: int | None = None  # an ONNX graph exported without a dynamic batch takes only this many
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Logits for any number of images, ``batch_size`` at a time (padded for a fixed-batch graph)."""
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected uint8 images (N, 3, H, W), got {images.dtype} {images.shape}")
+        step = self.fixed_batch or batch_size
+        out = []
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            n = len(chunk)
+            if self.fixed_batch and n < step:
+                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), np.uint8)])
+            out.append(self.run(np.ascontiguousarray(chunk))[:n])
+        if not out:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+class TorchClassifier(Classifier):
+    """A PyTorch model (eval mode, CPU, channels-last) behind ``Preprocessed``."""
+
+    def __init__(self, model: nn.Module, spec: rundir.ModelSpec, source: str, compile: bool = False):
+        self.spec = spec
+        self.classes = tuple(spec.classes)
+        self.backend = "torch-compile" if compile else "torch"
+        self.source = source
+        self.info = {"model": spec.name, "model_args": spec.kwargs, "image_size": spec.image_size}
+        self.module = Preprocessed(model.eval(), spec.mean, spec.std, spec.image_size).eval()
+        self.module = self.module.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.module) if compile else self.module
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(images).contiguous(memory_format=torch.channels_last)
+            return self.forward(x).float().numpy()
+
+
+class OnnxClassifier(Classifier):
+    """An exported ONNX graph (uint8 input, preprocessing inside) run by onnxruntime on the CPU."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        self.info = read_sidecar(path)
+        self.classes = tuple(self.info["classes"])
+        self.source = str(path)
+        self.backend = "onnxruntime-int8" if self.info.get("quantization") else "onnxruntime"
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+            raise RunDirError(
+                f"{path} is not a loadable ONNX model ({str(err).splitlines()[0]}); export it again"
+            ) from None
+        node = self.session.get_inputs()[0]
+        self.input_name = node.name
+        batch = node.shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else None
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: images})[0]
+
+
+def sidecar_path(onnx_path: str | Path) -> Path:
+    """The preprocessing JSON written next to an exported graph: ``model.onnx`` -> ``model.json``."""
+    return Path(onnx_path).with_suffix(".json")
+
+
+def read_sidecar(onnx_path: Path) -> dict[str, Any]:
+    path = sidecar_path(onnx_path)
+    if not onnx_path.is_file():
+        raise RunDirError(f"ONNX file {onnx_path} not found; create it with cifarlens export RUN")
+    if not path.is_file():
+        raise RunDirError(
+            f"{onnx_path} has no {path.name} next to it (classes and input contract); "
+            "use a model exported by cifarlens export, or copy the JSON along with it"
+        )
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"{path} is not valid JSON ({err}); export the model again") from None
+    if not isinstance(info, dict) or info.get("format") != ONNX_FORMAT or "classes" not in info:
+        raise RunDirError(f"{path} was not written by cifarlens export; export the model again")
+    return info
+
+
+def load_torch(
+    source: str | Path,
+    *,
+    trust_pickle: bool = False,
+    model: str | None = None,
+    model_args: dict[str, Any] | None = None,
+) -> tuple[nn.Module, rundir.ModelSpec]:
+    """The PyTorch model and spec of a run directory, a cifarlens .safetensors or (trusted) pickle file."""
+    path = Path(source)
+    if path.is_dir():
+        return rundir.load_run_model(path)
+    if path.suffix == ".safetensors":
+        return rundir.load_weights(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return _load_pickle(path, trust_pickle, model, model_args or {})
+    if not path.exists():
+        raise RunDirError(f"{path} not found; pass a run directory, a .safetensors or an exported .onnx file")
+    raise RunDirError(f"{path}: unknown model file type {path.suffix!r}; pass a run directory, .safetensors or .onnx")
+
+
+def _load_pickle(path: Path, trust: bool, model: str | None, model_args: dict[str, Any]):
+    if not trust:
+        raise RunDirError(
+            f"{path} is a pickle file, and loading a pickle can run arbitrary code; cifarlens reads safetensors "
+            "weights (RUN/model.safetensors). If you trust the file, add --trust-pickle --model NAME "
+            "(it is then read with torch.load(weights_only=True))"
+        )
+    if not model:
+        raise CifarlensError(f"{path} holds bare weights without a model name; add --model NAME (see cifarlens models)")
+    if not path.is_file():
+        raise RunDirError(f"{path} not found")
+    from cifarlens.data import CIFAR10_MEAN, CIFAR10_STD, CLASSES
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # weights_only refuses arbitrary objects with an UnpicklingError (or others)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunDirError(f"{path} could not be read as a plain state dict with weights_only=True ({first})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # cifarlens checkpoints and many training scripts nest the weights
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RunDirError(f"{path} does not hold a state dict (name -> tensor); save model.state_dict()")
+    spec = rundir.ModelSpec(model, model_args, len(CLASSES), CLASSES, CIFAR10_MEAN, CIFAR10_STD)
+    net = spec.build()
+    rundir.load_state_checked(net, state, path)
+    return net.eval(), spec
+
+
+def open_classifier(
+    source: str | Path,
+    *,
+    trust_pickle: bool = False,
+    model: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    threads: int | None = None,
+) -> Classifier:
+    """A ``Classifier`` for a run directory, .safetensors, exported .onnx or (trusted) pickle file."""
+    path = Path(source)
+    if path.suffix.lower() == ".onnx":
+        return OnnxClassifier(path, threads=threads)
+    net, spec = load_torch(path, trust_pickle=trust_pickle, model=model, model_args=model_args)
+    return TorchClassifier(net, spec, str(path))
