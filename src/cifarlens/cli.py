@@ -177,6 +177,11 @@ def show_data(
     console.print(f"wrote {out}")
 
 
+from cifarlens.explain.commands import app as explain_app  # noqa: E402  (the sub-app imports only typer and rich)
+
+app.add_typer(explain_app, name="explain")
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"cifarlens {__version__}")
