@@ -140,7 +140,7 @@ class ActivationMaximiser:
             loss = -self.unit_activations(x)[idx, target].mean()
             (image.spectrum.grad,) = torch.autograd.grad(loss, [image.spectrum])  # no grads into the model
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         with torch.no_grad():
             final = image()
             acts = self.unit_activations(final)[idx, target].numpy()

@@ -33,7 +33,7 @@ class Projection:
 class Projector:
     """``Projector(method="tsne", seed=0)(features) -> Projection`` for features (N, D).
 
-    t-SNE runs openTSNE (FFT-accelerated gradients) and falls back to scikit-learn's TSNE
+    t-SNE runs openTSNE (FFT-accelerated gradients from 10,000 points on) and falls back to scikit-learn's TSNE
     when openTSNE is not installed; UMAP runs umap-learn. Features wider than ``pca_dims`` are
     first reduced by PCA for t-SNE and UMAP (the usual practice; it also makes them faster).
     """
@@ -89,8 +89,10 @@ class Projector:
                 if self.backend == "opentsne":
                     raise CifarlensError("openTSNE is not installed; pip install openTSNE") from None
             else:
+                # "auto": FFT-interpolated gradients from 10,000 points on, Barnes-Hut below, where
+                # the FFT grid's fixed cost dominates (25 s vs 1 s for 200 points on one core).
                 tsne = TSNE(perplexity=perplexity, random_state=self.seed, n_jobs=self.n_jobs,
-                            negative_gradient_method="fft", verbose=False)  # fmt: skip
+                            negative_gradient_method="auto", verbose=False)  # fmt: skip
                 return np.asarray(tsne.fit(x)), "openTSNE"
         from sklearn.manifold import TSNE as SkTSNE
 
