@@ -8,6 +8,7 @@ row for the class; it is offered only for models whose head is global-average-po
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -92,6 +93,18 @@ def _classic_cam(model: nn.Module, target_layers: list[nn.Module], weight: torch
     return ClassicCAM(model=model, target_layers=target_layers, uses_gradients=False)
 
 
+@contextlib.contextmanager
+def _quiet_score_cam():
+    """Silence the tqdm bar ScoreCAM draws for every batch (it has no option for it)."""
+    import types
+    from unittest import mock
+
+    from pytorch_grad_cam import score_cam
+
+    with mock.patch.object(score_cam, "tqdm", types.SimpleNamespace(tqdm=lambda iterable, **_: iterable)):
+        yield
+
+
 class CamExplainer:
     """Heat maps of one CAM method for batches: ``explainer(x, targets=None) -> (N, H, W)`` float32 in [0, 1].
 
@@ -125,6 +138,7 @@ class CamExplainer:
             with torch.no_grad():
                 targets = self.model(x).argmax(1).tolist()
         t0 = time.perf_counter()
-        maps = self._cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+        with _quiet_score_cam():
+            maps = self._cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
         self.time_per_image = (time.perf_counter() - t0) / max(len(x), 1)
         return np.asarray(maps, dtype=np.float32)
