@@ -142,7 +142,7 @@ def test_default_layers_of_known_architectures():
     assert gap_linear_head(resnet)[0] == "layer4"  # not the ReLU that layer4.1 calls twice
     airnet = create_model("airnet", width=8, wide=16).eval()
     assert default_stages(list_layers(airnet)) == [
-        "act", "blocks.block1.act2", "blocks.block2.act2", "blocks.block3.act2", "pool", "flatten"
+        "act", "blocks.block1.act2", "blocks.block2.act2", "blocks.block3.act2", "flatten"
     ]  # fmt: skip
     with pytest.raises(CifarlensError, match="global-average-pool"):
         gap_linear_head(airnet)  # max pooling and scaled logits: no original CAM, a clear refusal

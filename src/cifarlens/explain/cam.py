@@ -19,6 +19,10 @@ from cifarlens.errors import CifarlensError
 from cifarlens.explain.layers import default_target_layer, get_module, module_feeding
 
 METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam", "cam")
+# Reference for faithfulness scores: random channel weights on the same target layer (grad-cam's
+# RandomCAM), so the map has the same blocky resolution as the real ones. A pixel-wise random map
+# would be an unfair reference: scattered deletions destroy an image faster than any region does.
+RANDOM = "random"
 _PASS_THROUGH = (nn.Dropout, nn.Identity, nn.Flatten)
 
 
@@ -31,6 +35,7 @@ def _grad_cam_class(method: str):
         "scorecam": pgc.ScoreCAM,
         "eigencam": pgc.EigenCAM,
         "layercam": pgc.LayerCAM,
+        RANDOM: pgc.RandomCAM,
     }[method]
 
 
@@ -114,10 +119,10 @@ class CamExplainer:
     """
 
     def __init__(self, model: nn.Module, method: str = "gradcam", *, target_layer: str | None = None,
-                 image_size: int = 32, batch_size: int = 64):  # fmt: skip
-        if method not in METHODS:
+                 image_size: int = 32, batch_size: int = 64, seed: int = 0):  # fmt: skip
+        if method not in (*METHODS, RANDOM):
             raise CifarlensError(f"unknown CAM method {method!r}; choose one of: {', '.join(METHODS)}")
-        self.model, self.method = model.eval(), method
+        self.model, self.method, self.seed = model.eval(), method, seed
         if method == "cam":
             layer, linear = gap_linear_head(model, image_size)
             if target_layer and target_layer != layer:
@@ -138,7 +143,12 @@ class CamExplainer:
             with torch.no_grad():
                 targets = self.model(x).argmax(1).tolist()
         t0 = time.perf_counter()
-        with _quiet_score_cam():
-            maps = self._cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+        state = np.random.get_state()
+        np.random.seed(self.seed)  # RandomCAM draws from numpy's global generator
+        try:
+            with _quiet_score_cam():
+                maps = self._cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+        finally:
+            np.random.set_state(state)
         self.time_per_image = (time.perf_counter() - t0) / max(len(x), 1)
         return np.asarray(maps, dtype=np.float32)

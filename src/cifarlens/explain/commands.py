@@ -29,6 +29,7 @@ RunArg = Annotated[Path, typer.Argument(help="run directory written by cifarlens
 DataDirOpt = Annotated[Optional[str], typer.Option(help="folder holding cifar-10-batches-py (default: the run's)")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps")]
 SplitOpt = Annotated[str, typer.Option(help="train, val or test")]
+LimitOpt = Annotated[int, typer.Option(help="first N images of the split (0: all)")]
 
 
 def _load(run: Path, device: str = "cpu"):
@@ -111,7 +112,7 @@ def features_command(
     run: RunArg,
     layers: Annotated[str, typer.Option(help="comma-separated layer names (see explain layers)")],
     split: SplitOpt = "test",
-    limit: Annotated[int, typer.Option(help="first N images of the split (0: all)")] = 0,
+    limit: LimitOpt = 0,
     pool: Annotated[str, typer.Option(help="global pooling of (C, H, W) maps: avg or max")] = "avg",
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 500,
     data_dir: DataDirOpt = None,
@@ -152,7 +153,7 @@ def projection_command(
     layer: Annotated[Optional[str], typer.Option(help="layer to project (default: the input of the last linear layer)")] = None,
     method: Annotated[str, typer.Option(help="pca, tsne (openTSNE, FFT) or umap")] = "tsne",
     split: SplitOpt = "test",
-    limit: Annotated[int, typer.Option(help="first N images of the split (0: all)")] = 0,
+    limit: LimitOpt = 0,
     seed: Annotated[int, typer.Option(help="seed of the projection and the trustworthiness subsample")] = 0,
     thumbnails: Annotated[int, typer.Option(help="draw this many image thumbnails on the map")] = 0,
     sample: Annotated[int, typer.Option(help="points the trustworthiness is computed on (O(n^2) memory)")] = 2000,
@@ -490,14 +491,14 @@ def compare_cam_command(
     n: Annotated[int, typer.Option(help="test images scored (the first N)")] = 100,
     steps: Annotated[int, typer.Option(help="points on each deletion/insertion curve")] = 16,
     target_layer: Annotated[Optional[str], typer.Option(help="module every method looks at (default: see explain layers)")] = None,
-    seed: Annotated[int, typer.Option(help="seed of the random-map reference")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the random-map reference (random channel weights)")] = 0,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Faithfulness of CAM methods: deletion/insertion curves and AUCs on N test images, against a random map, with time per image."""
     import numpy as np
     import torch
 
-    from cifarlens.explain.cam import CamExplainer
+    from cifarlens.explain.cam import RANDOM, CamExplainer
     from cifarlens.explain.faithfulness import DeletionInsertion
     from cifarlens.explain.images import model_input
     from cifarlens.explain.plots import plot_curves
@@ -512,13 +513,10 @@ def compare_cam_command(
     with torch.no_grad():
         targets = model(x).argmax(1).tolist()  # explain the predicted class, as the CAM commands do
     metric = DeletionInsertion(model, steps=steps)
-    rng = np.random.default_rng(seed)
-    rows, curves = [], {}
-    maps_by = {"random": rng.random((len(x), *x.shape[2:]), dtype=np.float32)}
-    seconds = {"random": 0.0}
+    rows, curves, maps_by, seconds = [], {}, {}, {}
     with console.status(f"computing {len(chosen)} CAM methods on {len(x)} images"):
-        for m in chosen:
-            explainer = CamExplainer(model, m, target_layer=target_layer, image_size=spec.image_size)
+        for m in [*chosen, RANDOM]:
+            explainer = CamExplainer(model, m, target_layer=target_layer, image_size=spec.image_size, seed=seed)
             maps_by[m] = explainer(x, targets)
             seconds[m] = explainer.time_per_image
     with console.status("deletion and insertion curves"):

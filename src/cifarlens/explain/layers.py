@@ -155,6 +155,8 @@ def default_stages(layers: list[LayerInfo]) -> list[str]:
         else:
             groups.append([info])
     for group in groups:
+        if group[0].shape[1:] == (1, 1):
+            continue  # a global pool: the flattened vector after it is the same stage
         end = len(group) - 1
         while end > 0 and (group[end].module_type == "Conv2d" or group[end].shape[0] != group[end - 1].shape[0]):
             end -= 1

@@ -19,6 +19,11 @@ def _class_colours(n: int):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _bare(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def plot_projection(points: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: str | Path, *,
                     title: str = "", thumbnails: np.ndarray | None = None, n_thumbnails: int = 0,
                     seed: int = 0) -> Path:  # fmt: skip
@@ -41,8 +46,7 @@ def plot_projection(points: np.ndarray, labels: np.ndarray, classes: Sequence[st
             ax.add_artist(box)
     ax.legend(markerscale=max(1.0, 6 / math.sqrt(size)), loc="best", fontsize=8, framealpha=0.8)
     ax.set_title(textwrap.fill(title, 110), fontsize=10)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    _bare(ax)
     fig.tight_layout()
     return _save(fig, path, dpi=110)
 
@@ -76,8 +80,7 @@ def plot_tiles(tiles: np.ndarray, path: str | Path, *, labels: Sequence[str] | N
         ax = fig.add_subplot(rows, columns, i + 1)
         tile = tiles[i]
         ax.imshow(tile, cmap=None if tile.ndim == 3 else cmap, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        _bare(ax)
         if labels is not None:
             ax.set_title(labels[i], fontsize=6, pad=2)
     fig.suptitle(textwrap.fill(title, max(40, int(columns * tile_inches * 14))), fontsize=9)
@@ -98,8 +101,7 @@ def plot_cams(images: np.ndarray, heatmaps: dict[str, np.ndarray], path: str | P
         ax = fig.add_subplot(n, cols, i * cols + 1)
         ax.imshow(images[i], interpolation="nearest")
         ax.set_ylabel(captions[i], fontsize=7)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        _bare(ax)
         for j, method in enumerate(methods, start=2):
             ax = fig.add_subplot(n, cols, i * cols + j)
             ax.imshow(images[i], interpolation="nearest")
