@@ -286,7 +286,10 @@ def _chosen_images(run: Path, spec, images: list[Path] | None, index: str | None
     if images and index:
         raise CifarlensError("give image files or --index, not both")
     if images:
-        return load_image_files(images, spec.image_size), None, [p.name for p in images]
+        names = [p.name for p in images]
+        if len(set(names)) < len(names):  # e.g. samples/cat/0990.jpg and samples/dog/0990.jpg
+            names = [f"{p.parent.name}_{p.name}" for p in images]
+        return load_image_files(images, spec.image_size), None, names
     _, chosen = _split(run, split, data_dir)
     idx = parse_indices(index or "0", len(chosen))
     return chosen.images[idx], chosen.labels[idx].tolist(), [f"{split}{i}" for i in idx]
@@ -439,7 +442,6 @@ def cam_command(
     from cifarlens.explain.faithfulness import DeletionInsertion
     from cifarlens.explain.images import denormalize, model_input
     from cifarlens.explain.plots import plot_cams
-    from cifarlens.run import write_json
 
     model, spec, _ = _load(run)
     methods = _methods(method)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.progress import Progress
-from safetensors.numpy import load_file, save_file
 from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 from torch import nn
 
 from cifarlens.errors import CifarlensError
