@@ -50,7 +50,7 @@ class FourierImage(nn.Module):
         fy = torch.fft.fftfreq(size)[:, None]
         fx = torch.fft.rfftfreq(size)[None, :]
         freqs = torch.sqrt(fx**2 + fy**2)
-        self.register_buffer("scale", (1.0 / freqs.clamp_min(1.0 / size) ** decay_power) * size)
+        self.register_buffer("scale", 1.0 / freqs.clamp_min(1.0 / size) ** decay_power)  # as lucent
         self.register_buffer("colour", colour_sqrt)
         shape = (batch, 3, *freqs.shape, 2)
         self.spectrum = nn.Parameter(torch.randn(shape, generator=generator) * std)
