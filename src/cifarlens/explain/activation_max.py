@@ -1,8 +1,9 @@
 """Activation maximisation: images that drive one channel (or one class logit) as high as possible.
 
 The method of Lucid / lucent (Olah et al., "Feature Visualization", Distill 2017), written here
-because torch-lucent 0.1.8 (2021) is unmaintained and its transforms and defaults assume
-ImageNet-sized 224x224 inputs. What makes the images readable, all as in lucent:
+because torch-lucent 0.1.8 (2021) is unmaintained, imports kornia and IPython at import time
+(it did not import in our environment without them), and its transforms (pad 12, jitter 8)
+and colour matrix are tuned for ImageNet 224x224 inputs. What makes the images readable, as in lucent:
 
 * Fourier parameterisation: the image is the inverse real FFT of a learnt spectrum whose
   amplitudes are scaled by 1/frequency, so the optimiser moves low frequencies first;
