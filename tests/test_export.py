@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from cifarlens import run as rundir
 from cifarlens.data import prepare_data
 from cifarlens.errors import RunDirError
-from cifarlens.export.images import ImageFileError, collect_images, load_image
+from cifarlens.data.image_files import ImageFileError, collect_images, load_image
 from cifarlens.export.onnx_export import VerificationError, export_run, load_eval_images
 from cifarlens.export.predict import predict_files
 from cifarlens.export.runtime import OnnxClassifier, open_classifier
@@ -296,7 +296,7 @@ def test_bench_measures_every_backend_on_the_same_images(exported, run):
 def test_pillow_limit_set_explicitly_refuses_bombs_as_errors(tmp_path):
     from PIL import Image as PILImage
 
-    from cifarlens.export.images import set_pillow_pixel_limit
+    from cifarlens.data.image_files import set_pillow_pixel_limit
 
     Image.new("RGB", (200, 200)).save(tmp_path / "big.png")
     old = PILImage.MAX_IMAGE_PIXELS

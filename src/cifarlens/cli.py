@@ -17,6 +17,7 @@ from rich.table import Table
 from cifarlens import __version__
 from cifarlens.console import console, err_console, user_errors, with_config_options
 from cifarlens.errors import CifarlensError
+from cifarlens.explain.commands import app as explain_app
 from cifarlens.experiments import commands as _experiments  # light modules: heavy imports stay inside the commands
 from cifarlens.export import commands as _deploy
 from cifarlens.training.config import TrainConfig
@@ -186,6 +187,7 @@ app.command()(_deploy.export)
 app.command()(_deploy.predict)
 app.command()(_deploy.bench)
 app.command()(_deploy.serve)
+app.add_typer(explain_app, name="explain")
 
 
 def _version(value: bool) -> None:

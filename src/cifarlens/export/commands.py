@@ -97,7 +97,7 @@ def predict(
     model_args: ModelArgs = None,
 ) -> None:
     """Classify image files of any size and mode; unreadable files get an error line each, exit 1 at the end."""
-    from cifarlens.export.images import set_pillow_pixel_limit
+    from cifarlens.data.image_files import set_pillow_pixel_limit
     from cifarlens.export.predict import predict_files
     from cifarlens.export.runtime import open_classifier
 
@@ -248,7 +248,7 @@ def serve(
     model_args: ModelArgs = None,
 ) -> None:
     """HTTP API: POST /predict an image, get the top-k classes; GET /health."""
-    from cifarlens.export.images import set_pillow_pixel_limit
+    from cifarlens.data.image_files import set_pillow_pixel_limit
     from cifarlens.export.runtime import open_classifier
     from cifarlens.export.serve import serve as run_server
 

@@ -23,7 +23,7 @@ from torch import nn
 from cifarlens import __version__
 from cifarlens import run as rundir
 from cifarlens.errors import CifarlensError, ConfigError
-from cifarlens.export.images import CIFAR_SIZE
+from cifarlens.data.image_files import CIFAR_SIZE
 from cifarlens.export.runtime import ONNX_FORMAT, OnnxClassifier, Preprocessed, TorchClassifier, sidecar_path
 from cifarlens.io import atomic_path
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarlens.export.images import DEFAULT_MAX_PIXELS, ImageFileError, collect_images, load_image
+from cifarlens.data.image_files import DEFAULT_MAX_PIXELS, ImageFileError, collect_images, load_image
 from cifarlens.export.runtime import Classifier
 
 

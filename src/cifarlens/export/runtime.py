@@ -8,7 +8,7 @@ Accepted sources:
 * a pickled ``.pt/.pth/.pkl`` state dict only with ``trust_pickle=True`` plus the model name,
   and even then through ``torch.load(weights_only=True)``.
 
-Every classifier takes what ``cifarlens.export.images`` produces, uint8 RGB (N, 3, 32, 32), and
+Every classifier takes what ``cifarlens.data.image_files`` produces, uint8 RGB (N, 3, 32, 32), and
 returns float32 logits (N, C); scaling, normalisation and any resize to the model's
 ``image_size`` happen inside (``Preprocessed``), so a consumer cannot get them wrong.
 """

@@ -21,7 +21,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from cifarlens.export.images import DEFAULT_MAX_PIXELS, ImageFileError, load_image
+from cifarlens.data.image_files import DEFAULT_MAX_PIXELS, ImageFileError, load_image
 from cifarlens.export.predict import top_k as top_k_classes
 from cifarlens.export.runtime import Classifier
 

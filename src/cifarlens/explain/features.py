@@ -1,0 +1,111 @@
+"""Pooled activations of chosen layers for a whole split, in batches, with bounded memory.
+
+Only the pooled (N, C) vectors are kept: one batch of full feature maps lives at a time,
+so memory is ``batch_size`` x the largest map plus N x the pooled widths.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import Progress
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+from torch import nn
+
+from cifarlens.errors import CifarlensError
+from cifarlens.explain.images import model_input
+from cifarlens.explain.layers import FeatureExtractor, pool_features
+from cifarlens.io import atomic_path
+from cifarlens.run import ModelSpec
+
+
+@dataclass
+class Features:
+    """Pooled activations: ``layers[name]`` is float32 (N, C); ``labels`` int64 (N,); ``indices`` into the split."""
+
+    layers: dict[str, np.ndarray]
+    labels: np.ndarray
+    indices: np.ndarray
+    split: str = "test"
+    pool: str = "avg"
+
+    def save(self, path: str | Path) -> None:
+        """Write one safetensors file: a tensor per layer plus ``__labels__`` and ``__indices__``."""
+        tensors = {name: np.ascontiguousarray(x) for name, x in self.layers.items()}
+        tensors |= {"__labels__": self.labels.astype(np.int64), "__indices__": self.indices.astype(np.int64)}
+        meta = {"format": "cifarlens-features", "split": self.split, "pool": self.pool, "layers": json.dumps(list(self.layers))}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Features":
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="np") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+            names = json.loads(meta["layers"])
+        except Exception:
+            raise CifarlensError(f"{path} is not a features file written by cifarlens explain features") from None
+        return cls({n: tensors[n] for n in names}, tensors["__labels__"], tensors["__indices__"], meta["split"], meta["pool"])
+
+
+class ActivationPooler:
+    """``pooler(images) -> {layer: (N, C) float32}`` for uint8 images (N, 3, H, W), in batches.
+
+    Built once for a model, its spec and a list of layer names (unknown names list the valid ones).
+    """
+
+    def __init__(self, model: nn.Module, spec: ModelSpec, layers: list[str], *, pool: str = "avg",
+                 batch_size: int = 500, device: str | torch.device = "cpu"):  # fmt: skip
+        if pool not in ("avg", "max"):
+            raise CifarlensError(f"unknown pooling {pool!r}; choose avg or max")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.spec, self.layers, self.pool, self.batch_size = spec, list(layers), pool, batch_size
+        self.extractor = FeatureExtractor(self.model, self.layers)
+
+    def __call__(self, images: torch.Tensor, progress: Progress | None = None) -> dict[str, np.ndarray]:
+        chunks: dict[str, list[np.ndarray]] = {name: [] for name in self.layers}
+        task = progress.add_task("extracting features", total=len(images)) if progress else None
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                batch = images[start : start + self.batch_size].to(self.device)
+                outputs = self.extractor(model_input(batch, self.spec))
+                for name in self.layers:
+                    chunks[name].append(pool_features(outputs[name], name, self.pool).float().cpu().numpy())
+                if progress:
+                    progress.advance(task, len(batch))
+        return {name: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32) for name, parts in chunks.items()}
+
+
+def extract_features(
+    model: nn.Module,
+    spec: ModelSpec,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    layers: list[str],
+    *,
+    split: str = "test",
+    limit: int = 0,
+    pool: str = "avg",
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    show_progress: bool = False,
+) -> Features:
+    """Pooled features of the first ``limit`` images (0: all) of a split. images: uint8 (N, 3, H, W)."""
+    if limit < 0:
+        raise CifarlensError(f"--limit must not be negative, got {limit}")
+    n = min(limit, len(images)) if limit else len(images)
+    pooler = ActivationPooler(model, spec, layers, pool=pool, batch_size=batch_size, device=device)
+    if show_progress:
+        with Progress(transient=True) as progress:
+            layers_out = pooler(images[:n], progress)
+    else:
+        layers_out = pooler(images[:n])
+    return Features(layers_out, labels[:n].numpy().astype(np.int64), np.arange(n), split, pool)

@@ -1,0 +1,51 @@
+"""Images for the explain commands: from the run's data or from files, normalised as the model expects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cifarlens.data.augment import model_input as data_model_input
+from cifarlens.data.image_files import ImageFileError, load_image  # noqa: F401  (ImageFileError: re-exported)
+from cifarlens.errors import CifarlensError
+from cifarlens.run import ModelSpec
+
+
+def model_input(images: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float (N, 3, S, S) as the model was trained: the spec's mean/std and image_size."""
+    return data_model_input(images, spec.mean, spec.std, spec.image_size)
+
+
+def denormalize(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """Inverse of ``normalize``: float (N, 3, H, W) normalised -> float in [0, 1] (clipped)."""
+    m = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
+    return (x * s + m).clamp(0, 1)
+
+
+def load_image_files(paths: list[str | Path]) -> torch.Tensor:
+    """Image files -> uint8 (N, 3, 32, 32), read exactly as ``cifarlens predict`` reads them
+    (``cifarlens.data.image_files``); ``model_input`` then resizes to the model's image_size."""
+    return torch.stack([torch.from_numpy(load_image(path)) for path in paths])
+
+
+def parse_indices(text: str, n: int) -> list[int]:
+    """'3' / '0,5,9' / '0-15' -> indices, each checked against a split of ``n`` images."""
+    indices: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                indices.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                indices.append(int(part))
+    except ValueError:
+        raise CifarlensError(f"cannot read indices {text!r}; write e.g. 3, 0,5,9 or 0-15") from None
+    if not indices:
+        raise CifarlensError(f"no indices in {text!r}; write e.g. 3, 0,5,9 or 0-15")
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise CifarlensError(f"index {bad[0]} is out of range: the split has {n} images (0-{n - 1})")
+    return indices

@@ -1,0 +1,133 @@
+"""PNG figures of the explain commands (Agg canvas, atomic writes, as ``cifarlens.evaluation.plots``)."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cifarlens.evaluation.plots import _new_figure, _save
+
+
+def _class_colours(n: int):
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _bare(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_projection(points: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: str | Path, *,
+                    title: str = "", thumbnails: np.ndarray | None = None, n_thumbnails: int = 0,
+                    seed: int = 0) -> Path:  # fmt: skip
+    """Scatter ``points`` (N, 2) coloured by class, with a legend; optionally ``n_thumbnails`` of the
+    images (``thumbnails``: uint8 (N, 3, H, W)) drawn at their points."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    fig = _new_figure(9, 8)
+    ax = fig.add_subplot()
+    colours = _class_colours(len(classes))
+    size = float(np.clip(30.0 / np.sqrt(max(len(points), 1) / 100), 2.0, 30.0))
+    for c, name in enumerate(classes):
+        sel = labels == c
+        ax.scatter(points[sel, 0], points[sel, 1], s=size, color=colours[c], label=name, alpha=0.7, linewidths=0)
+    if thumbnails is not None and n_thumbnails:
+        rng = np.random.default_rng(seed)
+        for i in rng.choice(len(points), size=min(n_thumbnails, len(points)), replace=False):
+            box = AnnotationBbox(OffsetImage(thumbnails[i].transpose(1, 2, 0), zoom=0.7), points[i], frameon=True,
+                                 pad=0.05, bboxprops={"edgecolor": colours[int(labels[i])]})  # fmt: skip
+            ax.add_artist(box)
+    ax.legend(markerscale=max(1.0, 6 / math.sqrt(size)), loc="best", fontsize=8, framealpha=0.8)
+    ax.set_title(textwrap.fill(title, 110), fontsize=10)
+    _bare(ax)
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)
+
+
+def plot_probe(rows: list[dict], path: str | Path, *, chance: float, title: str = "") -> Path:
+    """Linear-probe and kNN test accuracy per stage (rows: dicts with layer, linear_accuracy, knn_accuracy)."""
+    fig = _new_figure(max(6, 0.8 * len(rows) + 2), 4.5)
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    ax.plot(x, [r["linear_accuracy"] for r in rows], "o-", label="linear probe (logistic regression)")
+    ax.plot(x, [r["knn_accuracy"] for r in rows], "s--", label="k-NN")
+    ax.axhline(chance, color="grey", lw=0.8, ls=":", label=f"chance ({chance:.0%})")
+    ax.set_xticks(x, [r["layer"] for r in rows], rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_tiles(tiles: np.ndarray, path: str | Path, *, labels: Sequence[str] | None = None, title: str = "",
+               columns: int = 0, cmap: str = "viridis", tile_inches: float = 1.0) -> Path:  # fmt: skip
+    """A grid of tiles: (N, H, W) single-channel (drawn with ``cmap``) or (N, H, W, 3) RGB in [0, 1]."""
+    n = len(tiles)
+    columns = columns or min(n, max(1, math.ceil(math.sqrt(n))))
+    rows = max(1, math.ceil(n / columns))
+    fig = _new_figure(columns * tile_inches + 0.2, rows * tile_inches * (1.15 if labels else 1) + 0.5)
+    for i in range(n):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        tile = tiles[i]
+        ax.imshow(tile, cmap=None if tile.ndim == 3 else cmap, interpolation="nearest")
+        _bare(ax)
+        if labels is not None:
+            ax.set_title(labels[i], fontsize=6, pad=2)
+    fig.suptitle(textwrap.fill(title, max(40, int(columns * tile_inches * 14))), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_cams(images: np.ndarray, heatmaps: dict[str, np.ndarray], path: str | Path, *,
+              captions: Sequence[str], title: str = "") -> Path:  # fmt: skip
+    """One row per image: the image, then its heat map per method overlaid.
+
+    images: float (N, H, W, 3) in [0, 1]; heatmaps[method]: (N, H, W) in [0, 1].
+    """
+    methods = list(heatmaps)
+    n, cols = len(images), 1 + len(methods)
+    fig = _new_figure(1.6 * cols + 0.3, 1.7 * n + 0.5)
+    for i in range(n):
+        ax = fig.add_subplot(n, cols, i * cols + 1)
+        ax.imshow(images[i], interpolation="nearest")
+        ax.set_ylabel(captions[i], fontsize=7)
+        _bare(ax)
+        for j, method in enumerate(methods, start=2):
+            ax = fig.add_subplot(n, cols, i * cols + j)
+            ax.imshow(images[i], interpolation="nearest")
+            ax.imshow(heatmaps[method][i], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(method, fontsize=8)
+    fig.suptitle(textwrap.fill(title, int(cols * 1.6 * 13)), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_curves(fractions: np.ndarray, curves: dict[str, dict[str, np.ndarray]], path: str | Path, *, title: str = "") -> Path:
+    """Deletion and insertion curves: curves[method]["deletion"/"insertion"] is the mean class score per fraction."""
+    fig = _new_figure(10, 4)
+    for k, kind in enumerate(("deletion", "insertion"), start=1):
+        ax = fig.add_subplot(1, 2, k)
+        for method, c in curves.items():
+            auc = float(np.trapezoid(c[kind], fractions))
+            ax.plot(fractions, c[kind], label=f"{method} (AUC {auc:.3f})")
+        ax.set_xlabel(f"fraction of most-salient pixels {'removed' if kind == 'deletion' else 'revealed'}")
+        ax.set_ylabel("probability of the explained class")
+        ax.set_title(f"{kind} ({'lower' if kind == 'deletion' else 'higher'} AUC is better)", fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
