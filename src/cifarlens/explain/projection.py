@@ -32,7 +32,7 @@ class Projection:
 class Projector:
     """``Projector(method="tsne", seed=0)(features) -> Projection`` for features (N, D).
 
-    t-SNE runs openTSNE (FFT-accelerated gradients from 10,000 points on) and falls back to scikit-learn's TSNE
+    t-SNE runs openTSNE (Barnes-Hut up to 10,000 points, FFT-accelerated above) and falls back to scikit-learn's TSNE
     when openTSNE is not installed; UMAP runs umap-learn. Features wider than ``pca_dims`` are
     first reduced by PCA for t-SNE and UMAP (the usual practice; it also makes them faster).
     """
@@ -88,10 +88,12 @@ class Projector:
                 if self.backend == "opentsne":
                     raise CifarlensError("openTSNE is not installed; pip install openTSNE") from None
             else:
-                # "auto": FFT-interpolated gradients from 10,000 points on, Barnes-Hut below, where
-                # the FFT grid's fixed cost dominates (25 s vs 1 s for 200 points on one core).
+                # Barnes-Hut up to 10,000 points, FFT-interpolated gradients above. openTSNE's own
+                # "auto" switches to FFT at 10,000, but on this 2-core CPU BH is faster there too
+                # (10,000 points: 24.5 s vs 43.5 s of optimisation, equal trustworthiness; BENCHMARKS.md).
+                gradient = "bh" if len(x) <= 10_000 else "fft"
                 tsne = TSNE(perplexity=perplexity, random_state=self.seed, n_jobs=self.n_jobs,
-                            negative_gradient_method="auto", verbose=False)  # fmt: skip
+                            negative_gradient_method=gradient, verbose=False)  # fmt: skip
                 return np.asarray(tsne.fit(x)), "openTSNE"
         from sklearn.manifold import TSNE as SkTSNE
 
