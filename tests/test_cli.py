@@ -177,12 +177,15 @@ def test_show_data_writes_grid(data_dir, tmp_path):
 
 def test_config_file_and_flag_override(data_dir, tmp_path):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"recipe: tutorial\nepochs: 1\nbatch_size: 50\nsubset: 200\ndata_dir: {data_dir}\nevaluate: false\n")
+    relative = os.path.relpath(data_dir, tmp_path)  # as a user types it, from the folder they are in
+    cfg.write_text(f"recipe: tutorial\nepochs: 1\nbatch_size: 50\nsubset: 200\ndata_dir: {relative}\nevaluate: false\n")
     out = tmp_path / "r"
-    result = cifarlens("train", "--config", cfg, "--batch-size", 40, "--out", out)
+    result = cifarlens("train", "--config", cfg, "--batch-size", 40, "--out", out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     saved = (out / "config.yaml").read_text()
     assert "batch_size: 40" in saved and "model: tutorial" in saved and "subset: 200" in saved
+    # Stored absolute, so evaluate/explain run from any other folder find the same data.
+    assert f"data_dir: {Path(data_dir).resolve()}" in saved
 
 
 def test_ctrl_c_names_the_run_to_resume(data_dir, tmp_path):

@@ -73,6 +73,8 @@ def train(
     )
     if not cfg.out:
         cfg = dataclasses.replace(cfg, out=default_out(cfg.model))
+    if cfg.data_dir:  # absolute in config.yaml, so commands run from elsewhere find the data the run used
+        cfg = dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
     _run_interruptible(lambda: run_training(cfg, console=console), cfg.out)
 
 
