@@ -190,8 +190,11 @@ def test_config_file_and_flag_override(data_dir, tmp_path):
 
 def test_ctrl_c_names_the_run_to_resume(data_dir, tmp_path):
     args = ["train", "--model", "tutorial", "--epochs", 50, "--batch-size", 4, "--subset", 2000, "--data-dir", data_dir]
+    # A shell that starts jobs in the background (nohup cmd &) ignores SIGINT for them and their
+    # children; Python then installs no KeyboardInterrupt handler. Start the child as a terminal would.
     proc = subprocess.Popen([sys.executable, "-m", "cifarlens.cli", *map(str, args)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and not list(tmp_path.glob("runs/*/checkpoint/latest.json")):
         time.sleep(0.05)
