@@ -59,11 +59,14 @@ def export(
 ) -> None:
     """Export to ONNX (preprocessing inside the graph) and verify it with onnxruntime on real test images."""
     from cifarlens.export.onnx_export import export_run, load_eval_images
+    from cifarlens.run import resolve_run
 
     if format != "onnx":
         raise ConfigError(f"unknown --format {format!r}; onnx is the only export format")
     if source.suffix == ".onnx":
         raise ConfigError(f"{source} is already an ONNX file; pass the run directory or .safetensors it came from")
+    if source.suffix != ".safetensors":
+        resolve_run(source)  # a missing run is named before the data it would be scored on is looked for
     out = out or default_onnx_path(source)
     data = load_eval_images(source, data_dir, test_images=test_images, calibration_images=calibration_images)
     result = export_run(
