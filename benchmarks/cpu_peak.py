@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import time
 from datetime import date
 
 import torch
 from torch import nn
+
+from cifarlens.export.bench import matmul_peak_gflops
+from cifarlens.training.device import cpu_has_fast_bf16, cpu_name
 
 
 def timed(fn, warmup: int = 2, iters: int = 3) -> float:
@@ -28,11 +30,6 @@ def timed(fn, warmup: int = 2, iters: int = 3) -> float:
     for _ in range(iters):
         fn()
     return (time.perf_counter() - t0) / iters
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 4096) -> float:
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    return 2 * n**3 / timed(lambda: a @ b) / 1e9
 
 
 def conv_step_gflops(precision: str, channels_last: bool, batch: int = 256) -> float:
@@ -64,8 +61,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/cpu_peak.json")
     args = parser.parse_args()
     variants = {
-        "matmul fp32": lambda: matmul_gflops(torch.float32),
-        "matmul bf16": lambda: matmul_gflops(torch.bfloat16),
+        "matmul fp32": lambda: matmul_peak_gflops(dtype=torch.float32),
+        "matmul bf16": lambda: matmul_peak_gflops(dtype=torch.bfloat16),
         "conv step fp32 contiguous": lambda: conv_step_gflops("fp32", False),
         "conv step fp32 channels_last": lambda: conv_step_gflops("fp32", True),
         "conv step bf16 contiguous": lambda: conv_step_gflops("bf16", False),
@@ -75,13 +72,12 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, fn in variants.items():
             samples[name].append(fn())
-    flags = open("/proc/cpuinfo").read()
     result = {
         "date": str(date.today()),
-        "cpu": next((ln.split(":", 1)[1].strip() for ln in flags.splitlines() if ln.startswith("model name")), platform.machine()),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "native_bf16": any(f in flags for f in ("avx512_bf16", "amx_bf16")),
+        "native_bf16": cpu_has_fast_bf16(),
         "gflops_median": {k: statistics.median(v) for k, v in samples.items()},
         "gflops_all": samples,
     }

@@ -16,6 +16,10 @@ compilation, training, final evaluation with TTA). From the run directory it rea
 Baselines train for the same wall budget as the first recipe: their epochs are set from
 their measured speed (``--baseline-ips`` or a short timing run), at least one epoch.
 
+``--val-size N`` holds out N pixel-exact training images in every run and reports their
+accuracy too (the test set here is JPEG-recovered, see the data README); with
+``--targets-on val`` the times and the reference's bar are taken on them.
+
 Results accumulate in ``--out`` (JSON), one entry per (recipe, seed); rerunning skips the
 finished ones, so a long benchmark can be spread over several sessions.
 
@@ -29,7 +33,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -41,16 +44,23 @@ from pathlib import Path
 import torch
 
 import cifarlens
+from cifarlens.training.device import cpu_name
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_TARGETS = "0.80,0.853"
 
 
-def run_job(recipe: str, seed: int, workdir: Path, extra: list[str]) -> dict:
-    """Train ``recipe`` with ``seed`` in a fresh process; return what its run directory says."""
+def run_job(recipe: str, seed: int, workdir: Path, extra: list[str], val_size: int = 0) -> dict:
+    """Train ``recipe`` with ``seed`` in a fresh process; return what its run directory says.
+
+    With ``val_size``, that many pixel-exact training images are held out and scored after the
+    run (outside its wall time), with TTA when the recipe uses it.
+    """
     out = workdir / f"{recipe}-s{seed}"
     if out.exists():
         shutil.rmtree(out)  # an unfinished run from an interrupted benchmark: start it again
+    if val_size:
+        extra = [*extra, "--val-size", str(val_size)]
     cmd = [sys.executable, "-m", "cifarlens.cli", "train", "--recipe", recipe, "--seed", str(seed),
            "--out", str(out), "--no-download", *extra]  # fmt: skip
     start = time.perf_counter()
@@ -61,7 +71,14 @@ def run_job(recipe: str, seed: int, workdir: Path, extra: list[str]) -> dict:
     with open(out / "metrics.csv") as f:
         rows = [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(f)]
     summary = json.loads((out / "summary.json").read_text())
-    final = summary.get("test_tta") or summary["test"]
+    if val_size:
+        tta = ["--tta"] if "test_tta" in summary else []
+        evaluate = [sys.executable, "-m", "cifarlens.cli", "evaluate", str(out), "--split", "val", *tta]
+        proc = subprocess.run(evaluate, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(evaluate)} failed:\n{proc.stderr[-3000:]}")
+        summary = json.loads((out / "summary.json").read_text())
+    final = summary.get("test_tta") or summary.get("test") or {"accuracy": 0.0}  # a --no-evaluate probe scores nothing
     config = (out / "config.yaml").read_text()
     return {
         "recipe": recipe,
@@ -71,6 +88,9 @@ def run_job(recipe: str, seed: int, workdir: Path, extra: list[str]) -> dict:
         "tta": "test_tta" in summary,
         "final_eval_s": final.get("seconds"),
         "curve": [(r["train_clock"], r["test_acc"]) for r in rows if r["test_acc"] is not None],
+        "val_size": val_size,
+        "val_acc": (summary.get("val_tta") or summary["val"])["accuracy"] if val_size else None,
+        "val_curve": [(r["train_clock"], r["val_acc"]) for r in rows if r["val_acc"] is not None],
         "epochs": len(rows),
         "images_per_s": statistics.mean(r["images_per_s"] for r in rows),
         "gflops": statistics.mean(r["gflops"] for r in rows),
@@ -79,17 +99,18 @@ def run_job(recipe: str, seed: int, workdir: Path, extra: list[str]) -> dict:
     }
 
 
-def time_to(result: dict, target: float) -> float | None:
-    """Seconds on the training clock until test accuracy first reached ``target`` (None: never)."""
-    for clock, acc in result["curve"]:
+def time_to(result: dict, target: float, split: str = "test") -> float | None:
+    """Seconds on the training clock until ``split`` accuracy first reached ``target`` (None: never)."""
+    curve, final = (result["curve"], result["test_acc"]) if split == "test" else (result["val_curve"], result["val_acc"])
+    for clock, acc in curve:
         if acc >= target:
             return clock
-    if result["test_acc"] >= target:
+    if final is not None and final >= target:
         return result["curve"][-1][0] + (result["final_eval_s"] or 0.0)
     return None
 
 
-def summarize(results: list[dict], targets: list[float]) -> dict:
+def summarize(results: list[dict], targets: list[float], split: str = "test") -> dict:
     accs = [r["test_acc"] for r in results]
     row = {
         "recipe": results[0]["recipe"],
@@ -100,32 +121,38 @@ def summarize(results: list[dict], targets: list[float]) -> dict:
         "gflops_mean": statistics.mean(r["gflops"] for r in results),
         "epochs": results[0]["epochs"],
     }
+    vals = [r.get("val_acc") for r in results]
+    if all(v is not None for v in vals):
+        row["val_mean"] = statistics.mean(vals)
+        row["val_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
     phases = {k: sum(r["phases"][k] for r in results) for k in results[0]["phases"]}
     total = sum(phases.values()) or 1.0
     row["phase_share"] = {k: v / total for k, v in phases.items()}
     for t in targets:
-        times = [time_to(r, t) for r in results]
+        times = [time_to(r, t, split) for r in results]
         row[f"time_to_{t}"] = statistics.mean(times) if all(x is not None for x in times) else None
     return row
 
 
 def markdown(result: dict) -> str:
     targets = result["targets"]
-    head = "| recipe | epochs | seeds | test acc % (mean ± std) | wall s | " + " | ".join(
+    held_out = any("val_mean" in r for r in result["summary"])
+    head = "| recipe | epochs | seeds | test acc % (mean ± std) | " + ("held-out acc % | " if held_out else "") + "wall s | " + " | ".join(
         f"s to {100 * t:g}%" for t in targets
     ) + " | GFLOP/s | data / fwd / bwd / step |"
     lines = [
         f"Machine: {result['machine']}; torch {result['torch']}; cifarlens {result['cifarlens']}; {result['date']}",
         "",
         head,
-        "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in targets) + " | ---: | --- |",
+        "| --- | ---: | ---: | ---: | " + ("---: | " if held_out else "") + "---: | " + " | ".join("---:" for _ in targets) + " | ---: | --- |",
     ]
     for r in result["summary"]:
         times = " | ".join("-" if r[f"time_to_{t}"] is None else f"{r[f'time_to_{t}']:.0f}" for t in targets)
         share = " / ".join(f"{100 * r['phase_share'][k]:.0f}%" for k in ("data_s", "forward_s", "backward_s", "step_s"))
         lines.append(
             f"| {r['recipe']} | {r['epochs']} | {len(r['seeds'])} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} "
-            f"| {r['wall_s_mean']:.0f} | {times} | {r['gflops_mean']:.0f} | {share} |"
+            + (f"| {100 * r['val_mean']:.2f} ± {100 * r['val_std']:.2f} " if "val_mean" in r else "| - " if held_out else "")
+            + f"| {r['wall_s_mean']:.0f} | {times} | {r['gflops_mean']:.0f} | {share} |"
         )
     return "\n".join(lines)
 
@@ -147,6 +174,11 @@ def main() -> None:
     parser.add_argument("--baselines", default="resnet18,seed", help="recipes trained for the first recipe's wall time")
     parser.add_argument("--baseline-ips", default="", help="known images/s per baseline, e.g. resnet18=41,seed=119")
     parser.add_argument("--targets", default=DEFAULT_TARGETS, help="test accuracies to time, on this data dir's test set")
+    parser.add_argument(
+        "--val-size", type=int, default=0,
+        help="hold out N pixel-exact training images in every run and score them (the test set here is JPEG-recovered)",
+    )
+    parser.add_argument("--targets-on", choices=("test", "val"), default="test", help="which split --targets time")
     parser.add_argument("--workdir", default=str(ROOT / "runs"), help="where the run directories go")
     parser.add_argument("--out", default=str(ROOT / "results" / "time_to_accuracy.json"))
     args = parser.parse_args()
@@ -157,13 +189,17 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     stored = json.loads(out.read_text()) if out.is_file() else {"runs": []}
     done = {(r["recipe"], r["seed"]) for r in stored["runs"]}
+    if any(r.get("val_size", 0) != args.val_size for r in stored["runs"]):
+        raise SystemExit(f"{out} holds runs with another --val-size; pass a new --out")
+    if args.targets_on == "val" and not args.val_size:
+        raise SystemExit("--targets-on val needs --val-size N")
     targets = [float(t) for t in args.targets.split(",")]
 
     def record(recipe: str, seeds: list[int], extra: list[str]) -> None:
         for seed in seeds:
             if (recipe, seed) in done:
                 continue
-            result = run_job(recipe, seed, workdir, extra)
+            result = run_job(recipe, seed, workdir, extra, args.val_size)
             stored["runs"].append(result)
             done.add((recipe, seed))
             out.write_text(json.dumps(stored, indent=1))
@@ -189,15 +225,17 @@ def main() -> None:
     for r in stored["runs"]:
         by_recipe.setdefault(r["recipe"], []).append(r)
     if args.reference in by_recipe:  # the bar of the issue: the reference recipe's own accuracy on this test set
-        reference_acc = statistics.mean(r["test_acc"] for r in by_recipe[args.reference])
+        key = "val_acc" if args.targets_on == "val" else "test_acc"
+        reference_acc = statistics.mean(r[key] for r in by_recipe[args.reference])
         targets = sorted(set(targets) | {round(reference_acc - 0.0005, 3)})
     stored |= {
         "date": str(date.today()),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": f"{cpu_name()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "cifarlens": cifarlens.__version__,
         "targets": targets,
-        "summary": [summarize(runs, targets) for runs in by_recipe.values()],
+        "targets_on": args.targets_on,
+        "summary": [summarize(runs, targets, args.targets_on) for runs in by_recipe.values()],
     }
     out.write_text(json.dumps(stored, indent=1))
     print(markdown(stored))

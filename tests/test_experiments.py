@@ -207,6 +207,8 @@ def test_sweep_config_errors_are_one_line(cifar_root, tmp_path):
     result = cli("sweep", write_sweep(tmp_path / "bad.yaml", params={"lr": [0.1]}, trails=3))
     assert result.exit_code == 2 and "unknown option 'trails'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    missing = cli("sweep", tmp_path / "nope.yaml")
+    assert missing.exit_code == 2 and "check the path given to cifarlens sweep" in missing.stderr
 
     def fails(match, **content):
         with pytest.raises(ConfigError, match=match):

@@ -61,6 +61,8 @@ def test_run_directory_is_complete_and_model_rebuilds(cifar_root, tmp_path, data
     assert (out / "plots" / "confusion_test.png").is_file()
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["packages"]["torch"].startswith("2.14")
+    # the CPU model and its bf16 support say which precision `auto` chose and why timings differ
+    assert provenance["processor"] not in ("", "x86_64") and isinstance(provenance["cpu_native_bf16"], bool)
 
 
 def test_training_learns_the_synthetic_classes(cifar_root, tmp_path, data):

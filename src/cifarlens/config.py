@@ -93,11 +93,14 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a non-mapping is a ``ConfigError``."""
+def read_yaml(path: str | Path, *, where: str = "--config") -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping is a ``ConfigError``.
+
+    ``where`` names the option or argument the path came from, for the error's fix.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found; check the path given to --config")
+        raise ConfigError(f"config file {path} not found; check the path given to {where}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

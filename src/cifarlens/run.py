@@ -54,6 +54,7 @@ class ModelSpec:
 
     def to_metadata(self) -> dict[str, str]:
         from cifarlens import __version__
+    from cifarlens.training.device import cpu_has_fast_bf16, cpu_name
 
         return {
             "format": "cifarlens",
@@ -174,7 +175,8 @@ def provenance() -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": versions,
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_name(),
+        "cpu_native_bf16": cpu_has_fast_bf16(),  # decides --precision auto on CPU
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

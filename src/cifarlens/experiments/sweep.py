@@ -107,7 +107,7 @@ def _check_distribution(key: str, spec: Any) -> None:
 
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
     """The sweep config of a YAML file, ``overrides`` (command-line options) winning."""
-    return build_config(SweepConfig, read_yaml(path), overrides or {}, sources=(str(path), "options"))
+    return build_config(SweepConfig, read_yaml(path, where="cifarlens sweep"), overrides or {}, sources=(str(path), "options"))
 
 
 def trial_config(sweep: SweepConfig, params: dict[str, Any], out: Path, plan: dict | None = None) -> TrainConfig:
