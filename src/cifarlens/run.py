@@ -54,7 +54,6 @@ class ModelSpec:
 
     def to_metadata(self) -> dict[str, str]:
         from cifarlens import __version__
-    from cifarlens.training.device import cpu_has_fast_bf16, cpu_name
 
         return {
             "format": "cifarlens",
@@ -162,6 +161,7 @@ def load_run_model(run: str | Path, device: str | torch.device = "cpu") -> tuple
 def provenance() -> dict[str, Any]:
     """Git SHA of the cifarlens checkout (if any), package versions, and the machine."""
     from cifarlens import __version__
+    from cifarlens.training.device import cpu_has_fast_bf16, cpu_name
 
     versions = {}
     for pkg in ("torch", "torchvision", "numpy", "safetensors"):
