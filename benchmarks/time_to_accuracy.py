@@ -78,13 +78,13 @@ def run_job(recipe: str, seed: int, workdir: Path, extra: list[str], val_size: i
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(evaluate)} failed:\n{proc.stderr[-3000:]}")
         summary = json.loads((out / "summary.json").read_text())
-    final = summary.get("test_tta") or summary.get("test") or {"accuracy": 0.0}  # a --no-evaluate probe scores nothing
+    final = summary.get("test_tta") or summary.get("test") or {}  # a --no-evaluate probe scores nothing
     config = (out / "config.yaml").read_text()
     return {
         "recipe": recipe,
         "seed": seed,
         "wall_s": wall,
-        "test_acc": final["accuracy"],
+        "test_acc": final.get("accuracy"),
         "tta": "test_tta" in summary,
         "final_eval_s": final.get("seconds"),
         "curve": [(r["train_clock"], r["test_acc"]) for r in rows if r["test_acc"] is not None],
