@@ -101,6 +101,23 @@ def test_resume_refuses_new_options(trained_run):
     assert_one_line_error(cifarlens("train", "--resume", out, "--lr", 0.1), "drop --lr")
 
 
+def test_run_found_by_evaluate_without_the_data_env_var(tmp_path):
+    data = write_cifar(tmp_path / "data", per_batch=40, test_size=100)
+    env = os.environ.copy()
+    env["CIFARLENS_DATA_DIR"] = str(data)
+    out = tmp_path / "run"
+    result = cifarlens(
+        "train", "--recipe", "tutorial", "--epochs", 1, "--subset", 100, "--no-evaluate", "--no-download",
+        "--out", out, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    env.pop("CIFARLENS_DATA_DIR")
+    env["XDG_CACHE_HOME"] = str(tmp_path / "empty_cache")
+    result = cifarlens("evaluate", out, env=env, cwd=tmp_path / "data")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert json.loads((out / "summary.json").read_text())["test"]["n"] == 100
+
+
 def test_missing_data_dir(tmp_path):
     env = os.environ.copy()
     env.pop("CIFARLENS_DATA_DIR", None)

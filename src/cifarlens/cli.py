@@ -47,6 +47,7 @@ def train(
 ) -> None:
     """Train a model and write a run directory (config, metrics, weights, evaluation, plots)."""
     from cifarlens.config import build_config, read_yaml
+    from cifarlens.data import resolve_data_dir
     from cifarlens.training import recipe_options
     from cifarlens.training.recipes import recipe_for_model
     from cifarlens.training.trainer import default_out
@@ -73,8 +74,9 @@ def train(
     )
     if not cfg.out:
         cfg = dataclasses.replace(cfg, out=default_out(cfg.model))
-    if cfg.data_dir:  # absolute in config.yaml, so commands run from elsewhere find the data the run used
-        cfg = dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
+    # Stored absolute in config.yaml, whether it came from --data-dir, $CIFARLENS_DATA_DIR or the cache dir,
+    # so evaluate/explain run later from another folder or shell find the data this run used.
+    cfg = dataclasses.replace(cfg, data_dir=str(resolve_data_dir(cfg.data_dir or None)[0].resolve()))
     _run_interruptible(lambda: run_training(cfg, console=console), cfg.out)
 
 
