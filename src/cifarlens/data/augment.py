@@ -52,20 +52,27 @@ def model_input(
     return x
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Pad each side by ``padding`` (reflect) and crop back at a random offset per image.
+def random_crop(
+    images: torch.Tensor, padding: int, generator: torch.Generator, size: int | None = None
+) -> torch.Tensor:
+    """Pad each side by ``padding`` (reflect) and crop a ``size`` x ``size`` window (None: H x W) at a
+    random offset per image.
 
-    images: (N, C, H, W). Returns the same shape and dtype.
+    images: (N, C, H, W). Returns (N, C, size, size) (default: the same shape) and the same dtype.
     """
-    if padding <= 0:
-        return images
     n, c, h, w = images.shape
-    padded = F.pad(images.float() if images.dtype == torch.uint8 else images, (padding,) * 4, mode="reflect")
-    padded = padded.to(images.dtype)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
-    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+    padding = max(padding, 0)
+    out_h, out_w = (size, size) if size is not None and size < min(h, w) else (h, w)
+    if padding == 0 and (out_h, out_w) == (h, w):
+        return images
+    padded = images
+    if padding > 0:
+        padded = F.pad(images.float() if images.dtype == torch.uint8 else images, (padding,) * 4, mode="reflect")
+        padded = padded.to(images.dtype)
+    dy = torch.randint(0, h + 2 * padding - out_h + 1, (n,), generator=generator).to(images.device)
+    dx = torch.randint(0, w + 2 * padding - out_w + 1, (n,), generator=generator).to(images.device)
+    rows = (dy[:, None] + torch.arange(out_h, device=images.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(out_w, device=images.device))[:, None, None, :]
     batch = torch.arange(n, device=images.device)[:, None, None, None]
     chans = torch.arange(c, device=images.device)[None, :, None, None]
     return padded[batch, chans, rows, cols]
@@ -160,10 +167,11 @@ class Augmenter:
         self.crop_padding = crop_padding
         self.cutout_size = cutout_size
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """images: (N, 3, H, W) uint8 -> augmented (N, 3, H, W) uint8."""
-        if "crop" in self.names:
-            images = random_crop(images, self.crop_padding, generator)
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, size: int | None = None) -> torch.Tensor:
+        """images: (N, 3, H, W) uint8 -> augmented (N, 3, H, W) uint8, or (N, 3, size, size) random
+        windows at native scale when ``size`` is given (with ``crop``, taken from the padded images)."""
+        if "crop" in self.names or size is not None:
+            images = random_crop(images, self.crop_padding if "crop" in self.names else 0, generator, size)
         if "flip" in self.names:
             images = random_flip(images, generator)
         if "cutout" in self.names:

@@ -177,6 +177,11 @@ def _train(
         reason = str(err).splitlines()[0]
         raise ConfigError(f"model {cfg.model} does not take {spec.image_size}x{spec.image_size} inputs ({reason}); "
                           "pick another --image-size or a model with global pooling") from None
+    early_flops = 0.0
+    if cfg.early_crop_epochs:
+        early_images = data.train.images[:2, :, : cfg.early_crop, : cfg.early_crop]
+        early_spec = dataclasses.replace(spec, image_size=cfg.early_crop)
+        early_flops = training_flops_per_image(model, early_images, early_spec, device, memory_format, precision)
     start_epoch, rows = 0, []
     if resume is not None:
         ckpt = load_checkpoint(out / rundir.CHECKPOINT)
@@ -232,9 +237,13 @@ def _train(
             train_split = Split(epoch_images(epoch, gen), data.train.labels)
             batches = iterate_batches(train_split, batch_size, shuffle=True, generator=gen, drop_last=drop_last)
             tick = time.perf_counter()
+            early = epoch < cfg.early_crop_epochs
             for step, (images, labels) in enumerate(batches):
-                images, labels = distributed.shard(augment(images, gen), labels, ctx)
-                x = model_input(images.to(device, non_blocking=True), spec.mean, spec.std, spec.image_size)
+                images = augment(images, gen, cfg.early_crop if early else None)
+                images, labels = distributed.shard(images, labels, ctx)
+                # Early-crop windows go in at their own size: the net's global pooling takes any size.
+                size = None if early else spec.image_size
+                x = model_input(images.to(device, non_blocking=True), spec.mean, spec.std, size)
                 x = x.contiguous(memory_format=memory_format)
                 y = labels.to(device, non_blocking=True)
                 tick = _lap(phases, "data_s", tick)
@@ -275,7 +284,7 @@ def _train(
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": seen / train_seconds,
             "train_clock": train_clock,
-            "gflops": flops_per_image * seen / train_seconds / 1e9,
+            "gflops": (early_flops if early else flops_per_image) * seen / train_seconds / 1e9,
         }
         if phase_timing:
             row |= phases
