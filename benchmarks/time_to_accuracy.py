@@ -71,25 +71,29 @@ def run_job(recipe: str, seed: int, workdir: Path, extra: list[str], val_size: i
     with open(out / "metrics.csv") as f:
         rows = [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(f)]
     summary = json.loads((out / "summary.json").read_text())
+    # The recipe's own final evaluation: mirror TTA, TTA with one-pixel shifts, or none.
+    tta_key = next((k for k in ("test_tta_translate", "test_tta") if k in summary), None)
     if val_size:
-        tta = ["--tta"] if "test_tta" in summary else []
+        tta = {"test_tta_translate": ["--tta-translate"], "test_tta": ["--tta"], None: []}[tta_key]
         evaluate = [sys.executable, "-m", "cifarlens.cli", "evaluate", str(out), "--split", "val", *tta]
         proc = subprocess.run(evaluate, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(evaluate)} failed:\n{proc.stderr[-3000:]}")
         summary = json.loads((out / "summary.json").read_text())
-    final = summary.get("test_tta") or summary.get("test") or {}  # a --no-evaluate probe scores nothing
+    final = summary.get(tta_key or "test") or {}  # a --no-evaluate probe scores nothing
+    val_key = tta_key.replace("test", "val") if tta_key else "val"
     config = (out / "config.yaml").read_text()
     return {
         "recipe": recipe,
         "seed": seed,
         "wall_s": wall,
         "test_acc": final.get("accuracy"),
-        "tta": "test_tta" in summary,
+        "tta": tta_key is not None,
+        "tta_translate": tta_key == "test_tta_translate",
         "final_eval_s": final.get("seconds"),
         "curve": [(r["train_clock"], r["test_acc"]) for r in rows if r["test_acc"] is not None],
         "val_size": val_size,
-        "val_acc": (summary.get("val_tta") or summary["val"])["accuracy"] if val_size else None,
+        "val_acc": summary[val_key]["accuracy"] if val_size else None,
         "val_curve": [(r["train_clock"], r["val_acc"]) for r in rows if r["val_acc"] is not None],
         "epochs": len(rows),
         "images_per_s": statistics.mean(r["images_per_s"] for r in rows),

@@ -40,6 +40,9 @@ def test_unknown_key_is_an_error(tmp_path):
         ({"model": "resnet9000"}, "unknown model 'resnet9000'; valid models: .*tutorial"),
         ({"model": "tutorial", "model_args": {"depth": 3}}, "does not take depth"),
         ({"nesterov": "maybe"}, "expected true or false"),
+        ({"early_size": 40, "early_epochs": 1}, "--early-size must be between 8"),
+        ({"early_size": 24, "early_epochs": 30, "epochs": 8}, "--early-epochs must be between 1 and --epochs"),
+        ({"early_size": 24, "early_epochs": 2, "image_size": 64}, "works on 32x32 images"),
     ],
 )
 def test_bad_values_are_clear_errors(options, message):

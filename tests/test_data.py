@@ -138,6 +138,19 @@ def test_crop_is_a_translation():
         assert torch.equal(centre, x[0, 0, dy : dy + 24, dx : dx + 24])
 
 
+def test_crop_to_a_smaller_window_keeps_native_scale():
+    x = torch.arange(32 * 32, dtype=torch.float32).view(1, 1, 32, 32).repeat(64, 1, 1, 1)
+    out = random_crop(x, 2, torch.Generator().manual_seed(0), size=24)
+    assert out.shape == (64, 1, 24, 24)
+    offsets = set()
+    for img in out:
+        # away from the reflected border, each window is an unscaled piece of the original
+        dy, dx = divmod(int(img[0, 2, 2].item()), 32)
+        assert torch.equal(img[0, 2:22, 2:22], x[0, 0, dy : dy + 20, dx : dx + 20])
+        offsets.add((dy, dx))
+    assert len(offsets) > 20  # offsets drawn per image over the 12 x 12 range, not one per batch
+
+
 def test_flip_mirrors_about_half():
     x = torch.arange(32, dtype=torch.float32).view(1, 1, 1, 32).repeat(1000, 1, 32, 1)
     out = random_flip(x, torch.Generator().manual_seed(0))

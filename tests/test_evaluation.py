@@ -150,6 +150,20 @@ def test_tta_averages_image_and_mirror():
         torch.testing.assert_close(tta_logits(model, x), tta, rtol=1e-4, atol=1e-4)
 
 
+def test_translate_tta_adds_shifted_mirror_pairs_at_half_weight():
+    # A "model" that reads two pixels of channel 0: row 1, columns 1 and 2. Pixel (i, j) holds (10i + j)^2.
+    i, j = torch.meshgrid(torch.arange(5.0), torch.arange(5.0), indexing="ij")
+    x = ((10 * i + j) ** 2).expand(1, 3, 5, 5).clone()
+
+    def model(batch):
+        return batch[:, 0, 1, 1:3]
+
+    # mirror pair (145, 144); shifted up-left by one pixel (2, 1); down-right (530, 529)
+    torch.testing.assert_close(tta_logits(model, x), torch.tensor([[145.0, 144.0]]))
+    expected = torch.tensor([[145.0 / 2 + (2 + 530) / 4, 144.0 / 2 + (1 + 529) / 4]])
+    torch.testing.assert_close(tta_logits(model, x, translate=True), expected)
+
+
 def test_predict_precisions():
     model, images = position_model(), random_images(6)
     fp32 = predict_logits(model, images, mean=MEAN, std=STD)
@@ -341,6 +355,9 @@ def test_evaluate_run_end_to_end(run_dir):
     summary = json.loads((run_dir / rundir.SUMMARY).read_text())
     assert {"train", "test", "val_tta"} <= set(summary) and summary["val_tta"]["n"] == 10
     assert (run_dir / "per_class_val_tta.csv").is_file()
+    evaluate_run(run_dir, split="val", tta_translate=True)
+    summary = json.loads((run_dir / rundir.SUMMARY).read_text())
+    assert summary["val_tta_translate"]["tta_translate"] and "val_tta" in summary
 
 
 def test_evaluate_run_user_errors(run_dir, tmp_path):

@@ -164,13 +164,15 @@ def test_recipes_train_through_the_normal_trainer(cifar_root, tmp_path, data):
     from cifarlens.training import RECIPES
 
     tiny = {"airnet": {"width": 8, "wide": 16}}
-    for name in ("fast", "fast90", "fast95", "airbench94"):
+    for name in ("fast", "fast90", "fast94", "fast95", "airbench94"):
         options = recipe_options(name)
         options |= {"epochs": 1, "batch_size": 100, "compile": False, "data_dir": str(cifar_root), "download": False,
                     "out": str(tmp_path / name), "evaluate": False, "threads": 1, "warmup": 0.0}  # fmt: skip
         options["model_args"] = tiny.get(options["model"], {})
         if "whiten_bias_epochs" in options:
             options["whiten_bias_epochs"] = min(options["whiten_bias_epochs"], 1.0)
+        if "early_epochs" in options:
+            options["early_epochs"] = 1
         out = train(build_config(TrainConfig, options), data=data)
         row = next(csv.DictReader(open(out / "metrics.csv")))
         assert float(row["train_loss"]) > 0 and float(row["test_acc"]) >= 0, name
@@ -224,6 +226,19 @@ def test_metrics_report_flops_and_time_per_phase(cifar_root, tmp_path, data):
     macs = summarize(create_model("tutorial"))["total"]["macs"]
     flops_per_image = float(row["gflops"]) * 1e9 / float(row["images_per_s"])
     assert 2 * 2 * macs < flops_per_image < 3.1 * 2 * macs  # forward + backward: about 3x the forward FLOPs
+
+
+@pytest.mark.parametrize("mode", ["crop", "resize"])
+def test_early_epochs_train_on_small_images_at_lower_cost(cifar_root, tmp_path, data, mode):
+    cfg = quick_config(cifar_root, tmp_path / "run", model="airnet", model_args={"width": 8, "wide": 16},
+                       augment="crop,flip", crop_padding=2, early_size=16, early_epochs=2, early_mode=mode,
+                       epochs=3, batch_size=100)  # fmt: skip
+    out = train(cfg, data=data)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    flops = [float(r["gflops"]) * 1e9 / float(r["images_per_s"]) for r in rows]
+    # 16x16 inputs cost about a quarter of 32x32 ones; the last epoch trains at full size
+    assert flops[0] == pytest.approx(flops[1], rel=1e-3) and flops[0] < 0.4 * flops[2]
+    assert float(rows[-1]["train_acc"]) > 0.3  # still learns the synthetic classes (chance 0.1)
 
 
 def test_compiled_training_runs(cifar_root, tmp_path, data):

@@ -98,6 +98,9 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="run directory written by cifarlens train")],
     split: Annotated[str, typer.Option(help="test, or val (needs a run trained with --val-size)")] = "test",
     tta: Annotated[bool, typer.Option(help="average predictions over the image and its mirror")] = False,
+    tta_translate: Annotated[
+        bool, typer.Option(help="TTA also over one-pixel shifts of both (6 views, airbench's level 2); implies --tta")
+    ] = False,
     data_dir: Annotated[Optional[str], typer.Option(help="folder holding cifar-10-batches-py (default: the run's)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
 ) -> None:
@@ -109,7 +112,10 @@ def evaluate(
     if split not in ("test", "val"):
         raise CifarlensError(f"unknown split {split!r}; choose test or val")
     resolve_run(run)
-    evaluate_run(run, split=split, tta=tta, data_dir=data_dir, device=str(resolve_device(device)), console=console)
+    evaluate_run(
+        run, split=split, tta=tta, tta_translate=tta_translate, data_dir=data_dir,
+        device=str(resolve_device(device)), console=console,
+    )  # fmt: skip
 
 
 @app.command("models")

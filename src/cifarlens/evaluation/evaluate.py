@@ -1,7 +1,7 @@
 """Score a run directory on a split and write its reports: ``cifarlens evaluate RUN``.
 
 Writes into the run directory (``TAG`` is the split, ``test`` or ``val``, with ``_tta``
-appended when test-time augmentation is on)::
+appended for mirror test-time augmentation, ``_tta_translate`` when one-pixel shifts are added)::
 
     summary.json              results merged in under key TAG (other keys are kept)
     per_class_TAG.csv         class, accuracy, precision, recall, f1, support
@@ -34,12 +34,13 @@ from cifarlens.evaluation.predict import predict_logits
 from cifarlens.io import atomic_write_text
 
 
-def result_key(split: str, tta: bool = False) -> str:
-    """The summary.json key and file-name tag of an evaluation: ``test``, ``val_tta``, ...
+def result_key(split: str, tta: bool = False, tta_translate: bool = False) -> str:
+    """The summary.json key and file-name tag of an evaluation: ``test``, ``val_tta``,
+    ``test_tta_translate`` ...
 
     ``train`` becomes ``train_split`` because the trainer owns the ``train`` key.
     """
-    key = f"{split}_tta" if tta else split
+    key = f"{split}_tta_translate" if tta_translate else f"{split}_tta" if tta else split
     return "train_split" if key == "train" else key
 
 
@@ -63,6 +64,7 @@ def evaluate_run(
     *,
     split: str = "test",
     tta: bool = False,
+    tta_translate: bool = False,
     data_dir: str | Path | None = None,
     device: str = "cpu",
     batch_size: int = 500,
@@ -74,7 +76,7 @@ def evaluate_run(
 
     ``data`` skips rebuilding the splits from config.yaml (the trainer passes its own). Returns
     the result dict stored in summary.json: accuracy, loss, n, per_class, confusion,
-    top_confusions, seconds, plus split and tta.
+    top_confusions, seconds, plus split, tta and tta_translate. ``tta_translate`` implies ``tta``.
     """
     run = rundir.resolve_run(run_dir)
     if data is None:
@@ -88,27 +90,30 @@ def evaluate_run(
             "evaluate with the dataset the run was trained on"
         )
 
+    tta = tta or tta_translate
     t0 = time.perf_counter()
     logits = predict_logits(
         model, chosen.images, mean=spec.mean, std=spec.std, image_size=spec.image_size,
         batch_size=batch_size, device=device, precision=precision, tta=tta,
+        tta_translate=tta_translate,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     report = classification_report(logits, chosen.labels, classes)
     result = {
         "split": split,
         "tta": tta,
+        "tta_translate": tta_translate,
         **report,
         "top_confusions": top_confusions(report["confusion"], classes, k=5),
         "seconds": seconds,
     }
 
-    key = result_key(split, tta)
+    key = result_key(split, tta, tta_translate)
     _merge_summary(run / rundir.SUMMARY, key, result)
     _write_per_class_csv(run / f"per_class_{key}.csv", report["per_class"])
     _write_confusion_csv(run / f"confusion_{key}.csv", report["confusion"], classes)
     plots = run / rundir.PLOTS
-    label = f"{split}{' with TTA' if tta else ''}"
+    label = f"{split}{' with TTA + shifts' if tta_translate else ' with TTA' if tta else ''}"
     plot_confusion(
         report["confusion"], classes, plots / f"confusion_{key}.png",
         title=f"Confusion matrix, {label}: accuracy {report['accuracy']:.2%} on {report['n']} images",

@@ -33,8 +33,9 @@ class TrainConfig:
     augment: str = "crop,flip"  # comma-separated list of crop, flip, altflip (alternating mirror per epoch), jpeg (JPEG q75 copies), cutout; or none
     crop_padding: int = 4  # pixels of reflect padding for random crops
     cutout_size: int = 8  # side of the square cutout erases
-    early_crop: int = 0  # the first --early-crop-epochs epochs train on random windows of this side at native scale (0: off); CPU time scales with pixels, so 24 costs about half of 32
-    early_crop_epochs: int = 0  # how many epochs at the start train on --early-crop windows
+    early_size: int = 0  # the first --early-epochs epochs train on SIZE x SIZE images (0: off); CPU time scales with pixels, so 24 costs about half of 32
+    early_epochs: int = 0  # how many epochs at the start train at --early-size
+    early_mode: Literal["crop", "resize"] = "crop"  # how --early-size images are made: crop (random windows at native scale) or resize (whole image, shrunk)
     seed: int = 0  # seed for weights, data order and augmentation
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto picks cuda, then mps, then cpu
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32
@@ -51,6 +52,7 @@ class TrainConfig:
     evaluate: bool = True  # run `cifarlens evaluate` on the run when training ends (off together with --no-eval-test-every-epoch: the test split is never scored)
     report: bool = True  # write RUN/report.html (config, curves, per-class accuracy, confusion, mistakes) when training ends
     tta: bool = False  # the final evaluation also scores flip test-time augmentation
+    tta_translate: bool = False  # with --tta, also average one-pixel shifts of the image and its mirror (6 views, airbench's TTA level 2)
     pretrained: bool = False  # start from ImageNet weights (models with a pretrained argument, timm:<name>); inputs get ImageNet mean/std
     freeze: str = "none"  # none; backbone (train the head only); or until:LAYER (freeze modules up to and including LAYER, e.g. until:layer2)
     backbone_lr: float = 0.0  # learning rate of all but the head (the top-level module holding the last Linear) (0: same rules as the head)
@@ -88,13 +90,13 @@ class TrainConfig:
         if self.warmup > self.epochs:
             raise ConfigError(f"--warmup {self.warmup} is longer than --epochs {self.epochs}")
         parse_augment(self.augment)
-        if self.early_crop or self.early_crop_epochs:
-            if not 8 <= self.early_crop < self.image_size:
-                raise ConfigError(f"--early-crop must be between 8 and --image-size - 1, got {self.early_crop}")
+        if self.early_size or self.early_epochs:
+            if not 8 <= self.early_size < self.image_size:
+                raise ConfigError(f"--early-size must be between 8 and --image-size - 1, got {self.early_size}")
             if self.image_size != 32:
-                raise ConfigError("--early-crop works on 32x32 images; drop it or --image-size")
-            if not 0 < self.early_crop_epochs <= self.epochs:
-                raise ConfigError(f"--early-crop-epochs must be between 1 and --epochs, got {self.early_crop_epochs}")
+                raise ConfigError("--early-size works on 32x32 images; drop it or --image-size")
+            if not 0 < self.early_epochs <= self.epochs:
+                raise ConfigError(f"--early-epochs must be between 1 and --epochs, got {self.early_epochs}")
         if not 16 <= self.image_size <= 512:
             raise ConfigError(f"--image-size must be between 16 and 512 pixels, got {self.image_size}")
         from cifarlens.models import list_models, model_kwargs

@@ -178,10 +178,9 @@ def _train(
         raise ConfigError(f"model {cfg.model} does not take {spec.image_size}x{spec.image_size} inputs ({reason}); "
                           "pick another --image-size or a model with global pooling") from None
     early_flops = 0.0
-    if cfg.early_crop_epochs:
-        early_images = data.train.images[:2, :, : cfg.early_crop, : cfg.early_crop]
-        early_spec = dataclasses.replace(spec, image_size=cfg.early_crop)
-        early_flops = training_flops_per_image(model, early_images, early_spec, device, memory_format, precision)
+    if cfg.early_epochs:
+        early_spec = dataclasses.replace(spec, image_size=cfg.early_size)
+        early_flops = training_flops_per_image(model, data.train.images[:2], early_spec, device, memory_format, precision)
     start_epoch, rows = 0, []
     if resume is not None:
         ckpt = load_checkpoint(out / rundir.CHECKPOINT)
@@ -237,12 +236,12 @@ def _train(
             train_split = Split(epoch_images(epoch, gen), data.train.labels)
             batches = iterate_batches(train_split, batch_size, shuffle=True, generator=gen, drop_last=drop_last)
             tick = time.perf_counter()
-            early = epoch < cfg.early_crop_epochs
+            early = epoch < cfg.early_epochs
+            window = cfg.early_size if early and cfg.early_mode == "crop" else None
+            # Early epochs feed smaller images than the run's size: the net's global pooling takes any size.
+            size = cfg.early_size if early else spec.image_size
             for step, (images, labels) in enumerate(batches):
-                images = augment(images, gen, cfg.early_crop if early else None)
-                images, labels = distributed.shard(images, labels, ctx)
-                # Early-crop windows go in at their own size: the net's global pooling takes any size.
-                size = None if early else spec.image_size
+                images, labels = distributed.shard(augment(images, gen, window), labels, ctx)
                 x = model_input(images.to(device, non_blocking=True), spec.mean, spec.std, size)
                 x = x.contiguous(memory_format=memory_format)
                 y = labels.to(device, non_blocking=True)
@@ -326,7 +325,10 @@ def _train(
 
         evaluate_run(out, split="test", data=data, device=str(device), console=console)
         if cfg.tta:
-            evaluate_run(out, split="test", tta=True, data=data, device=str(device), console=console)
+            evaluate_run(
+                out, split="test", tta=True, tta_translate=cfg.tta_translate, data=data, device=str(device),
+                console=console,
+            )  # fmt: skip
     if cfg.report:
         from cifarlens.evaluation.report import write_report
 
