@@ -57,6 +57,8 @@ RECIPES: dict[str, dict[str, object]] = {
     # airbench94 on clean pixels, cheaper on a CPU: the first 5 epochs train on 24x24 windows (half the pixels).
     "fast94": _AIRBENCH94 | {"early_size": 24, "early_epochs": 5},
     "fast94r": _AIRBENCH94 | {"early_size": 24, "early_epochs": 5, "early_mode": "resize"},
+    "fast94r9": _AIRBENCH94 | {"epochs": 9, "early_size": 24, "early_epochs": 6, "early_mode": "resize"},
+    "fast94r20": _AIRBENCH94 | {"epochs": 9, "early_size": 20, "early_epochs": 6, "early_mode": "resize"},
     # The best recipe of the seed reports: seed_bn8, Adam 5e-4, batch 60, 20 epochs -> ~84%.
     "seed": {
         "model": "seed_bn8",
