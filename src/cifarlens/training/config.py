@@ -35,7 +35,7 @@ class TrainConfig:
     cutout_size: int = 8  # side of the square cutout erases
     early_size: int = 0  # the first --early-epochs epochs train on SIZE x SIZE images (0: off); CPU time scales with pixels, so 24 costs about half of 32
     early_epochs: int = 0  # how many epochs at the start train at --early-size
-    early_mode: Literal["crop", "resize"] = "crop"  # how --early-size images are made: crop (random windows at native scale) or resize (whole image, shrunk)
+    early_mode: Literal["resize", "crop"] = "resize"  # how --early-size images are made: resize (whole image, shrunk) or crop (random windows at native scale; scored lower)
     seed: int = 0  # seed for weights, data order and augmentation
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto picks cuda, then mps, then cpu
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32
