@@ -118,6 +118,15 @@ def test_run_found_by_evaluate_without_the_data_env_var(tmp_path):
     assert json.loads((out / "summary.json").read_text())["test"]["n"] == 100
 
 
+def test_early_size_on_a_fixed_size_model_is_a_clear_error(tmp_path):
+    data = write_cifar(tmp_path / "data", per_batch=20, test_size=20)
+    result = cifarlens(
+        "train", "--recipe", "tutorial", "--early-size", 24, "--early-epochs", 1, "--data-dir", data,
+        "--no-download", "--out", tmp_path / "r",
+    )  # fmt: skip
+    assert_one_line_error(result, "does not take 24x24 inputs", "--early-size")
+
+
 def test_missing_data_dir(tmp_path):
     env = os.environ.copy()
     env.pop("CIFARLENS_DATA_DIR", None)

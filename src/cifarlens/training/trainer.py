@@ -171,16 +171,17 @@ def _train(
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
+    early_flops, size = 0.0, spec.image_size
     try:
         flops_per_image = training_flops_per_image(model, data.train.images[:2], spec, device, memory_format, precision)
+        if cfg.early_epochs:
+            size = cfg.early_size
+            early_spec = dataclasses.replace(spec, image_size=size)
+            early_flops = training_flops_per_image(model, data.train.images[:2], early_spec, device, memory_format, precision)
     except RuntimeError as err:  # the first forward pass, before the run is written: a fixed-size head
         reason = str(err).splitlines()[0]
-        raise ConfigError(f"model {cfg.model} does not take {spec.image_size}x{spec.image_size} inputs ({reason}); "
-                          "pick another --image-size or a model with global pooling") from None
-    early_flops = 0.0
-    if cfg.early_epochs:
-        early_spec = dataclasses.replace(spec, image_size=cfg.early_size)
-        early_flops = training_flops_per_image(model, data.train.images[:2], early_spec, device, memory_format, precision)
+        raise ConfigError(f"model {cfg.model} does not take {size}x{size} inputs ({reason}); "
+                          "pick another --image-size or --early-size, or a model with global pooling") from None
     start_epoch, rows = 0, []
     if resume is not None:
         ckpt = load_checkpoint(out / rundir.CHECKPOINT)
