@@ -47,7 +47,7 @@ _AIRBENCH94: dict[str, object] = {
 }
 
 RECIPES: dict[str, dict[str, object]] = {
-    # The default, a 94% recipe on clean pixels: airbench94's, with its first 5 of 8 epochs on images
+    # The default, near airbench94 on clean pixels (93.4% against 93.8%): its recipe, with the first 5 of 8 epochs on images
     # shrunk to 24x24 (half the pixels: about half a CPU's time per epoch) and airbench's TTA with
     # one-pixel shifts. About 0.7x airbench94's training time on a CPU (BENCHMARKS.md).
     "fast": _AIRBENCH94 | {"early_size": 24, "early_epochs": 5, "early_mode": "resize", "tta_translate": True},
