@@ -47,9 +47,10 @@ _AIRBENCH94: dict[str, object] = {
 }
 
 RECIPES: dict[str, dict[str, object]] = {
-    # The default, near airbench94 on clean pixels (93.4% against 93.8%): its recipe, with the first 5 of 8 epochs on images
-    # shrunk to 24x24 (half the pixels: about half a CPU's time per epoch) and airbench's TTA with
-    # one-pixel shifts. About 0.7x airbench94's training time on a CPU (BENCHMARKS.md).
+    # The default, near airbench94 on clean pixels (93.3% against 93.6%, 5 seeds): its recipe, with
+    # the first 5 of 8 epochs on images shrunk to 24x24 (half the pixels: about half a CPU's time per
+    # epoch) and airbench's TTA with one-pixel shifts. About 0.7x airbench94's training time on a CPU
+    # (BENCHMARKS.md).
     "fast": _AIRBENCH94 | {"early_size": 24, "early_epochs": 5, "early_mode": "resize", "tta_translate": True},
     # About 90% on clean pixels in half of fast's time: a quarter of the width, 6 epochs, torch.compile,
     # and JPEG copies in the training mix (they lift the score on the bundled JPEG-recovered test set).
