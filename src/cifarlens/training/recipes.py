@@ -22,9 +22,8 @@ _SGD_COSINE: dict[str, object] = {
 # batch 2000, 8 epochs, Muon (lr 0.24, momentum 0.6) on conv filters, Nesterov SGD
 # (momentum 0.85) on biases and head, whitening bias trained for 3 epochs, linear decay,
 # label smoothing 0.2, alternating flip, 2-pixel translations, TTA over mirrors and one-pixel
-# shifts (its level 2). Its sum-reduced
-# loss is restated for our mean loss: bias lr 0.053 * 2000; the head lr and decay are
-# rescaled to airnet's head (logits / 9 instead of a unit-std weight / 256).
+# shifts (its level 2). Its sum-reduced loss is restated for our mean loss: bias lr 0.053 * 2000;
+# the head lr and decay are rescaled to airnet's head (logits / 9 instead of a unit-std weight / 256).
 _AIRBENCH94: dict[str, object] = {
     "model": "airnet",
     "epochs": 8,
