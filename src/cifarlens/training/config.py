@@ -35,7 +35,7 @@ class TrainConfig:
     cutout_size: int = 8  # side of the square cutout erases
     early_size: int = 0  # the first --early-epochs epochs train on SIZE x SIZE images (0: off); CPU time scales with pixels, so 24 costs about half of 32
     early_epochs: int = 0  # how many epochs at the start train at --early-size
-    early_mode: Literal["resize", "crop"] = "resize"  # how --early-size images are made: resize (whole image, shrunk) or crop (random windows at native scale; scored lower)
+    early_mode: Literal["resize", "crop", "ramp"] = "resize"  # how --early-size images are made: resize (whole image, shrunk), ramp (shrunk, growing from --early-size toward --image-size in even 4-pixel steps) or crop (random windows at native scale; scored lower)
     seed: int = 0  # seed for weights, data order and augmentation
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto picks cuda, then mps, then cpu
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32
@@ -59,6 +59,16 @@ class TrainConfig:
     image_size: int = 32  # side the 32x32 images are resized to, per batch after augmentation (e.g. 64, 96, 224 for pretrained backbones)
     features_from: str = ""  # linear probe instead of training: logistic regression on frozen features of this run dir or pretrained model name
     distributed: bool = False  # data-parallel over the processes of `torchrun --nproc_per_node N -m cifarlens.cli train --distributed`
+
+    def epoch_image_size(self, epoch: int) -> int:
+        """Side of the images epoch ``epoch`` (0-based) trains on: --early-size and --early-mode, then --image-size."""
+        if epoch >= self.early_epochs:
+            return self.image_size
+        if self.early_mode == "ramp":
+            # 4-pixel steps: each step changes the side of the feature maps after two 2x pools, so it changes the cost.
+            growth = (self.image_size - self.early_size) * epoch / self.early_epochs
+            return self.early_size + 4 * int(growth // 4)
+        return self.early_size
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for values out of range."""

@@ -48,7 +48,7 @@ from cifarlens.training.transfer import freeze, input_normalization, model_argum
 
 METRIC_COLUMNS = [
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-    "lr", "seconds", "images_per_s", "elapsed", "train_clock", "gflops",
+    "lr", "seconds", "image_size", "images_per_s", "elapsed", "train_clock", "gflops",
     "data_s", "forward_s", "backward_s", "step_s",
 ]  # fmt: skip
 
@@ -171,17 +171,18 @@ def _train(
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    early_flops, size = 0.0, spec.image_size
-    try:
-        flops_per_image = training_flops_per_image(model, data.train.images[:2], spec, device, memory_format, precision)
-        if cfg.early_epochs:
-            size = cfg.early_size
-            early_spec = dataclasses.replace(spec, image_size=size)
-            early_flops = training_flops_per_image(model, data.train.images[:2], early_spec, device, memory_format, precision)
-    except RuntimeError as err:  # the first forward pass, before the run is written: a fixed-size head
-        reason = str(err).splitlines()[0]
-        raise ConfigError(f"model {cfg.model} does not take {size}x{size} inputs ({reason}); "
-                          "pick another --image-size or --early-size, or a model with global pooling") from None
+    flops_per_image: dict[int, float] = {}  # image side -> training FLOPs per image
+    for size in sorted({cfg.epoch_image_size(epoch) for epoch in range(cfg.epochs)}, reverse=True):
+        try:
+            size_spec = dataclasses.replace(spec, image_size=size)
+            flops_per_image[size] = training_flops_per_image(
+                model, data.train.images[:2], size_spec, device, memory_format, precision
+            )
+        except RuntimeError as err:  # the first forward pass, before the run is written: a fixed-size head
+            reason = str(err).splitlines()[0]
+            flag = "--image-size" if size == spec.image_size else "--early-size"
+            raise ConfigError(f"model {cfg.model} does not take {size}x{size} inputs ({reason}); "
+                              f"pick another {flag}, or a model with global pooling") from None
     start_epoch, rows = 0, []
     if resume is not None:
         ckpt = load_checkpoint(out / rundir.CHECKPOINT)
@@ -237,10 +238,9 @@ def _train(
             train_split = Split(epoch_images(epoch, gen), data.train.labels)
             batches = iterate_batches(train_split, batch_size, shuffle=True, generator=gen, drop_last=drop_last)
             tick = time.perf_counter()
-            early = epoch < cfg.early_epochs
-            window = cfg.early_size if early and cfg.early_mode == "crop" else None
             # Early epochs feed smaller images than the run's size: the net's global pooling takes any size.
-            size = cfg.early_size if early else spec.image_size
+            size = cfg.epoch_image_size(epoch)
+            window = size if size != spec.image_size and cfg.early_mode == "crop" else None
             for step, (images, labels) in enumerate(batches):
                 images, labels = distributed.shard(augment(images, gen, window), labels, ctx)
                 x = model_input(images.to(device, non_blocking=True), spec.mean, spec.std, size)
@@ -284,7 +284,8 @@ def _train(
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": seen / train_seconds,
             "train_clock": train_clock,
-            "gflops": (early_flops if early else flops_per_image) * seen / train_seconds / 1e9,
+            "image_size": size,
+            "gflops": flops_per_image[size] * seen / train_seconds / 1e9,
         }
         if phase_timing:
             row |= phases
