@@ -125,6 +125,7 @@ def test_early_size_on_a_fixed_size_model_is_a_clear_error(tmp_path):
         "--no-download", "--out", tmp_path / "r",
     )  # fmt: skip
     assert_one_line_error(result, "does not take 24x24 inputs", "--early-size")
+    assert not (tmp_path / "r").exists()  # the run folder is made only once the options are known to work
 
 
 def test_missing_data_dir(tmp_path):

@@ -128,8 +128,6 @@ def _train(
         cfg = distributed.broadcast(cfg if cfg.out else dataclasses.replace(cfg, out=default_out(cfg.model)), ctx)
         out = new_run_dir(cfg, create=False)
         distributed.barrier(ctx)
-        if ctx.main:
-            out.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -196,7 +194,8 @@ def _train(
         console.print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
     else:
         _init_from_data(model, data, spec, cfg.seed, device, memory_format)
-        if ctx.main:
+        if ctx.main:  # created only now, so that a bad option or missing data leaves no empty run folder
+            out.mkdir(parents=True, exist_ok=True)
             save_yaml(to_dict(cfg), out / rundir.CONFIG)
             machine = {"device": str(device), "precision": precision, "world_size": ctx.world}
             rundir.write_json(out / rundir.PROVENANCE, rundir.provenance() | machine)
