@@ -134,6 +134,10 @@ def test_missing_data_dir(tmp_path):
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     result = cifarlens("train", "--data-dir", tmp_path / "nothing", "--no-download", "--out", tmp_path / "r", env=env)
     assert_one_line_error(result, "CIFAR-10 not found in", str(tmp_path / "nothing"))
+    env["CIFARLENS_DATA_DIR"] = str(tmp_path / "nothing")
+    result = cifarlens("train", "--no-download", "--out", tmp_path / "r", env=env)
+    assert_one_line_error(result, "CIFAR-10 not found in", "from CIFARLENS_DATA_DIR")
+    assert not (tmp_path / "r").exists()
 
 
 def test_unknown_model_lists_valid_ones(tmp_path):
