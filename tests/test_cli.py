@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import real_data_dir, write_cifar
 
+from cifarlens.data.cifar10 import find_batches_dir
+
 
 def cifarlens(*args, env=None, timeout=600, cwd=None):
     return subprocess.run(
@@ -215,8 +217,8 @@ def test_config_file_and_flag_override(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     saved = (out / "config.yaml").read_text()
     assert "batch_size: 40" in saved and "model: tutorial" in saved and "subset: 200" in saved
-    # Stored absolute, so evaluate/explain run from any other folder find the same data.
-    assert f"data_dir: {Path(data_dir).resolve()}" in saved
+    # The folder read, stored absolute, so evaluate/explain run from any other folder find the same data.
+    assert f"data_dir: {find_batches_dir(Path(data_dir)).resolve()}" in saved
 
 
 def test_ctrl_c_names_the_run_to_resume(data_dir, tmp_path):

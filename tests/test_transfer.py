@@ -19,7 +19,7 @@ import torchvision.models as tvm
 from safetensors.torch import load_file
 from test_training import quick_config as training_config
 
-from cifarlens.config import build_config
+from cifarlens.config import build_config, read_yaml
 from cifarlens.data import model_input, prepare_data
 from cifarlens.errors import ConfigError
 from cifarlens.evaluation.predict import predict_logits
@@ -229,6 +229,8 @@ def test_features_from_a_run_fits_logistic_regression_that_evaluate_reproduces(
     probe, spec = load_run_model(out)
     source, _ = load_run_model(tutorial_run)
     assert spec.name == "tutorial"
+    # Like a trained run, the probe records the data folder it read, so evaluate finds it from anywhere.
+    assert read_yaml(out / "config.yaml")["data_dir"] == str(data.root.resolve())
     assert torch.equal(probe.features[0].weight, source.features[0].weight)  # the backbone is frozen as it was
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler

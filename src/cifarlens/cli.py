@@ -47,8 +47,6 @@ def train(
 ) -> None:
     """Train a model and write a run directory (config, metrics, weights, evaluation, plots)."""
     from cifarlens.config import build_config, read_yaml
-    from cifarlens.data import resolve_data_dir
-    from cifarlens.data.cifar10 import find_batches_dir
     from cifarlens.training import recipe_options
     from cifarlens.training.recipes import recipe_for_model
     from cifarlens.training.trainer import default_out
@@ -75,12 +73,6 @@ def train(
     )
     if not cfg.out:
         cfg = dataclasses.replace(cfg, out=default_out(cfg.model))
-    # Stored absolute in config.yaml, whether it came from --data-dir, $CIFARLENS_DATA_DIR or the cache dir,
-    # so evaluate/explain run later from another folder or shell find the data this run used.
-    # Data that is neither there nor to be downloaded is left to the trainer's error, which names the source.
-    data_dir = resolve_data_dir(cfg.data_dir or None)[0]
-    if cfg.download or find_batches_dir(data_dir) is not None:
-        cfg = dataclasses.replace(cfg, data_dir=str(data_dir.resolve()))
     _run_interruptible(lambda: run_training(cfg, console=console), cfg.out)
 
 

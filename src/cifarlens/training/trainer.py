@@ -70,6 +70,12 @@ def new_run_dir(cfg: TrainConfig, create: bool = True) -> Path:
     return out
 
 
+def run_config(cfg: TrainConfig, data: RunData) -> dict:
+    """What config.yaml stores: ``cfg`` with ``data_dir`` set to the folder the data was read from,
+    absolute, so evaluate/explain/--resume find the same data from any folder or shell."""
+    return to_dict(dataclasses.replace(cfg, data_dir=str(data.root.resolve())))
+
+
 def load_run_config(run: Path) -> TrainConfig:
     """The resolved config saved in a run directory."""
     path = run / rundir.CONFIG
@@ -196,7 +202,7 @@ def _train(
         _init_from_data(model, data, spec, cfg.seed, device, memory_format)
         if ctx.main:  # created only now, so that a bad option or missing data leaves no empty run folder
             out.mkdir(parents=True, exist_ok=True)
-            save_yaml(to_dict(cfg), out / rundir.CONFIG)
+            save_yaml(run_config(cfg, data), out / rundir.CONFIG)
             machine = {"device": str(device), "precision": precision, "world_size": ctx.world}
             rundir.write_json(out / rundir.PROVENANCE, rundir.provenance() | machine)
 
