@@ -118,6 +118,12 @@ def test_run_found_by_evaluate_without_the_data_env_var(tmp_path):
     result = cifarlens("evaluate", out, env=env, cwd=tmp_path / "data")
     assert result.returncode == 0, result.stderr + result.stdout
     assert json.loads((out / "summary.json").read_text())["test"]["n"] == 100
+    # Data moved after training: the error points at the run's config and at --data-dir, which fixes it.
+    (tmp_path / "data").rename(tmp_path / "moved")
+    result = cifarlens("evaluate", out, env=env)
+    assert_one_line_error(result, "CIFAR-10 not found in", f"data_dir in {out / 'config.yaml'}", "--data-dir")
+    result = cifarlens("evaluate", out, "--data-dir", tmp_path / "moved", env=env)
+    assert result.returncode == 0, result.stderr + result.stdout
 
 
 def test_early_size_on_a_fixed_size_model_is_a_clear_error(tmp_path):

@@ -151,12 +151,16 @@ def check_md5(batches_dir: Path) -> list[str]:
     return mismatched
 
 
-def load_cifar10(data_dir: str | Path | None = None, download: bool = True, verify_md5: bool = True) -> Cifar10:
+def load_cifar10(
+    data_dir: str | Path | None = None, download: bool = True, verify_md5: bool = True, source: str | None = None
+) -> Cifar10:
     """Load CIFAR-10 from ``data_dir`` (the batches folder or its parent), downloading if allowed.
 
-    Raises ``DataError`` with where it looked and how to fix it when the data can't be had.
+    Raises ``DataError`` with where it looked and how to fix it when the data can't be had; ``source``
+    names where a given ``data_dir`` came from in that message (default: --data-dir).
     """
-    root, source = resolve_data_dir(data_dir)
+    root, found_in = resolve_data_dir(data_dir)
+    source = source if data_dir and source else found_in
     batches = find_batches_dir(root)
     if batches is None:
         if download:

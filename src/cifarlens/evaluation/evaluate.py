@@ -56,6 +56,7 @@ def load_run_data(run: Path, data_dir: str | Path | None = None) -> RunData:
         subset=int(cfg.get("subset") or 0),
         val_size=int(cfg.get("val_size") or 0),
         seed=int(cfg.get("seed") or 0),
+        source=None if data_dir else f"data_dir in {path}; pass --data-dir if the data moved",
     )
 
 

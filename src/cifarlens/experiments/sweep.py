@@ -178,13 +178,14 @@ def _final_val_acc(run: Path) -> float | None:
 
 def run_trial(cfg: TrainConfig, data_cache: _DataCache, console: Console, on_epoch_end=None) -> Path:
     """Train one trial (or continue it from its checkpoint); a finished one is returned as is."""
-    from cifarlens.training.trainer import train
+    from cifarlens.training.trainer import run_config, train
 
     out = Path(cfg.out)
     if (out / rundir.CONFIG).is_file():
         saved = read_yaml(out / rundir.CONFIG)
-        if saved != to_dict(cfg):
-            changed = sorted(k for k in set(saved) | set(to_dict(cfg)) if saved.get(k) != to_dict(cfg).get(k))
+        wanted = run_config(cfg, data_cache(cfg))  # as the trainer wrote it, with the data folder it read
+        if saved != wanted:
+            changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
             raise ConfigError(
                 f"trial {out} was run with other options ({', '.join(changed)}); "
                 "use another sweep out folder for a changed sweep"

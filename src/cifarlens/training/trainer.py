@@ -197,7 +197,7 @@ def _train(
         set_rng_state(ckpt.state["rng"])
         start_epoch = ckpt.epoch
         rows = [r for r in _read_metrics(out / rundir.METRICS) if int(r["epoch"]) <= start_epoch]
-        console.print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
+        console.print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}", soft_wrap=True)  # paths stay whole
     else:
         _init_from_data(model, data, spec, cfg.seed, device, memory_format)
         if ctx.main:  # created only now, so that a bad option or missing data leaves no empty run folder
