@@ -23,7 +23,7 @@ err_console = Console(stderr=True)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -197,7 +197,7 @@ def _train(
         set_rng_state(ckpt.state["rng"])
         start_epoch = ckpt.epoch
         rows = [r for r in _read_metrics(out / rundir.METRICS) if int(r["epoch"]) <= start_epoch]
-        console.print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}", soft_wrap=True)  # paths stay whole
+        console.print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}", soft_wrap=True)
     else:
         _init_from_data(model, data, spec, cfg.seed, device, memory_format)
         if ctx.main:  # created only now, so that a bad option or missing data leaves no empty run folder
@@ -209,7 +209,8 @@ def _train(
     console.print(
         f"[bold]{cfg.model}[/] on {device.type} ({precision}), {len(data.train)} train / "
         f"{len(data.val) if data.val else 0} val / {len(data.test)} test images, {cfg.epochs} epochs -> {out}"
-        + (f", {ctx.world} processes" if ctx.world > 1 else "")
+        + (f", {ctx.world} processes" if ctx.world > 1 else ""),
+        soft_wrap=True,  # lines that name the run folder never break its path, so it can be copied whole
     )
     if frozen:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -339,8 +340,8 @@ def _train(
     if cfg.report:
         from cifarlens.evaluation.report import write_report
 
-        console.print(f"report: {write_report([out], out / 'report.html')}")
-    console.print(f"run saved to {out}")
+        console.print(f"report: {write_report([out], out / 'report.html')}", soft_wrap=True)
+    console.print(f"run saved to {out}", soft_wrap=True)
     return out
 
 
