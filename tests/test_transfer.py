@@ -253,6 +253,7 @@ def test_features_from_a_pretrained_backbone(cifar_root, data, offline_home, tmp
     assert torch.equal(weights["features.0.0.weight"], offline_home["features.0.0.weight"])
     with pytest.raises(ConfigError, match="neither a run directory nor a model with pretrained weights"):
         train(quick_config(cifar_root, tmp_path / "bad", features_from="nowhere/run"), data=data)
+    assert not (tmp_path / "bad").exists()  # a failed start leaves no empty run folder
 
 
 def _hf_cache_with(tmp_path, repo: str, state: dict) -> str:

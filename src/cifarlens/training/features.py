@@ -19,7 +19,6 @@ from rich.console import Console
 from torch import nn
 
 from cifarlens import run as rundir
-from cifarlens.config import save_yaml
 from cifarlens.data import RunData, model_input, prepare_data
 from cifarlens.errors import ConfigError
 from cifarlens.models import create_model, model_kwargs
@@ -115,7 +114,7 @@ def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
 
 def linear_probe(cfg: TrainConfig, *, console: Console, data: RunData | None = None) -> Path:
     """Fit and write the linear-probe run ``cfg`` describes; return the run directory."""
-    from cifarlens.training.trainer import _write_metrics, _write_train_summary, new_run_dir, run_config
+    from cifarlens.training.trainer import _write_metrics, _write_train_summary, new_run_dir, start_run_dir
 
     started = time.perf_counter()
     if cfg.distributed:
@@ -133,8 +132,7 @@ def linear_probe(cfg: TrainConfig, *, console: Console, data: RunData | None = N
     if head.bias is None:
         raise ConfigError(f"the last Linear of {spec.name} has no bias, so it cannot hold a logistic regression")
     cfg = dataclasses.replace(cfg, model=spec.name, model_args=spec.kwargs, image_size=spec.image_size)
-    save_yaml(run_config(cfg, data), out / rundir.CONFIG)
-    rundir.write_json(out / rundir.PROVENANCE, rundir.provenance() | {"device": str(device), "precision": "fp32"})
+    start_run_dir(out, cfg, data, {"device": str(device), "precision": "fp32"})
     console.print(
         f"linear probe on [bold]{spec.name}[/] features ({cfg.features_from}) at {spec.image_size}px, "
         f"{len(data.train)} train images -> {out}"

@@ -58,16 +58,22 @@ def default_out(model: str) -> str:
     return str(Path("runs") / f"{model}-{datetime.now():%Y%m%d-%H%M%S}")
 
 
-def new_run_dir(cfg: TrainConfig, create: bool = True) -> Path:
-    """The run folder for a new run (made when ``create``); refuses one that already holds a run."""
+def new_run_dir(cfg: TrainConfig) -> Path:
+    """The run folder for a new run, not made yet (``start_run_dir`` makes it); refuses one that holds a run."""
     out = Path(cfg.out or default_out(cfg.model))
     if (out / rundir.CONFIG).exists():
         raise RunDirError(f"run directory {out} already holds a run; continue it with --resume {out} or pick another --out")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} is a file; pick a folder path")
-    if create:
-        out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def start_run_dir(out: Path, cfg: TrainConfig, data: RunData, machine: dict) -> None:
+    """Make the run folder and write its config.yaml and provenance.json. Called only once the options and
+    data are known to work, so that a bad option or missing data leaves no empty run folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(run_config(cfg, data), out / rundir.CONFIG)
+    rundir.write_json(out / rundir.PROVENANCE, rundir.provenance() | machine)
 
 
 def run_config(cfg: TrainConfig, data: RunData) -> dict:
@@ -132,7 +138,7 @@ def _train(
     else:
         # Every rank checks the folder before rank 0 writes into it; all use rank 0's default name.
         cfg = distributed.broadcast(cfg if cfg.out else dataclasses.replace(cfg, out=default_out(cfg.model)), ctx)
-        out = new_run_dir(cfg, create=False)
+        out = new_run_dir(cfg)
         distributed.barrier(ctx)
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
@@ -200,11 +206,8 @@ def _train(
         console.print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}", soft_wrap=True)
     else:
         _init_from_data(model, data, spec, cfg.seed, device, memory_format)
-        if ctx.main:  # created only now, so that a bad option or missing data leaves no empty run folder
-            out.mkdir(parents=True, exist_ok=True)
-            save_yaml(run_config(cfg, data), out / rundir.CONFIG)
-            machine = {"device": str(device), "precision": precision, "world_size": ctx.world}
-            rundir.write_json(out / rundir.PROVENANCE, rundir.provenance() | machine)
+        if ctx.main:
+            start_run_dir(out, cfg, data, {"device": str(device), "precision": precision, "world_size": ctx.world})
 
     console.print(
         f"[bold]{cfg.model}[/] on {device.type} ({precision}), {len(data.train)} train / "
