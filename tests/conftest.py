@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +74,25 @@ def real_data_dir() -> Path | None:
 
 
 realdata = pytest.mark.skipif(real_data_dir() is None, reason="set CIFARLENS_DATA_DIR to the real CIFAR-10 folder")
+
+
+def cifarlens(*args, env=None, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run the ``cifarlens`` program in a fresh process, as a user would (exit code, stdout, stderr)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cifarlens.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or os.environ.copy(),
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A user mistake: exit code 2, no traceback, one ``error:`` line holding every fragment."""
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr.replace("\n", " "), result.stderr

@@ -9,29 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import real_data_dir, write_cifar
+from conftest import assert_one_line_error, cifarlens, real_data_dir, write_cifar
 
 from cifarlens.data.cifar10 import find_batches_dir
-
-
-def cifarlens(*args, env=None, timeout=600, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "cifarlens.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env or os.environ.copy(),
-        timeout=timeout,
-        cwd=cwd,
-    )
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, result.stderr + result.stdout
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [ln for ln in result.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr.replace("\n", " "), result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +102,7 @@ def test_run_found_by_evaluate_without_the_data_env_var(tmp_path):
     (tmp_path / "data").rename(tmp_path / "moved")
     result = cifarlens("evaluate", out, env=env)
     assert_one_line_error(result, "CIFAR-10 not found in", f"data_dir in {out / 'config.yaml'}", "--data-dir")
+    assert "CIFARLENS_DATA_DIR" not in result.stderr  # the saved folder wins over it, so it is no fix
     result = cifarlens("evaluate", out, "--data-dir", tmp_path / "moved", env=env)
     assert result.returncode == 0, result.stderr + result.stdout
 
@@ -208,10 +189,11 @@ def test_summary_table():
 
 
 def test_show_data_writes_grid(data_dir, tmp_path):
-    png = tmp_path / "grid.png"
+    png = tmp_path / ("a_folder_name_long_enough_that_the_path_is_wider_than_a_terminal_" * 2) / "grid.png"
     result = cifarlens("show-data", "--data-dir", data_dir, "--out", png, "--per-class", 4)
     assert result.returncode == 0, result.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {png}" in result.stdout  # printed whole, never folded, so it can be copied
 
 
 def test_config_file_and_flag_override(data_dir, tmp_path):

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, cifarlens
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -30,21 +29,6 @@ from cifarlens.export.runtime import OnnxClassifier, open_classifier
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples"
 pytestmark = pytest.mark.filterwarnings("ignore:.*differ from the official CIFAR-10 MD5")
-
-
-def cifarlens(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "cifarlens.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, result.stderr + result.stdout
-    assert "Traceback" not in result.stderr + result.stdout
-    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr.replace("\n", " "), result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,13 @@ made to fail locally.
 import csv
 import json
 import os
-import subprocess
-import sys
 import urllib.error
 import warnings
 
 import pytest
 import torch
 import torchvision.models as tvm
+from conftest import assert_one_line_error, cifarlens
 from safetensors.torch import load_file
 from test_training import quick_config as training_config
 
@@ -104,14 +103,11 @@ def test_failed_download_names_the_file_and_the_folder(tmp_path, monkeypatch):
 
 def test_cli_offline_error_is_one_line(cifar_root, tmp_path):
     env = os.environ | {"TORCH_HOME": str(tmp_path / "th"), "CIFARLENS_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "cifarlens.cli", "train", "--model", "convnext_tiny", "--pretrained",
-         "--data-dir", str(cifar_root), "--out", str(tmp_path / "run"), "--no-download"],
-        capture_output=True, text=True, env=env, timeout=300,
+    result = cifarlens(
+        "train", "--model", "convnext_tiny", "--pretrained", "--data-dir", cifar_root, "--out", tmp_path / "run",
+        "--no-download", env=env, timeout=300,
     )  # fmt: skip
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    assert "convnext_tiny-983f1562.pth" in result.stderr.replace("\n", "")
+    assert_one_line_error(result, "convnext_tiny-983f1562.pth")
 
 
 @pytest.fixture(scope="module")

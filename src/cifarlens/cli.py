@@ -84,7 +84,7 @@ def _run_interruptible(fn: Callable[[], Path], out: str | Path) -> None:
             message = f"the last finished epoch is checkpointed; continue with cifarlens train --resume {out}"
         else:
             message = f"no epoch had finished, so {out} holds no checkpoint; start the run again"
-        err_console.print(f"[yellow]interrupted:[/] {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]interrupted:[/] {message}", highlight=False)
         raise typer.Exit(130) from None
 
 

@@ -18,12 +18,13 @@ from rich.console import Console
 
 from cifarlens.errors import CifarlensError
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: lines never break inside a path, so a printed run folder or file can be copied whole.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -35,7 +36,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except CifarlensError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
             raise typer.Exit(err.exit_code) from None
 
     return wrapper

@@ -152,24 +152,30 @@ def check_md5(batches_dir: Path) -> list[str]:
 
 
 def load_cifar10(
-    data_dir: str | Path | None = None, download: bool = True, verify_md5: bool = True, source: str | None = None
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    verify_md5: bool = True,
+    source: str | None = None,
+    fix: str | None = None,
 ) -> Cifar10:
     """Load CIFAR-10 from ``data_dir`` (the batches folder or its parent), downloading if allowed.
 
     Raises ``DataError`` with where it looked and how to fix it when the data can't be had; ``source``
-    names where a given ``data_dir`` came from in that message (default: --data-dir).
+    names where a given ``data_dir`` came from in that message (default: --data-dir) and ``fix`` replaces
+    the default remedy (set the folder by --data-dir or the environment, or download).
     """
     root, found_in = resolve_data_dir(data_dir)
     source = source if data_dir and source else found_in
     batches = find_batches_dir(root)
     if batches is None:
         if download:
-            _download(root, source)
+            _download(root, source, fix)
             batches = find_batches_dir(root)
         if batches is None:
             raise DataError(
-                f"CIFAR-10 not found in {root} (from {source}); put the cifar-10-batches-py folder there, "
-                f"set {DATA_DIR_ENV} or --data-dir to the folder that holds it, or allow --download with a network"
+                f"CIFAR-10 not found in {root} (from {source}); "
+                + (fix or f"put the cifar-10-batches-py folder there, set {DATA_DIR_ENV} or --data-dir to the "
+                   "folder that holds it, or allow --download with a network")
             )
     if verify_md5:
         mismatched = check_md5(batches)
@@ -191,7 +197,7 @@ def _read_split(batches_dir: Path, names: list[str]) -> Split:
     return Split(images.contiguous(), labels)
 
 
-def _download(root: Path, source: str) -> None:
+def _download(root: Path, source: str, fix: str | None) -> None:
     from torchvision.datasets import CIFAR10
 
     try:
@@ -201,7 +207,7 @@ def _download(root: Path, source: str) -> None:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(
             f"CIFAR-10 not found in {root} (from {source}) and the download failed ({reason}); "
-            f"put cifar-10-batches-py there by hand, or point {DATA_DIR_ENV} / --data-dir at it"
+            + (fix or f"put cifar-10-batches-py there by hand, or point {DATA_DIR_ENV} / --data-dir at it")
         ) from None
 
 

@@ -39,14 +39,16 @@ def prepare_data(
     val_size: int = 0,
     seed: int = 0,
     source: str | None = None,
+    fix: str | None = None,
 ) -> RunData:
     """Load CIFAR-10, hold out ``val_size`` training images, then keep a stratified ``subset``.
 
     The validation split is drawn before the subset so that it is the same whatever the subset;
     ``subset`` also caps the test split at the same size, so quick runs stay quick. Seeded by ``seed``.
-    ``source`` names where ``data_dir`` came from in the error when the data is missing (see ``load_cifar10``).
+    ``source`` and ``fix``: where ``data_dir`` came from and the remedy, for the error when the data is
+    missing (see ``load_cifar10``).
     """
-    data = load_cifar10(data_dir, download=download, source=source)
+    data = load_cifar10(data_dir, download=download, source=source, fix=fix)
     train_idx, val_idx = train_val_indices(data.train.labels, val_size, seed)
     val = data.train.take(val_idx) if len(val_idx) else None
     train = data.train.take(train_idx)

@@ -50,13 +50,17 @@ def load_run_data(run: Path, data_dir: str | Path | None = None) -> RunData:
     if not path.is_file():
         raise RunDirError(f"{run} has no {rundir.CONFIG}; it is not a complete cifarlens run directory")
     cfg = read_yaml(path)
+    # Only --data-dir overrides a saved folder, so that is the fix to name (not the environment variable).
+    from_config = not data_dir and bool(cfg.get("data_dir"))
+    moved = "if the data moved, pass --data-dir with the folder that now holds cifar-10-batches-py"
     return prepare_data(
         data_dir or cfg.get("data_dir") or None,
         download=bool(cfg.get("download", True)),
         subset=int(cfg.get("subset") or 0),
         val_size=int(cfg.get("val_size") or 0),
         seed=int(cfg.get("seed") or 0),
-        source=None if data_dir else f"data_dir in {path}; pass --data-dir if the data moved",
+        source=f"data_dir in {path}" if from_config else None,
+        fix=moved if from_config else None,
     )
 
 
@@ -126,8 +130,7 @@ def evaluate_run(
     if console is not None:
         _print_report(console, result, label)
         console.print(
-            escape(f"wrote {run}: {rundir.SUMMARY} (key {key}), per_class_{key}.csv, confusion_{key}.csv, {rundir.PLOTS}/"),
-            soft_wrap=True,
+            escape(f"wrote {run}: {rundir.SUMMARY} (key {key}), per_class_{key}.csv, confusion_{key}.csv, {rundir.PLOTS}/")
         )
     return result
 

@@ -43,7 +43,7 @@ def compare(
     from cifarlens.experiments.compare import write_comparison
 
     table = write_comparison(runs, out)
-    console.print(table, markup=False, highlight=False, soft_wrap=True)
+    console.print(table, markup=False, highlight=False)
     if out is not None:
         console.print(f"wrote {out}.md, {out}.csv, {out}.png", markup=False, highlight=False)
 

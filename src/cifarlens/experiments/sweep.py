@@ -201,7 +201,7 @@ def run_trial(cfg: TrainConfig, data_cache: _DataCache, console: Console, on_epo
 
 def run_sweep(sweep: SweepConfig, console: Console | None = None) -> dict[str, Any]:
     """Run (or resume) the sweep; return the content of sweep.json."""
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     out = Path(sweep.out)
     (out / TRIALS).mkdir(parents=True, exist_ok=True)
     plan = None
@@ -387,7 +387,7 @@ def _finish(sweep: SweepConfig, plan, rows: list[dict], cache: _DataCache, conso
     if finalists:
         table = write_comparison([Path(r["run"]) for r in finalists], Path(sweep.out) / "compare")
         console.print("finalists on the test split:")
-        console.print(table, markup=False, highlight=False, soft_wrap=True)
+        console.print(table, markup=False, highlight=False)
     console.print(f"wrote {sweep.out}/trials.csv, sweep.json" + (", compare.md/.csv/.png" if finalists else ""))
     return result
 

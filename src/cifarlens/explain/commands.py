@@ -69,7 +69,7 @@ def _csv(path: Path, rows: list[dict]) -> None:
 
 
 def _wrote(*paths: Path) -> None:
-    console.print(escape("wrote " + ", ".join(str(p) for p in paths)), soft_wrap=True)
+    console.print(escape("wrote " + ", ".join(str(p) for p in paths)))
 
 
 def _names(text: str) -> list[str]:

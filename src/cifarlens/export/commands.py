@@ -119,9 +119,7 @@ def predict(
     for pred in predict_files(classifier, images, k=top_k, batch_size=batch_size, max_pixels=max_pixels):
         if pred.error is not None:
             failed += 1
-            err_console.print(
-                f"[bold red]error:[/] {escape(pred.file)}: {escape(pred.error)}", highlight=False, soft_wrap=True
-            )
+            err_console.print(f"[bold red]error:[/] {escape(pred.file)}: {escape(pred.error)}", highlight=False)
         else:
             done += 1
         if json_lines:

@@ -105,7 +105,7 @@ def train(
     ``on_epoch_end(row)`` gets each epoch's metrics row after its checkpoint is written; an
     exception it raises (e.g. a sweep pruning the trial) stops training with that checkpoint kept.
     """
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # paths printed whole, as the CLI console does
     started = time.perf_counter()
     if resume is not None:
         cfg = load_run_config(Path(resume))
@@ -203,7 +203,7 @@ def _train(
         set_rng_state(ckpt.state["rng"])
         start_epoch = ckpt.epoch
         rows = [r for r in _read_metrics(out / rundir.METRICS) if int(r["epoch"]) <= start_epoch]
-        console.print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}", soft_wrap=True)
+        console.print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
     else:
         _init_from_data(model, data, spec, cfg.seed, device, memory_format)
         if ctx.main:
@@ -212,8 +212,7 @@ def _train(
     console.print(
         f"[bold]{cfg.model}[/] on {device.type} ({precision}), {len(data.train)} train / "
         f"{len(data.val) if data.val else 0} val / {len(data.test)} test images, {cfg.epochs} epochs -> {out}"
-        + (f", {ctx.world} processes" if ctx.world > 1 else ""),
-        soft_wrap=True,  # lines that name the run folder never break its path, so it can be copied whole
+        + (f", {ctx.world} processes" if ctx.world > 1 else "")
     )
     if frozen:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -343,8 +342,8 @@ def _train(
     if cfg.report:
         from cifarlens.evaluation.report import write_report
 
-        console.print(f"report: {write_report([out], out / 'report.html')}", soft_wrap=True)
-    console.print(f"run saved to {out}", soft_wrap=True)
+        console.print(f"report: {write_report([out], out / 'report.html')}")
+    console.print(f"run saved to {out}")
     return out
 
 
