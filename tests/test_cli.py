@@ -80,7 +80,7 @@ def test_kill_and_resume(data_dir, tmp_path):
 
 def test_resume_refuses_new_options(trained_run):
     out, _ = trained_run
-    assert_one_line_error(cifarlens("train", "--resume", out, "--lr", 0.1), "drop --lr")
+    assert_one_line_error(cifarlens("train", "--resume", out, "--lr", 0.1), "drop --lr", "only --data-dir")
 
 
 def test_run_found_by_evaluate_without_the_data_env_var(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -104,7 +105,7 @@ def test_grid_sweep_tunes_on_val_and_scores_only_finalists_on_test(grid_sweep):
     assert table.startswith("| run |") and "test_acc" in table and (out / "compare.png").stat().st_size > 0
 
 
-def test_grid_sweep_resumes_and_refuses_a_changed_sweep(grid_sweep, tmp_path):
+def test_grid_sweep_resumes_and_refuses_a_changed_sweep(grid_sweep, cifar_root, tmp_path):
     path, out, _ = grid_sweep
     weights = out / "trials" / "001" / "model.safetensors"
     before = weights.stat().st_mtime_ns
@@ -114,10 +115,16 @@ def test_grid_sweep_resumes_and_refuses_a_changed_sweep(grid_sweep, tmp_path):
         json.dumps({"epoch": 1, "weights": "epoch-0001.safetensors", "state": "epoch-0001.state.pt"})
     )
     (killed / "model.safetensors").unlink()
-    sweep_quietly(path)
+    # ... and the data has moved since: the same sweep, pointed at the new folder, resumes from there.
+    moved = shutil.copytree(cifar_root, tmp_path / "moved")
+    spec = yaml.safe_load(path.read_text())
+    spec["base"]["data_dir"] = str(moved)
+    sweep_quietly(write_sweep(tmp_path / "moved.yaml", **spec))
     assert weights.stat().st_mtime_ns == before, "a finished trial was trained again"
     assert (killed / "model.safetensors").is_file()
     assert [r["epoch"] for r in csv.DictReader((killed / "metrics.csv").read_text().splitlines())] == ["1", "2"]
+    config = yaml.safe_load((killed / "config.yaml").read_text())
+    assert config["data_dir"] == str((moved / "cifar-10-batches-py").resolve())
     changed = yaml.safe_load(path.read_text())
     changed["base"]["epochs"] = 3
     with pytest.raises(ConfigError, match="was run with other options \\(epochs"):
@@ -188,6 +195,7 @@ def test_compare_cli_table_files_and_bad_input(grid_sweep, tmp_path):
     result = cli("compare", *runs, "--out", tmp_path / "cmp")
     assert result.exit_code == 0, result.stderr
     header = result.stdout.splitlines()[0]
+    # No data_dir column although 003 was resumed from a moved copy of the data (the test above).
     assert header.startswith("| run | batch_size | lr | test_acc | val_acc | params | macs |")
     with open(tmp_path / "cmp.csv", newline="") as f:
         rows = list(csv.DictReader(f))

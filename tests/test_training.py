@@ -6,11 +6,12 @@ import warnings
 
 import pytest
 import torch
+from conftest import write_cifar
 from safetensors.torch import load_file
 
-from cifarlens.config import build_config
+from cifarlens.config import build_config, read_yaml
 from cifarlens.data import prepare_data
-from cifarlens.errors import RunDirError, TrainingDiverged
+from cifarlens.errors import DataError, RunDirError, TrainingDiverged
 from cifarlens.run import load_run_model, read_spec
 from cifarlens.training import TrainConfig, recipe_options, train
 from cifarlens.training.checkpoint import load_checkpoint
@@ -98,6 +99,26 @@ def test_resume_matches_uninterrupted_run(cifar_root, tmp_path, data):
     rows_full = list(csv.DictReader(open(full / "metrics.csv")))
     rows_part = list(csv.DictReader(open(part / "metrics.csv")))
     assert [r["test_acc"] for r in rows_full] == [r["test_acc"] for r in rows_part]
+
+
+def test_resume_after_the_data_moved(tmp_path):
+    class Killed(Exception):
+        pass
+
+    def kill(row):
+        raise Killed
+
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        train(quick_config(write_cifar(tmp_path / "data", per_batch=20, test_size=20), out), on_epoch_end=kill)
+    (tmp_path / "data").rename(tmp_path / "moved")
+    # The saved folder is gone: the error names the run's config and the fix, --data-dir.
+    with pytest.raises(DataError, match=r"data_dir in .*config\.yaml\); if the data moved, pass --data-dir"):
+        train(TrainConfig(), resume=out)
+    train(TrainConfig(), resume=out, data_dir=tmp_path / "moved")
+    assert [row["epoch"] for row in csv.DictReader(open(out / "metrics.csv"))] == ["1", "2"]
+    # config.yaml now names the new folder, so later commands need no --data-dir.
+    assert read_yaml(out / "config.yaml")["data_dir"] == str((tmp_path / "moved" / "cifar-10-batches-py").resolve())
 
 
 def test_existing_run_dir_is_not_overwritten(cifar_root, tmp_path, data):

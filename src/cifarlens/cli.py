@@ -54,10 +54,16 @@ def train(
 
     options = options or {}
     if resume is not None:
+        moved_to = options.pop("data_dir", None)  # where the data is now: the one option a resumed run takes
         if options or config:
             given = ", ".join("--" + k.replace("_", "-") for k in options) or "--config"
-            raise CifarlensError(f"--resume continues a run with its saved config; drop {given} or start a new run")
-        _run_interruptible(lambda: run_training(TrainConfig(), resume=resume, console=console), resume)
+            raise CifarlensError(
+                f"--resume continues a run with its saved config; drop {given} or start a new run "
+                "(only --data-dir may be given, if the data moved)"
+            )
+        _run_interruptible(
+            lambda: run_training(TrainConfig(), resume=resume, data_dir=moved_to, console=console), resume
+        )
         return
     file_options = read_yaml(config) if config else {}
     recipe = options.get("recipe") or file_options.get("recipe")

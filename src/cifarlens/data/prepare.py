@@ -31,6 +31,17 @@ class RunData:
         raise ConfigError(f"unknown split {name!r}; choose train, val or test")
 
 
+def saved_folder_hint(config: Path) -> dict[str, str]:
+    """``source`` and ``fix`` for ``prepare_data`` when the data folder comes from a run's config.yaml.
+
+    Only --data-dir overrides a saved folder (the environment variable does not), so that is the fix named.
+    """
+    return {
+        "source": f"data_dir in {config}",
+        "fix": "if the data moved, pass --data-dir with the folder that now holds cifar-10-batches-py",
+    }
+
+
 def prepare_data(
     data_dir: str | Path | None = None,
     *,

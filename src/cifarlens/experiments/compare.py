@@ -19,7 +19,7 @@ from cifarlens.config import read_yaml
 from cifarlens.errors import CifarlensError, RunDirError
 from cifarlens.io import atomic_write_text
 
-IGNORED_KEYS = {"out"}  # always differs, says nothing about the run
+IGNORED_KEYS = {"out", "data_dir"}  # where the run and its data lie: says nothing about the run
 RESULT_COLUMNS = ["test_acc", "val_acc", "params", "macs", "train_s", "images_per_s"]
 
 

@@ -183,9 +183,11 @@ def run_trial(cfg: TrainConfig, data_cache: _DataCache, console: Console, on_epo
     out = Path(cfg.out)
     if (out / rundir.CONFIG).is_file():
         saved = read_yaml(out / rundir.CONFIG)
-        wanted = run_config(cfg, data_cache(cfg))  # as the trainer wrote it, with the data folder it read
-        if saved != wanted:
-            changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        data = data_cache(cfg)
+        wanted = run_config(cfg, data)  # as the trainer wrote it, with the data folder it read
+        # Where the data lies is not an option of the trial: data moved since is resumed from its new folder.
+        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k) and k != "data_dir")
+        if changed:
             raise ConfigError(
                 f"trial {out} was run with other options ({', '.join(changed)}); "
                 "use another sweep out folder for a changed sweep"
@@ -193,7 +195,8 @@ def run_trial(cfg: TrainConfig, data_cache: _DataCache, console: Console, on_epo
         if (out / rundir.WEIGHTS).is_file():
             return out
         if (out / rundir.CHECKPOINT / "latest.json").is_file():
-            return train(cfg, resume=out, console=console, data=data_cache(cfg), on_epoch_end=on_epoch_end)
+            moved_to = data.root if saved.get("data_dir") != wanted["data_dir"] else None
+            return train(cfg, resume=out, data_dir=moved_to, console=console, data=data, on_epoch_end=on_epoch_end)
     if out.exists():
         shutil.rmtree(out)  # a trial killed before its first checkpoint: nothing worth keeping
     return train(cfg, console=console, data=data_cache(cfg), on_epoch_end=on_epoch_end)

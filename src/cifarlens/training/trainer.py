@@ -34,6 +34,7 @@ from cifarlens.data import (
     model_input,
     num_batches,
     prepare_data,
+    saved_folder_hint,
 )
 from cifarlens.errors import ConfigError, RunDirError, TrainingDiverged
 from cifarlens.evaluation.predict import predict_logits
@@ -94,11 +95,15 @@ def train(
     cfg: TrainConfig,
     *,
     resume: str | Path | None = None,
+    data_dir: str | Path | None = None,
     console: Console | None = None,
     data: RunData | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
 ) -> Path:
     """Train as ``cfg`` says (or continue the run at ``resume``); return the run directory.
+
+    ``data_dir`` with ``resume``: where the data is now, if it moved since the run began; the run's
+    config.yaml then records the new folder.
 
     ``cfg.features_from`` fits a linear probe instead (``cifarlens.training.features``); with
     ``cfg.distributed`` this is one process of a torchrun job (``cifarlens.training.distributed``).
@@ -111,6 +116,8 @@ def train(
         cfg = load_run_config(Path(resume))
         if cfg.features_from:
             raise RunDirError(f"{resume} is a linear-probe run (--features-from): nothing to resume, start it again")
+        if data_dir:
+            cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
     elif cfg.features_from:
         from cifarlens.training.features import linear_probe
 
@@ -118,7 +125,7 @@ def train(
     ctx, device = distributed.setup(cfg.distributed, resolve_device(cfg.device))
     try:
         rank_console = console if ctx.main else Console(quiet=True)
-        return _train(cfg, ctx, device, resume, rank_console, data, started, on_epoch_end)
+        return _train(cfg, ctx, device, resume, bool(data_dir), rank_console, data, started, on_epoch_end)
     finally:
         distributed.teardown(ctx)
 
@@ -128,6 +135,7 @@ def _train(
     ctx,
     device,
     resume,
+    moved: bool,
     console: Console,
     data: RunData | None,
     started: float,
@@ -146,8 +154,10 @@ def _train(
     if data is None:
         if not ctx.main:  # rank 0 downloads a missing dataset alone; the others read it after
             distributed.barrier(ctx)
+        saved = resume is not None and not moved and cfg.data_dir  # the folder comes from the run's config.yaml
         data = prepare_data(
-            cfg.data_dir or None, download=cfg.download, subset=cfg.subset, val_size=cfg.val_size, seed=cfg.seed
+            cfg.data_dir or None, download=cfg.download, subset=cfg.subset, val_size=cfg.val_size, seed=cfg.seed,
+            **(saved_folder_hint(out / rundir.CONFIG) if saved else {}),
         )
         if ctx.main:
             distributed.barrier(ctx)
@@ -204,6 +214,8 @@ def _train(
         start_epoch = ckpt.epoch
         rows = [r for r in _read_metrics(out / rundir.METRICS) if int(r["epoch"]) <= start_epoch]
         console.print(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
+        if moved and ctx.main:  # record where the data is now, so evaluate/explain find it without --data-dir
+            save_yaml(run_config(cfg, data), out / rundir.CONFIG)
     else:
         _init_from_data(model, data, spec, cfg.seed, device, memory_format)
         if ctx.main:
