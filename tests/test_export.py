@@ -68,6 +68,8 @@ def eval_images(run):
 
 def test_export_writes_verified_graphs_with_preprocessing_contract(exported, run, eval_images):
     onnx_path, result = exported
+    int8_path = onnx_path.with_name("model.int8.onnx")
+    assert f"wrote {onnx_path}, {int8_path} and {onnx_path.with_suffix('.json')}" in result.stdout  # paths whole
     info = json.loads(onnx_path.with_suffix(".json").read_text())
     assert info["format"] == "cifarlens-onnx" and info["exporter"] in ("dynamo", "torchscript")
     assert info["input"]["dtype"] == "uint8" and info["input"]["layout"] == "NCHW"
@@ -91,7 +93,7 @@ def test_export_writes_verified_graphs_with_preprocessing_contract(exported, run
     int8 = json.loads(onnx_path.with_name("model.int8.json").read_text())
     assert int8["quantization"]["format"] == "QDQ" and int8["quantization"]["calibration_source"] == "training images"
     assert int8["verification"]["accuracy_drop_points"] <= 0.5
-    assert OnnxClassifier(onnx_path.with_name("model.int8.onnx")).backend == "onnxruntime-int8"
+    assert OnnxClassifier(int8_path).backend == "onnxruntime-int8"
 
 
 def test_export_refuses_and_writes_nothing_below_thresholds(run, eval_images, tmp_path):
@@ -214,6 +216,14 @@ def test_predict_command_classifies_good_files_and_exits_1_for_bad_ones(exported
     assert len(by_file["good"]["top_k"]) == 2
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 4 and all("good.png" not in ln for ln in errors)
+    # The table names each file by its whole path, folded over lines when long, never cut off.
+    deep = tmp_path / ("a_folder_name_that_makes_the_path_long_" * 3) / "good.png"
+    deep.parent.mkdir()
+    files["good"].rename(deep)
+    result = cifarlens("predict", exported[0], deep)
+    assert result.returncode == 0, result.stderr
+    file_cells = [line.split("│")[1].strip() for line in result.stdout.splitlines() if line.startswith("│")]
+    assert "".join(file_cells) == str(deep)
 
 
 # ----------------------------------------------------------------------------- safe loading

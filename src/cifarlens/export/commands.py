@@ -59,6 +59,7 @@ def export(
 ) -> None:
     """Export to ONNX (preprocessing inside the graph) and verify it with onnxruntime on real test images."""
     from cifarlens.export.onnx_export import export_run, load_eval_images
+    from cifarlens.export.runtime import int8_path
     from cifarlens.run import resolve_run
 
     if format != "onnx":
@@ -76,15 +77,16 @@ def export(
     table = Table(title=f"ONNX export of {escape(str(source))} (verified on {len(data.test_labels)} test images)")
     for column in ("graph", "exporter", "max |logit diff|", "top-1 agreement", "accuracy", "vs"):
         table.add_column(column, justify="left" if column in ("graph", "vs") else "right")
-    for path, info in ((out, result["fp32"]), (out.with_name(out.stem + ".int8.onnx"), result["int8"])):
+    for path, info in ((out, result["fp32"]), (int8_path(out), result["int8"])):
         if info:
             v = info["verification"]
             table.add_row(
-                escape(str(path)), info["exporter"], f"{v['max_abs_logit_diff']:.2e}", f"{v['top1_agreement']:.2%}",
+                escape(path.name), info["exporter"], f"{v['max_abs_logit_diff']:.2e}", f"{v['top1_agreement']:.2%}",
                 f"{v['accuracy']:.2f}%", f"{v['against']} {v['reference_accuracy']:.2f}%",
             )  # fmt: skip
     console.print(table)
-    console.print(f"wrote {escape(str(out))} and {escape(str(out.with_suffix('.json')))} (classes, input contract)")
+    graphs = [str(out)] + ([str(int8_path(out))] if result["int8"] else [])
+    console.print(escape(f"wrote {', '.join(graphs)} and {out.with_suffix('.json')} (classes, input contract)"))
 
 
 @user_errors
@@ -112,7 +114,7 @@ def predict(
     table = None
     if not json_lines:
         table = Table(title=f"predictions of {escape(str(source))} ({classifier.backend})")
-        table.add_column("file")
+        table.add_column("file", overflow="fold")  # the whole path, wrapped, never cut off
         table.add_column("class", style="bold")
         table.add_column("p", justify="right")
         table.add_column(f"top {top_k}")
@@ -154,7 +156,7 @@ def bench(
 
     from cifarlens.export.bench import BACKENDS, bench_backend, matmul_peak_gflops, model_flops, parse_list
     from cifarlens.export.onnx_export import export_run, load_eval_images
-    from cifarlens.export.runtime import OnnxClassifier, TorchClassifier, load_torch
+    from cifarlens.export.runtime import OnnxClassifier, TorchClassifier, int8_path, load_torch
     from cifarlens.run import provenance, write_json
 
     sizes = parse_list(batch_sizes, int, "--batch-sizes")
@@ -171,8 +173,7 @@ def bench(
     data = load_eval_images(source, data_dir, test_images=test_images)
     model, spec = load_torch(source)
     onnx_path = default_onnx_path(source)
-    int8_path = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
-    wanted = {"onnxruntime": onnx_path, "onnxruntime-int8": int8_path}
+    wanted = {"onnxruntime": onnx_path, "onnxruntime-int8": int8_path(onnx_path)}
     if any(b in chosen and not wanted[b].is_file() for b in wanted):
         console.print(f"exporting {escape(str(onnx_path))} first (cifarlens export --quantize int8)")
         export_run(source, data, out=onnx_path, quantize="int8" if "onnxruntime-int8" in chosen else "none")

@@ -24,7 +24,14 @@ from cifarlens import __version__
 from cifarlens import run as rundir
 from cifarlens.errors import CifarlensError, ConfigError
 from cifarlens.data.image_files import CIFAR_SIZE
-from cifarlens.export.runtime import ONNX_FORMAT, OnnxClassifier, Preprocessed, TorchClassifier, sidecar_path
+from cifarlens.export.runtime import (
+    ONNX_FORMAT,
+    OnnxClassifier,
+    Preprocessed,
+    TorchClassifier,
+    int8_path,
+    sidecar_path,
+)
 from cifarlens.io import atomic_path
 
 MIN_AGREEMENT = 0.999  # fp32 ONNX vs PyTorch, top-1
@@ -169,8 +176,8 @@ def export_run(
         write_json(sidecar_path(out), info)
     result["fp32"] = info
     if quantize == "int8":
-        int8_path = out.with_name(out.stem + ".int8.onnx")
-        with atomic_path(int8_path) as tmp:
+        int8_out = int8_path(out)
+        with atomic_path(int8_out) as tmp:
             details = quantize_int8(out, tmp, data.calibration, fixed_batch=None if dynamic_batch else 1)
             _, check = _check_graph(tmp, base, data, fp32_logits, batch_size)
             drop = check["reference_accuracy"] - check["accuracy"]
@@ -182,7 +189,7 @@ def export_run(
                     f"int8 graph not written, fp32 kept at {out}. Try more --calibration-images"
                 )
             int8_info = base | {"exporter": exporter, "quantization": details, "verification": check}
-            write_json(sidecar_path(int8_path), int8_info)
+            write_json(sidecar_path(int8_out), int8_info)
         result["int8"] = int8_info
     return result
 

@@ -130,6 +130,12 @@ def sidecar_path(onnx_path: str | Path) -> Path:
     return Path(onnx_path).with_suffix(".json")
 
 
+def int8_path(onnx_path: str | Path) -> Path:
+    """Where the int8 graph quantized from an fp32 one goes: ``model.onnx`` -> ``model.int8.onnx``."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+
+
 def read_sidecar(onnx_path: Path) -> dict[str, Any]:
     path = sidecar_path(onnx_path)
     if not onnx_path.is_file():
