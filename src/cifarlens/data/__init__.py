@@ -11,7 +11,7 @@ from cifarlens.data.augment import (
 )
 from cifarlens.data.batches import iterate_batches, num_batches
 from cifarlens.data.cifar10 import CLASSES, Cifar10, Split, load_cifar10, resolve_data_dir
-from cifarlens.data.prepare import RunData, prepare_data, saved_folder_hint
+from cifarlens.data.prepare import RunData, prepare_data
 from cifarlens.data.splits import stratified_indices, train_val_indices
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "num_batches",
     "parse_augment",
     "resolve_data_dir",
-    "saved_folder_hint",
     "stratified_indices",
     "train_val_indices",
 ]

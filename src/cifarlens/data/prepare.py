@@ -31,17 +31,6 @@ class RunData:
         raise ConfigError(f"unknown split {name!r}; choose train, val or test")
 
 
-def saved_folder_hint(config: Path) -> dict[str, str]:
-    """``source`` and ``fix`` for ``prepare_data`` when the data folder comes from a run's config.yaml.
-
-    Only --data-dir overrides a saved folder (the environment variable does not), so that is the fix named.
-    """
-    return {
-        "source": f"data_dir in {config}",
-        "fix": "if the data moved, pass --data-dir with the folder that now holds cifar-10-batches-py",
-    }
-
-
 def prepare_data(
     data_dir: str | Path | None = None,
     *,
@@ -49,17 +38,22 @@ def prepare_data(
     subset: int = 0,
     val_size: int = 0,
     seed: int = 0,
-    source: str | None = None,
-    fix: str | None = None,
+    saved_in: Path | None = None,
 ) -> RunData:
     """Load CIFAR-10, hold out ``val_size`` training images, then keep a stratified ``subset``.
 
     The validation split is drawn before the subset so that it is the same whatever the subset;
     ``subset`` also caps the test split at the same size, so quick runs stay quick. Seeded by ``seed``.
-    ``source`` and ``fix``: where ``data_dir`` came from and the remedy, for the error when the data is
-    missing (see ``load_cifar10``).
+    ``saved_in``: the run's config.yaml that ``data_dir`` was read from, if it was; the error for missing
+    data then names it, and --data-dir as the fix (a saved folder wins over the environment variable).
     """
-    data = load_cifar10(data_dir, download=download, source=source, fix=fix)
+    hint = {}
+    if saved_in is not None and data_dir:
+        hint = {
+            "source": f"data_dir in {saved_in}",
+            "fix": "if the data moved, pass --data-dir with the folder that now holds cifar-10-batches-py",
+        }
+    data = load_cifar10(data_dir, download=download, **hint)
     train_idx, val_idx = train_val_indices(data.train.labels, val_size, seed)
     val = data.train.take(val_idx) if len(val_idx) else None
     train = data.train.take(train_idx)

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from cifarlens import run as rundir
 from cifarlens.config import read_yaml
-from cifarlens.data import RunData, prepare_data, saved_folder_hint
+from cifarlens.data import RunData, prepare_data
 from cifarlens.errors import RunDirError
 from cifarlens.evaluation.metrics import classification_report, top_confusions
 from cifarlens.evaluation.plots import plot_confusion, plot_curves, plot_misclassified
@@ -50,14 +50,13 @@ def load_run_data(run: Path, data_dir: str | Path | None = None) -> RunData:
     if not path.is_file():
         raise RunDirError(f"{run} has no {rundir.CONFIG}; it is not a complete cifarlens run directory")
     cfg = read_yaml(path)
-    from_config = not data_dir and bool(cfg.get("data_dir"))
     return prepare_data(
         data_dir or cfg.get("data_dir") or None,
         download=bool(cfg.get("download", True)),
         subset=int(cfg.get("subset") or 0),
         val_size=int(cfg.get("val_size") or 0),
         seed=int(cfg.get("seed") or 0),
-        **(saved_folder_hint(path) if from_config else {}),
+        saved_in=None if data_dir else path,
     )
 
 

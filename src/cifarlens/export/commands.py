@@ -77,7 +77,8 @@ def export(
     table = Table(title=f"ONNX export of {escape(str(source))} (verified on {len(data.test_labels)} test images)")
     for column in ("graph", "exporter", "max |logit diff|", "top-1 agreement", "accuracy", "vs"):
         table.add_column(column, justify="left" if column in ("graph", "vs") else "right")
-    for path, info in ((out, result["fp32"]), (int8_path(out), result["int8"])):
+    int8_out = int8_path(out)
+    for path, info in ((out, result["fp32"]), (int8_out, result["int8"])):
         if info:
             v = info["verification"]
             table.add_row(
@@ -85,7 +86,7 @@ def export(
                 f"{v['accuracy']:.2f}%", f"{v['against']} {v['reference_accuracy']:.2f}%",
             )  # fmt: skip
     console.print(table)
-    graphs = [str(out)] + ([str(int8_path(out))] if result["int8"] else [])
+    graphs = [str(out)] + ([str(int8_out)] if result["int8"] else [])
     console.print(escape(f"wrote {', '.join(graphs)} and {out.with_suffix('.json')} (classes, input contract)"))
 
 

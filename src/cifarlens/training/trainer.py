@@ -34,7 +34,6 @@ from cifarlens.data import (
     model_input,
     num_batches,
     prepare_data,
-    saved_folder_hint,
 )
 from cifarlens.errors import ConfigError, RunDirError, TrainingDiverged
 from cifarlens.evaluation.predict import predict_logits
@@ -154,10 +153,9 @@ def _train(
     if data is None:
         if not ctx.main:  # rank 0 downloads a missing dataset alone; the others read it after
             distributed.barrier(ctx)
-        saved = resume is not None and not moved and cfg.data_dir  # the folder comes from the run's config.yaml
         data = prepare_data(
             cfg.data_dir or None, download=cfg.download, subset=cfg.subset, val_size=cfg.val_size, seed=cfg.seed,
-            **(saved_folder_hint(out / rundir.CONFIG) if saved else {}),
+            saved_in=out / rundir.CONFIG if resume is not None and not moved else None,
         )
         if ctx.main:
             distributed.barrier(ctx)
