@@ -2,7 +2,8 @@
 
 The ratios decide ``--precision auto`` and ``--channels-last`` on CPU and give the peak
 that training GFLOP/s is compared against. All variants run in one process, interleaved
-over ``--repeats`` rounds, and the median is reported.
+over ``--repeats`` rounds, and the median is reported. Like the trainer, the process keeps freed
+memory for reuse (``keep_freed_memory``); ``--release-memory`` measures glibc's default instead.
 
     python benchmarks/cpu_peak.py --repeats 5
 """
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from cifarlens.export.bench import matmul_peak_gflops
-from cifarlens.training.device import cpu_has_fast_bf16, cpu_name
+from cifarlens.training.device import cpu_has_fast_bf16, cpu_name, keep_freed_memory
 
 
 def timed(fn, warmup: int = 2, iters: int = 3) -> float:
@@ -59,7 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/cpu_peak.json")
+    parser.add_argument("--release-memory", action="store_true", help="leave glibc returning freed memory to the OS")
     args = parser.parse_args()
+    kept = not args.release_memory and keep_freed_memory()
     variants = {
         "matmul fp32": lambda: matmul_peak_gflops(dtype=torch.float32),
         "matmul bf16": lambda: matmul_peak_gflops(dtype=torch.bfloat16),
@@ -78,13 +81,15 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "native_bf16": cpu_has_fast_bf16(),
+        "freed_memory_kept": kept,
         "gflops_median": {k: statistics.median(v) for k, v in samples.items()},
         "gflops_all": samples,
     }
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     med = result["gflops_median"]
-    print(f"{result['cpu']}, {result['threads']} threads, torch {result['torch']}, native bf16: {result['native_bf16']}")
+    print(f"{result['cpu']}, {result['threads']} threads, torch {result['torch']}, native bf16: {result['native_bf16']}, "
+          f"freed memory kept: {kept}")
     print("| kernel | GFLOP/s (median of %d) | vs fp32 |" % args.repeats)
     print("| --- | ---: | ---: |")
     base = {"matmul": med["matmul fp32"], "conv": med["conv step fp32 contiguous"]}

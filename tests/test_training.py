@@ -2,6 +2,9 @@
 
 import csv
 import json
+import platform
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -15,7 +18,7 @@ from cifarlens.errors import DataError, RunDirError, TrainingDiverged
 from cifarlens.run import load_run_model, read_spec
 from cifarlens.training import TrainConfig, recipe_options, train
 from cifarlens.training.checkpoint import load_checkpoint
-from cifarlens.training.optim import lr_factor
+from cifarlens.training.optim import build_optimizer, build_scheduler, freeze_finished_groups, lr_factor
 
 
 def quick_config(root, out, **overrides):
@@ -234,6 +237,47 @@ def test_whitening_bias_stops_training_after_its_epochs(cifar_root, tmp_path, da
     after_1 = load_file(str(ckpt / "epoch-0002.safetensors"))["whiten.bias"]
     final = load_file(str(tmp_path / "run" / "model.safetensors"))["whiten.bias"]
     assert torch.equal(after_1, final) and not torch.equal(final, torch.zeros_like(final))
+
+
+def test_whitening_bias_gets_no_gradient_once_its_lr_reached_zero():
+    from cifarlens.models import create_model
+
+    model = create_model("airnet", width=8, wide=16)
+    cfg = build_config(TrainConfig, {"model": "airnet", "optimizer": "muon", "whiten_bias_epochs": 1.0, "epochs": 2})
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=4)
+    trains = []
+    for _ in range(8):
+        freeze_finished_groups(optimizer)
+        trains.append(model.whiten.bias.requires_grad)
+        scheduler.step()
+    assert trains == [True] * 4 + [False] * 4  # its lr decays to 0 over the first epoch's 4 steps
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert model.whiten.bias.grad is None and model.blocks.block1.conv1.weight.grad is not None
+
+
+ALLOCATE_AGAIN = """
+import resource, sys, torch
+from cifarlens.training.device import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+for _ in range(2):  # 256 MB, allocated and freed: the heap grows to hold it
+    torch.ones(64 * 2**20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    torch.ones(64 * 2**20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator knobs are glibc's")
+def test_kept_memory_is_reused_without_page_faults():
+    def faults(mode):
+        return int(subprocess.run([sys.executable, "-c", ALLOCATE_AGAIN, mode], capture_output=True, text=True,
+                                  check=True).stdout)  # fmt: skip
+
+    released, kept = faults("release"), faults("keep")
+    assert kept < 2000 and released > 10 * max(kept, 1)  # 3 x 256 MB is ~200,000 faults of 4 KB pages
 
 
 def test_metrics_report_flops_and_time_per_phase(cifar_root, tmp_path, data):

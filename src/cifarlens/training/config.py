@@ -42,6 +42,7 @@ class TrainConfig:
     channels_last: bool = True  # channels-last memory format for conv nets (faster convs on CPU and GPU)
     compile: bool = False  # torch.compile the model for training (Inductor): faster steps after a slow first one
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
+    keep_freed_memory: bool = True  # CPU on Linux: the C allocator keeps freed memory for the next step instead of returning it to the OS, for the rest of the process (faster steps, more peak memory; BENCHMARKS.md)
     subset: int = 0  # train on a stratified subset of N images (0: all); also caps the test split at N
     val_size: int = 0  # hold out N training images as a validation split for tuning (0: none)
     data_dir: str = ""  # folder holding cifar-10-batches-py (default: $CIFARLENS_DATA_DIR, then the cache dir)

@@ -24,7 +24,7 @@ from cifarlens.errors import ConfigError
 from cifarlens.models import create_model, model_kwargs
 from cifarlens.models.pretrained import is_timm
 from cifarlens.training.config import TrainConfig
-from cifarlens.training.device import resolve_device
+from cifarlens.training.device import configure_cpu, resolve_device
 from cifarlens.training.transfer import input_normalization, model_arguments
 
 
@@ -121,8 +121,7 @@ def linear_probe(cfg: TrainConfig, *, console: Console, data: RunData | None = N
         raise ConfigError("--features-from runs in one process; drop --distributed")
     out = new_run_dir(cfg)
     device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    configure_cpu(device, cfg.threads, cfg.keep_freed_memory)
     if data is None:
         data = prepare_data(
             cfg.data_dir or None, download=cfg.download, subset=cfg.subset, val_size=cfg.val_size, seed=cfg.seed

@@ -93,6 +93,18 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfi
     return max(step_frac / peak, 1e-3) if step_frac < peak else (1 - step_frac) / (1 - peak)
 
 
+def freeze_finished_groups(optimizer: torch.optim.Optimizer) -> None:
+    """Stop gradients into the parameters of ``stop_epoch`` groups once their learning rate reached 0.
+
+    Their updates are zero from then on anyway; without gradients, backward also skips the pass into
+    their inputs: for airnet's whitening bias, the first conv's input gradient, ~6% of a step.
+    """
+    for group in optimizer.param_groups:
+        if "stop_epoch" in group and group["lr"] == 0:
+            for param in group["params"]:
+                param.requires_grad_(False)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:

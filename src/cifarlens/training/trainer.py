@@ -42,8 +42,8 @@ from cifarlens.models import create_model
 from cifarlens.training import distributed
 from cifarlens.training.checkpoint import load_checkpoint, restore_model, rng_state, save_checkpoint, set_rng_state
 from cifarlens.training.config import TrainConfig
-from cifarlens.training.device import autocast, resolve_device, resolve_precision
-from cifarlens.training.optim import build_optimizer, build_scheduler
+from cifarlens.training.device import autocast, configure_cpu, resolve_device, resolve_precision
+from cifarlens.training.optim import build_optimizer, build_scheduler, freeze_finished_groups
 from cifarlens.training.transfer import freeze, input_normalization, model_arguments, train_mode
 
 METRIC_COLUMNS = [
@@ -148,8 +148,7 @@ def _train(
         out = new_run_dir(cfg)
         distributed.barrier(ctx)
     precision = resolve_precision(cfg.precision, device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    configure_cpu(device, cfg.threads, cfg.keep_freed_memory)
     if data is None:
         if not ctx.main:  # rank 0 downloads a missing dataset alone; the others read it after
             distributed.barrier(ctx)
@@ -265,6 +264,8 @@ def _train(
                 x = x.contiguous(memory_format=memory_format)
                 y = labels.to(device, non_blocking=True)
                 tick = _lap(phases, "data_s", tick)
+                if not ctx.active:  # DDP expects a gradient for every parameter it was built with
+                    freeze_finished_groups(optimizer)
                 with autocast(device, precision):
                     logits = forward(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
