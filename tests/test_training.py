@@ -262,23 +262,25 @@ import resource, sys, torch
 from cifarlens.training.device import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-for _ in range(2):  # 256 MB, allocated and freed: the heap grows to hold it
+faults = []
+for _ in range(6):  # 256 MB each, allocated and freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(64 * 2**20)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    torch.ones(64 * 2**20)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults)
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator knobs are glibc's")
 def test_kept_memory_is_reused_without_page_faults():
     def faults(mode):
-        return int(subprocess.run([sys.executable, "-c", ALLOCATE_AGAIN, mode], capture_output=True, text=True,
-                                  check=True).stdout)  # fmt: skip
+        out = subprocess.run([sys.executable, "-c", ALLOCATE_AGAIN, mode], capture_output=True, text=True, check=True)
+        return [int(n) for n in out.stdout.split()]
 
-    released, kept = faults("release"), faults("keep")
-    assert kept < 2000 and released > 10 * max(kept, 1)  # 3 x 256 MB is ~200,000 faults of 4 KB pages
+    # 256 MB is 65,536 pages of 4 KB. Released, every allocation faults all of them in again; kept, the heap
+    # needs up to three allocations to settle (measured), then reuses its blocks.
+    assert all(n > 10_000 for n in faults("release")[3:])
+    assert all(n < 1_000 for n in faults("keep")[3:])
 
 
 def test_metrics_report_flops_and_time_per_phase(cifar_root, tmp_path, data):
