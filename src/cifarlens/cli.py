@@ -209,7 +209,7 @@ def _version(value: bool) -> None:
 
 
 # Commands that run a trained model keep freed memory for their next batch (see keep_freed_memory:
-# 0.75x the time of `evaluate --tta-translate` on a CPU). train decides by its --keep-freed-memory;
+# `evaluate --tta-translate` scores in 0.73x the time on a CPU). train decides by its --keep-freed-memory;
 # bench keeps glibc's default, which its published figures were measured with.
 KEEP_FREED_MEMORY = {"evaluate", "explain", "export", "predict", "serve"}
 
