@@ -35,6 +35,8 @@ def test_unknown_key_is_an_error(tmp_path):
         ({"lr": -1}, "--lr must be positive"),
         ({"optimizer": "rmsprop"}, "choose one of: sgd, adam, adamw"),
         ({"label_smoothing": 1.5}, "label-smoothing"),
+        ({"color_contrast": 1.0}, r"--color-contrast in \[0, 1\)"),
+        ({"color_brightness": -0.1}, r"--color-brightness must be in \[0, 1\]"),
         ({"epochs": "ten"}, "expected an integer"),
         ({"augment": "crop,warp"}, "unknown augmentation warp"),
         ({"model": "resnet9000"}, "unknown model 'resnet9000'; valid models: .*tutorial"),

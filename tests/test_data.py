@@ -13,7 +13,15 @@ from cifarlens.data import (
     stratified_indices,
     train_val_indices,
 )
-from cifarlens.data.augment import EpochImages, cutout, jpeg_copies, random_crop, random_flip
+from cifarlens.data.augment import (
+    CIFAR10_MEAN,
+    EpochImages,
+    color_jitter,
+    cutout,
+    jpeg_copies,
+    random_crop,
+    random_flip,
+)
 from cifarlens.data.batches import iterate_batches
 from cifarlens.data.cifar10 import read_batch
 from cifarlens.errors import ConfigError, DataError
@@ -166,8 +174,26 @@ def test_cutout_zeroes_a_square():
     assert (zeros > 0).all() and (zeros <= 64).all()
 
 
+def test_color_jitter_shifts_brightness_and_scales_contrast_per_image():
+    mean = [round(255 * m) for m in CIFAR10_MEAN]
+    # Two pixel values per image, one channel each: one at the channel mean, one 60 levels above it.
+    x = torch.tensor(mean, dtype=torch.uint8).view(1, 3, 1, 1).repeat(500, 1, 1, 2)
+    x[..., 1] += 60
+    out = color_jitter(x, brightness=0.04, contrast=0.2, generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    out = out.float()
+    shift = out[:, 0, 0, 0] - mean[0]  # the mean pixel moves by the brightness shift only
+    assert shift.abs().max() <= 0.04 * 255 + 1 and shift.std() > 3
+    scale = (out[:, 0, 0, 1] - out[:, 0, 0, 0]) / 60  # the difference scales by the contrast factor
+    assert (scale - 1).abs().max() <= 0.2 + 1 / 60 and scale.std() > 0.05
+    # one factor pair per image: every channel of an image moved alike
+    assert torch.allclose(out[:, 1, 0, 0] - mean[1], shift, atol=1)
+    bright = color_jitter(torch.full((64, 3, 2, 2), 250, dtype=torch.uint8), 0.5, 0.0, torch.Generator().manual_seed(0))
+    assert (bright == 255).any() and (bright >= 250 - 128).all()  # clipped at 255, never wrapped around to dark
+
+
 def test_unknown_augmentation_lists_valid():
-    with pytest.raises(ConfigError, match="crop, flip, altflip, jpeg, cutout"):
+    with pytest.raises(ConfigError, match="crop, flip, altflip, jpeg, cutout, color"):
         Augmenter("crop,rotate")
 
 

@@ -35,6 +35,15 @@ def test_logits_shape_params_and_names(name):
     assert get_graph_node_names(create_model(name))[1] == nodes
 
 
+def test_airnet_activation_is_a_choice():
+    torch.manual_seed(0)
+    silu = create_model("airnet", act="silu")
+    assert [type(m).__name__ for m in silu.modules() if isinstance(m, (torch.nn.GELU, torch.nn.SiLU))] == ["SiLU"] * 7
+    assert count_parameters(silu) == EXPECTED_PARAMS["airnet"]
+    with pytest.raises(ConfigError, match="act must be one of gelu, silu"):
+        create_model("airnet", act="relu")
+
+
 def test_cifar_stems_keep_resolution():
     r18 = create_model("resnet18")
     assert r18.conv1.kernel_size == (3, 3) and r18.conv1.stride == (1, 1)

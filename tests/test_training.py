@@ -184,6 +184,16 @@ def test_data_dependent_init_runs_on_new_runs(cifar_root, tmp_path, data):
     assert torch.equal(whiten[12:], -whiten[:12])  # fitted: each eigenvector with both signs
 
 
+def test_silu_airnet_with_color_jitter_is_rebuilt_from_its_run(cifar_root, tmp_path, data):
+    out = train(quick_config(cifar_root, tmp_path / "run", model="airnet", epochs=1, batch_size=50,
+                             model_args={"width": 8, "wide": 16, "act": "silu"}, augment="crop,altflip,color",
+                             color_brightness=0.1, color_contrast=0.3), data=data)  # fmt: skip
+    saved = read_yaml(out / "config.yaml")
+    assert (saved["color_brightness"], saved["color_contrast"]) == (0.1, 0.3)
+    model, _ = load_run_model(out)
+    assert isinstance(model.blocks.block1.act1, torch.nn.SiLU)
+
+
 def test_recipes_train_through_the_normal_trainer(cifar_root, tmp_path, data):
     from cifarlens.training import RECIPES
 

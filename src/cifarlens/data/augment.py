@@ -15,7 +15,7 @@ from cifarlens.errors import ConfigError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-AUGMENTATIONS = ("crop", "flip", "altflip", "jpeg", "cutout")
+AUGMENTATIONS = ("crop", "flip", "altflip", "jpeg", "cutout", "color")
 # Augmentations drawn once per epoch for the whole training set (``EpochImages``), not per batch.
 EPOCH_AUGMENTATIONS = ("altflip", "jpeg")
 JPEG_QUALITY = 75
@@ -100,6 +100,20 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch
     return images.masked_fill(mask, 0)
 
 
+def color_jitter(images: torch.Tensor, brightness: float, contrast: float, generator: torch.Generator) -> torch.Tensor:
+    """Per image, scale the contrast by a factor drawn from [1 - contrast, 1 + contrast] (around the
+    CIFAR-10 channel means) and shift the brightness by up to +-``brightness`` of the full range.
+
+    images: (N, C, H, W) uint8 -> (N, C, H, W) uint8, rounded and clipped to 0..255.
+    """
+    n = len(images)
+    scale = (1 + contrast * (2 * torch.rand(n, generator=generator) - 1)).to(images.device).view(-1, 1, 1, 1)
+    shift = (255 * brightness * (2 * torch.rand(n, generator=generator) - 1)).to(images.device).view(-1, 1, 1, 1)
+    mean = 255 * torch.tensor(CIFAR10_MEAN, device=images.device).view(1, -1, 1, 1)
+    jittered = (images.float() - mean) * scale + mean + shift
+    return jittered.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def jpeg_copies(images: torch.Tensor, quality: int = JPEG_QUALITY) -> torch.Tensor:
     """Each image JPEG-encoded at ``quality`` (libjpeg's default 4:2:0 chroma) and decoded again.
 
@@ -162,10 +176,15 @@ def parse_augment(spec: str) -> tuple[str, ...]:
 class Augmenter:
     """Applies the augmentations named in ``spec`` to a uint8 batch, in a fixed order."""
 
-    def __init__(self, spec: str = "crop,flip", crop_padding: int = 4, cutout_size: int = 8):
+    def __init__(
+        self, spec: str = "crop,flip", crop_padding: int = 4, cutout_size: int = 8,
+        color_brightness: float = 0.035, color_contrast: float = 0.13,
+    ):  # fmt: skip
         self.names = parse_augment(spec)
         self.crop_padding = crop_padding
         self.cutout_size = cutout_size
+        self.color_brightness = color_brightness
+        self.color_contrast = color_contrast
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator, size: int | None = None) -> torch.Tensor:
         """images: (N, 3, H, W) uint8 -> augmented (N, 3, H, W) uint8, or (N, 3, size, size) random
@@ -176,4 +195,6 @@ class Augmenter:
             images = random_flip(images, generator)
         if "cutout" in self.names:
             images = cutout(images, self.cutout_size, generator)
+        if "color" in self.names:
+            images = color_jitter(images, self.color_brightness, self.color_contrast, generator)
         return images

@@ -5,7 +5,8 @@ seconds", arXiv 2404.00498):
 
 * a frozen first layer that whitens 2x2 patches, fitted to the training data before
   training (``init_from_data``): the net starts from decorrelated inputs;
-* three blocks of conv-pool-BN-GELU-conv-BN-GELU, wide (64/256/256) and shallow;
+* three blocks of conv-pool-BN-act-conv-BN-act, wide (64/256/256) and shallow; the activation
+  is GELU as in airbench94, or SiLU as in the later cifar10-speedrun record;
 * BatchNorm with a frozen unit scale and a fast-moving running average;
 * identity (Dirac) initialisation of the first input-many filters of each conv, so
   each block starts close to passing its input through;
@@ -64,16 +65,19 @@ def _conv(c_in: int, c_out: int) -> nn.Conv2d:
     return conv
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
+ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def _block(c_in: int, c_out: int, act: str) -> nn.Sequential:
     return nn.Sequential(
         OrderedDict(
             conv1=_conv(c_in, c_out),
             pool=nn.MaxPool2d(2),
             bn1=_bn(c_out),
-            act1=nn.GELU(),
+            act1=ACTIVATIONS[act](),
             conv2=_conv(c_out, c_out),
             bn2=_bn(c_out),
-            act2=nn.GELU(),
+            act2=ACTIVATIONS[act](),
         )
     )
 
@@ -81,13 +85,13 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 class AirNet(nn.Module):
     """whiten -> 3 blocks -> global max pool -> linear; logits scaled by ``1 / logit_scale``."""
 
-    def __init__(self, num_classes: int, widths: tuple[int, int, int], logit_scale: float):
+    def __init__(self, num_classes: int, widths: tuple[int, int, int], logit_scale: float, act: str = "gelu"):
         super().__init__()
         self.whiten = Whitening()
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[act]()
         blocks, c_in = OrderedDict(), self.whiten.out_channels
         for i, width in enumerate(widths, start=1):
-            blocks[f"block{i}"] = _block(c_in, width)
+            blocks[f"block{i}"] = _block(c_in, width, act)
             c_in = width
         self.blocks = nn.Sequential(blocks)
         self.pool = nn.AdaptiveMaxPool2d(1)
@@ -106,8 +110,15 @@ class AirNet(nn.Module):
 
 
 @register_model
-def airnet(num_classes: int = 10, width: int = 64, wide: int = 256, logit_scale: float = 9.0) -> nn.Module:
-    """Whitened, wide-shallow 3-block conv net for fast training (ideas from airbench, our code)."""
+def airnet(
+    num_classes: int = 10, width: int = 64, wide: int = 256, logit_scale: float = 9.0, act: str = "gelu"
+) -> nn.Module:
+    """Whitened, wide-shallow 3-block conv net for fast training (ideas from airbench, our code).
+
+    ``act``: the activation after the whitening layer and each BatchNorm, ``gelu`` or ``silu``.
+    """
     if width < 1 or wide < 1:
         raise ConfigError(f"airnet widths must be positive, got width={width}, wide={wide}")
-    return AirNet(num_classes, (width, wide, wide), logit_scale)
+    if act not in ACTIVATIONS:
+        raise ConfigError(f"airnet act must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
+    return AirNet(num_classes, (width, wide, wide), logit_scale, act)

@@ -30,9 +30,11 @@ class TrainConfig:
     warmup: float = 0.0  # epochs of linear warm-up from 0 to --lr (may be fractional)
     whiten_bias_epochs: float = 0.0  # train a whitening layer's bias (airnet) only over the first N epochs, its lr decaying to 0 (0: all epochs; models without one ignore it)
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
-    augment: str = "crop,flip"  # comma-separated list of crop, flip, altflip (alternating mirror per epoch), jpeg (JPEG q75 copies), cutout; or none
+    augment: str = "crop,flip"  # comma-separated list of crop, flip, altflip (alternating mirror per epoch), jpeg (JPEG q75 copies), cutout, color (brightness and contrast jitter); or none
     crop_padding: int = 4  # pixels of reflect padding for random crops
     cutout_size: int = 8  # side of the square cutout erases
+    color_brightness: float = 0.035  # augment color: shift each image's brightness by up to +- this fraction of the full range
+    color_contrast: float = 0.13  # augment color: scale each image's contrast by a factor in 1 +- this
     early_size: int = 0  # the first --early-epochs epochs train on SIZE x SIZE images (0: off); CPU time scales with pixels, so 24 costs about half of 32
     early_epochs: int = 0  # how many epochs at the start train at --early-size
     early_mode: Literal["resize", "crop", "ramp"] = "resize"  # how --early-size images are made: resize (whole image, shrunk), ramp (shrunk, growing from --early-size toward --image-size in even 4-pixel steps) or crop (random windows at native scale; scored lower)
@@ -96,6 +98,11 @@ class TrainConfig:
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {value}")
+        if not 0 <= self.color_brightness <= 1 or not 0 <= self.color_contrast < 1:
+            raise ConfigError(
+                f"--color-brightness must be in [0, 1] and --color-contrast in [0, 1), "
+                f"got {self.color_brightness} and {self.color_contrast}"
+            )
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup > self.epochs:

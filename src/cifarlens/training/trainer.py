@@ -226,7 +226,7 @@ def _train(
     if frozen:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         console.print(f"--freeze {cfg.freeze}: {len(frozen)} tensors frozen, {trainable:,} parameters trained")
-    augment = Augmenter(cfg.augment, cfg.crop_padding, cfg.cutout_size)
+    augment = Augmenter(cfg.augment, cfg.crop_padding, cfg.cutout_size, cfg.color_brightness, cfg.color_contrast)
     epoch_images = EpochImages(data.train.images, cfg.augment, cfg.seed)
     if cfg.compile and device.type == "cpu":
         # Inductor's C++ toolchain probe warns "No CUDA runtime is found" on every CPU-only machine.
