@@ -23,7 +23,7 @@ from cifarlens.training.device import autocast, cpu_name, keep_freed_memory, res
 
 def step_seconds(
     size: int, bias_trains: bool, batch: int, repeats: int, memory_format: torch.memory_format,
-    precision: str = "bf16", act: str = "gelu",
+    precision: str, act: str,
 ) -> tuple[float, float]:
     """Best of ``repeats`` steps (forward, backward) at ``precision``; minor page faults per step."""
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cifarlens.data.augment import parse_augment
+from cifarlens.data.augment import COLOR_BRIGHTNESS, COLOR_CONTRAST, parse_augment
 from cifarlens.errors import ConfigError
 
 
@@ -33,8 +33,8 @@ class TrainConfig:
     augment: str = "crop,flip"  # comma-separated list of crop, flip, altflip (alternating mirror per epoch), jpeg (JPEG q75 copies), cutout, color (brightness and contrast jitter); or none
     crop_padding: int = 4  # pixels of reflect padding for random crops
     cutout_size: int = 8  # side of the square cutout erases
-    color_brightness: float = 0.035  # augment color: shift each image's brightness by up to +- this fraction of the full range
-    color_contrast: float = 0.13  # augment color: scale each image's contrast by a factor in 1 +- this
+    color_brightness: float = COLOR_BRIGHTNESS  # augment color: shift each image's brightness by up to +- this fraction of the full range
+    color_contrast: float = COLOR_CONTRAST  # augment color: scale each image's contrast by a factor in 1 +- this
     early_size: int = 0  # the first --early-epochs epochs train on SIZE x SIZE images (0: off); CPU time scales with pixels, so 24 costs about half of 32
     early_epochs: int = 0  # how many epochs at the start train at --early-size
     early_mode: Literal["resize", "crop", "ramp"] = "resize"  # how --early-size images are made: resize (whole image, shrunk), ramp (shrunk, growing from --early-size toward --image-size in even 4-pixel steps) or crop (random windows at native scale; scored lower)
