@@ -42,7 +42,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto picks cuda, then mps, then cpu
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32
     channels_last: bool = True  # channels-last memory format for conv nets (faster convs on CPU and GPU)
-    compile: bool = False  # torch.compile the model for training (Inductor): faster steps after a slow first one
+    compile: bool = False  # torch.compile the model for training (Inductor): less memory, a slow first step
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
     keep_freed_memory: bool = True  # CPU on Linux: the C allocator keeps freed memory for the next step instead of returning it to the OS, for the rest of the process (faster steps, more peak memory; BENCHMARKS.md)
     subset: int = 0  # train on a stratified subset of N images (0: all); also caps the test split at N
