@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarlens.models import create_model
-from cifarlens.training.device import autocast, cpu_name, keep_freed_memory, resolve_precision
+from cifarlens.device import autocast, cpu_name, keep_freed_memory, resolve_precision
 
 
 def step_seconds(

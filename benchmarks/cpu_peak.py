@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cifarlens.export.bench import matmul_peak_gflops
-from cifarlens.training.device import cpu_has_fast_bf16, cpu_name, keep_freed_memory
+from cifarlens.device import cpu_has_fast_bf16, cpu_name, keep_freed_memory
 
 
 def timed(fn, warmup: int = 2, iters: int = 3) -> float:

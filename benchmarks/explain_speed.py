@@ -32,19 +32,18 @@ import torch
 from cifarlens.explain.cam import METHODS, CamExplainer
 from cifarlens.explain.features import ActivationPooler
 from cifarlens.explain.images import model_input
-from cifarlens.explain.layers import default_stages, list_layers
+from cifarlens.models.layers import default_stages, list_layers
 from cifarlens.explain.projection import Projector, map_quality
 
 
 def load(args):
     from cifarlens.data import CIFAR10_MEAN, CIFAR10_STD, prepare_data
-    from cifarlens.evaluation.evaluate import load_run_data
     from cifarlens.models import create_model
-    from cifarlens.run import ModelSpec, load_run_model
+    from cifarlens.run import ModelSpec, RunDir
 
     if args.run:
-        model, spec = load_run_model(args.run)
-        data = load_run_data(Path(args.run), args.data_dir)
+        model, spec = RunDir(args.run).load_model()
+        data = RunDir(args.run).load_data(args.data_dir)
         return model, spec, data, str(args.run)
     data = prepare_data(args.data_dir, download=False)
     torch.manual_seed(0)

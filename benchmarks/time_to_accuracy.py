@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 import cifarlens
-from cifarlens.training.device import cpu_name
+from cifarlens.device import cpu_name
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_TARGETS = "0.80,0.853"

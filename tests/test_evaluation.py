@@ -14,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from cifarlens import run as rundir
+from cifarlens.run import ModelSpec
 from cifarlens.errors import CifarlensError, ConfigError, RunDirError
 from cifarlens.evaluation import (
     classification_report,
@@ -22,7 +23,7 @@ from cifarlens.evaluation import (
     plot_confusion,
     plot_curves,
     plot_misclassified,
-    predict_logits,
+    Predictor,
     top_confusions,
     tta_logits,
 )
@@ -113,6 +114,11 @@ def position_model(c=4):
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, c))
 
 
+def predictor(model, **options) -> Predictor:
+    """A Predictor that feeds ``model`` 32x32 images normalised with MEAN and STD."""
+    return Predictor(model, ModelSpec("test", {}, 4, CLASSES[:4], MEAN, STD), **options)
+
+
 def normalized(images):
     from cifarlens.data import normalize
 
@@ -123,8 +129,8 @@ def test_predict_matches_direct_forward_and_is_batch_size_independent():
     model, images = position_model(), random_images(23)
     with torch.no_grad():
         direct = model(normalized(images))
-    small = predict_logits(model, images, mean=MEAN, std=STD, batch_size=7)
-    big = predict_logits(model, images, mean=MEAN, std=STD)
+    small = predictor(model, batch_size=7).logits(images)
+    big = predictor(model).logits(images)
     assert small.dtype == torch.float32 and small.device.type == "cpu" and small.shape == (23, 4)
     torch.testing.assert_close(small, direct, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(small, big, rtol=1e-4, atol=1e-4)
@@ -133,16 +139,16 @@ def test_predict_matches_direct_forward_and_is_batch_size_independent():
 
 def test_tta_changes_nothing_for_a_flip_invariant_model():
     model, images = flip_invariant_model(), random_images(10)
-    plain = predict_logits(model, images, mean=MEAN, std=STD)
-    tta = predict_logits(model, images, mean=MEAN, std=STD, tta=True)
+    plain = predictor(model).logits(images)
+    tta = predictor(model, tta=True).logits(images)
     torch.testing.assert_close(plain, tta, rtol=1e-5, atol=1e-5)
 
 
 def test_tta_averages_image_and_mirror():
     model, images = position_model(), random_images(10)
-    plain = predict_logits(model, images, mean=MEAN, std=STD)
-    mirrored = predict_logits(model, images.flip(3), mean=MEAN, std=STD)
-    tta = predict_logits(model, images, mean=MEAN, std=STD, tta=True, batch_size=4)
+    plain = predictor(model).logits(images)
+    mirrored = predictor(model).logits(images.flip(3))
+    tta = predictor(model, tta=True, batch_size=4).logits(images)
     assert not torch.allclose(plain, tta)
     torch.testing.assert_close(tta, (plain + mirrored) / 2, rtol=1e-4, atol=1e-4)
     with torch.no_grad():
@@ -166,18 +172,18 @@ def test_translate_tta_adds_shifted_mirror_pairs_at_half_weight():
 
 def test_predict_precisions():
     model, images = position_model(), random_images(6)
-    fp32 = predict_logits(model, images, mean=MEAN, std=STD)
-    bf16 = predict_logits(model, images, mean=MEAN, std=STD, precision="bf16")
+    fp32 = predictor(model).logits(images)
+    bf16 = predictor(model, precision="bf16").logits(images)
     assert bf16.dtype == torch.float32
     torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.1)
     with pytest.raises(ConfigError):
-        predict_logits(model, images, mean=MEAN, std=STD, precision="fp16")  # cuda only
+        predictor(model, precision="fp16").logits(images)  # cuda only
     with pytest.raises(ConfigError):
-        predict_logits(model, images, mean=MEAN, std=STD, precision="fp8")
+        predictor(model, precision="fp8").logits(images)
 
 
 def test_predict_empty_input():
-    out = predict_logits(position_model(), random_images(0), mean=MEAN, std=STD)
+    out = predictor(position_model()).logits(random_images(0))
     assert out.shape == (0, 4)
 
 
@@ -196,12 +202,11 @@ def test_plot_confusion_png(tmp_path):
 
 
 def write_metrics(path, rows):
-    cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_s"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=cols, restval="")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
+    rundir.RunDir(path.parent).write_metrics(rows)
+
+
+def read_metrics(path):
+    return rundir.RunDir(path.parent).read_metrics()
 
 
 def test_plot_curves_skips_missing_series(tmp_path):
@@ -213,13 +218,13 @@ def test_plot_curves_skips_missing_series(tmp_path):
     ]  # no val at all, test only on some epochs
     write_metrics(metrics, rows)
     out = tmp_path / "curves.png"
-    assert plot_curves(metrics, out) == out
+    assert plot_curves(read_metrics(metrics), out) == out
     assert_png(out, (400, 400))
 
     write_metrics(metrics, rows[:1])  # one epoch: still a valid plot
-    assert plot_curves(metrics, out) == out
+    assert plot_curves(read_metrics(metrics), out) == out
     write_metrics(metrics, [])  # no epochs: nothing written
-    assert plot_curves(metrics, tmp_path / "none.png") is None
+    assert plot_curves(read_metrics(metrics), tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
 
 
@@ -294,7 +299,7 @@ def run_dir(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     cfg = {"model": "tutorial", "data_dir": str(data_root), "download": False, "subset": 0, "val_size": 10, "seed": 0}
-    (run / rundir.CONFIG).write_text(yaml.safe_dump(cfg))
+    (run / rundir.RunDir.CONFIG).write_text(yaml.safe_dump(cfg))
     try:
         from cifarlens.models import create_model
 
@@ -304,12 +309,12 @@ def run_dir(tmp_path, monkeypatch):
         model, name = TinyNet(), "tiny_test_net"
         monkeypatch.setattr(rundir.ModelSpec, "build", lambda self: TinyNet(self.num_classes))
     spec = rundir.ModelSpec(name=name, kwargs={}, num_classes=10, classes=CLASSES, mean=MEAN, std=STD)
-    rundir.save_weights(model, spec, run / rundir.WEIGHTS)
+    rundir.save_weights(model, spec, run / rundir.RunDir.WEIGHTS)
     write_metrics(
-        run / rundir.METRICS,
+        run / rundir.RunDir.METRICS,
         [{"epoch": e, "train_loss": 2 / e, "train_acc": 0.1 * e, "val_loss": 2.2 / e, "val_acc": 0.09 * e, "lr": 0.01} for e in (1, 2, 3)],
     )
-    rundir.write_json(run / rundir.SUMMARY, {"train": {"epochs": 3}})
+    rundir.write_json(run / rundir.RunDir.SUMMARY, {"train": {"epochs": 3}})
     return run
 
 
@@ -319,7 +324,7 @@ def test_evaluate_run_end_to_end(run_dir):
     console = Console(record=True, width=120)
     result = evaluate_run(run_dir, split="test", console=console)
 
-    model, spec = rundir.load_run_model(run_dir)
+    model, spec = rundir.RunDir(run_dir).load_model()
     from cifarlens.data import load_cifar10
 
     test = load_cifar10(run_dir.parent / "data", download=False).test
@@ -327,7 +332,7 @@ def test_evaluate_run_end_to_end(run_dir):
         logits = model(normalized(test.images))
     direct = (logits.argmax(1) == test.labels).float().mean().item()
 
-    summary = json.loads((run_dir / rundir.SUMMARY).read_text())
+    summary = json.loads((run_dir / rundir.RunDir.SUMMARY).read_text())
     assert summary["train"] == {"epochs": 3}  # kept
     assert summary["test"]["accuracy"] == pytest.approx(direct) == pytest.approx(result["accuracy"])
     assert summary["test"]["n"] == 20
@@ -346,17 +351,17 @@ def test_evaluate_run_end_to_end(run_dir):
     assert [[int(v) for v in r[1:]] for r in table[1:]] == summary["test"]["confusion"]
 
     for name in ("confusion_test.png", "misclassified_test.png", "curves.png"):
-        assert_png(run_dir / rundir.PLOTS / name)
+        assert_png(run_dir / rundir.RunDir.PLOTS / name)
     text = console.export_text()
     assert "accuracy" in text and "automobile" in text and "support" in text
 
     # val split and TTA land under their own keys, next to the test results
     evaluate_run(run_dir, split="val", tta=True)
-    summary = json.loads((run_dir / rundir.SUMMARY).read_text())
+    summary = json.loads((run_dir / rundir.RunDir.SUMMARY).read_text())
     assert {"train", "test", "val_tta"} <= set(summary) and summary["val_tta"]["n"] == 10
     assert (run_dir / "per_class_val_tta.csv").is_file()
     evaluate_run(run_dir, split="val", tta_translate=True)
-    summary = json.loads((run_dir / rundir.SUMMARY).read_text())
+    summary = json.loads((run_dir / rundir.RunDir.SUMMARY).read_text())
     assert summary["val_tta_translate"]["tta_translate"] and "val_tta" in summary
 
 
@@ -365,10 +370,10 @@ def test_evaluate_run_user_errors(run_dir, tmp_path):
         evaluate_run(tmp_path / "missing")
     with pytest.raises(ConfigError):
         evaluate_run(run_dir, split="bogus")
-    cfg = yaml.safe_load((run_dir / rundir.CONFIG).read_text()) | {"val_size": 0}
-    (run_dir / rundir.CONFIG).write_text(yaml.safe_dump(cfg))
+    cfg = yaml.safe_load((run_dir / rundir.RunDir.CONFIG).read_text()) | {"val_size": 0}
+    (run_dir / rundir.RunDir.CONFIG).write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="validation"):
         evaluate_run(run_dir, split="val")
-    (run_dir / rundir.CONFIG).unlink()
+    (run_dir / rundir.RunDir.CONFIG).unlink()
     with pytest.raises(RunDirError):
         evaluate_run(run_dir)

@@ -17,9 +17,9 @@ import yaml
 from torch import nn
 
 from cifarlens.errors import ConfigError, RunDirError
-from cifarlens.experiments.budget import plan_budget
-from cifarlens.experiments.compare import load_record, write_comparison
-from cifarlens.experiments.sweep import grid_points, load_sweep, run_sweep
+from cifarlens.experiments.compare import model_size, write_comparison
+from cifarlens.experiments.sweep import budget_plan, grid_points, load_sweep, run_sweep
+from cifarlens.run import RunDir
 from cifarlens.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,9 +200,9 @@ def test_compare_cli_table_files_and_bad_input(grid_sweep, tmp_path):
     with open(tmp_path / "cmp.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["lr"] for r in rows] == ["0.05", "0.0001"] and [r["batch_size"] for r in rows] == ["25", "50"]
-    record = load_record(runs[0])
-    assert int(rows[0]["params"]) == sum(p.numel() for p in create_model("tutorial").parameters()) == record.params
-    assert float(rows[0]["val_acc"]) == pytest.approx(record.val_acc)
+    params, _ = model_size(RunDir(runs[0]))
+    assert int(rows[0]["params"]) == sum(p.numel() for p in create_model("tutorial").parameters()) == params
+    assert float(rows[0]["val_acc"]) == pytest.approx(RunDir(runs[0]).metrics[-1]["val_acc"])
     assert (tmp_path / "cmp.png").stat().st_size > 0 and (tmp_path / "cmp.md").read_text().startswith("| run |")
     bad = cli("compare", runs[0], tmp_path)
     assert bad.exit_code == 2 and "not a cifarlens run directory" in bad.stderr
@@ -241,9 +241,9 @@ def test_seed_table_example_and_budget_plan():
     assert (
         len(points) == 12 and {"model_args.batch_norm": False} in points and {"optimizer": "sgd", "lr": 0.01} in points
     )
-    tight = plan_budget(load_sweep(ROOT / "examples" / "seed_table.yaml", {"budget": 30}))
+    tight = budget_plan(load_sweep(ROOT / "examples" / "seed_table.yaml", {"budget": 30}))
     assert tight["subset"] == 500 and tight["epoch_scale"] < 1
-    roomy = plan_budget(load_sweep(ROOT / "examples" / "seed_table.yaml", {"budget": 1e9}))
+    roomy = budget_plan(load_sweep(ROOT / "examples" / "seed_table.yaml", {"budget": 1e9}))
     assert roomy["subset"] == 45_000 and roomy["val_size"] == 5000 and roomy["epoch_scale"] == 1.0
 
 

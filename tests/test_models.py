@@ -3,7 +3,7 @@ import torch
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from cifarlens.errors import ConfigError
-from cifarlens.models import count_parameters, create_model, list_models, model_kwargs, summarize
+from cifarlens.models import count_parameters, create_model, list_models, model_kwargs, summarize, model_capabilities
 
 EXPECTED_PARAMS = {
     "tutorial": 62_006,
@@ -84,7 +84,8 @@ def test_summary_totals_match_counts():
     info = summarize(create_model("tutorial"))
     assert info["total"]["params"] == 62_006
     assert sum(row["params"] for row in info["rows"]) == 62_006
-    assert info["total"]["macs"] > 0
+    # conv1 6x28x28x(3x5x5) + conv2 16x10x10x(6x5x5) + fc 400x120 + 120x84 + 84x10, plus one add per bias output
+    assert info["total"]["macs"] == 651_720 + 6 * 28 * 28 + 16 * 10 * 10 + 120 + 84 + 10
     conv1 = next(r for r in info["rows"] if r["layer"] == "features.conv1")
     assert conv1["output_shape"] == (1, 6, 28, 28)
 
@@ -102,7 +103,7 @@ def test_airnet_whitening_decorrelates_patches():
     mix = torch.randn(3, 3)  # correlated colour channels
     images = torch.einsum("dc,nchw->ndhw", mix, torch.randn(512, 3, 32, 32))
     model = create_model("airnet")
-    model.init_from_data(images)
+    model_capabilities("airnet").init_from_data(model, images)
     out = torch.nn.functional.conv2d(images, model.whiten.weight[:12])  # one sign of each eigenvector
     flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
     cov = torch.cov(flat.T)

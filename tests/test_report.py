@@ -11,7 +11,7 @@ import pytest
 
 from cifarlens.config import build_config
 from cifarlens.evaluation.report import write_report
-from cifarlens.training import TrainConfig
+from cifarlens.training import TrainConfig, recipe_options
 from cifarlens.training.trainer import train
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -25,7 +25,7 @@ def tiny_run(cifar_root, out, **overrides):
     } | overrides  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return train(build_config(TrainConfig, options))
+        return train(build_config(TrainConfig, recipe_options("seed"), options))
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Training loop, checkpoints and resume, on the synthetic dataset."""
 
 import csv
+import dataclasses
 import json
 import platform
 import subprocess
@@ -15,9 +16,9 @@ from safetensors.torch import load_file
 from cifarlens.config import build_config, read_yaml
 from cifarlens.data import prepare_data
 from cifarlens.errors import DataError, RunDirError, TrainingDiverged
-from cifarlens.run import load_run_model, read_spec
-from cifarlens.training import TrainConfig, recipe_options, train
-from cifarlens.training.checkpoint import load_checkpoint
+from cifarlens.run import RunDir, read_spec
+from cifarlens.training import TrainConfig, recipe_options, resume, train
+from cifarlens.run.checkpoint import load_checkpoint
 from cifarlens.training.optim import build_optimizer, build_scheduler, freeze_finished_groups, lr_factor
 
 
@@ -38,7 +39,7 @@ def quick_config(root, out, **overrides):
         "channels_last": False,
         "threads": 1,  # tiny batches: two threads spend their time in barriers on this 2-core machine
     }
-    return build_config(TrainConfig, options | overrides)
+    return build_config(TrainConfig, recipe_options("seed"), {"recipe": "seed"} | options | overrides)
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def test_run_directory_is_complete_and_model_rebuilds(cifar_root, tmp_path, data
     assert all(r["val_acc"] and r["test_acc"] for r in rows)
     spec, meta = read_spec(out / "model.safetensors")
     assert spec.name == "tutorial" and spec.classes[0] == "airplane" and meta["cifarlens_version"]
-    model, _ = load_run_model(out)
+    model, _ = RunDir(out).load_model()
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train"]["epochs"] == 2 and "test" in summary
@@ -96,7 +97,7 @@ def test_resume_matches_uninterrupted_run(cifar_root, tmp_path, data):
     )
     (ckpt / "epoch-0003.safetensors").unlink()
     (part / "model.safetensors").unlink()
-    train(TrainConfig(), resume=part, data=data)
+    resume(part, data=data)
     wf, wp = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
     assert all(torch.equal(wf[k], wp[k]) for k in wf)
     rows_full = list(csv.DictReader(open(full / "metrics.csv")))
@@ -117,8 +118,8 @@ def test_resume_after_the_data_moved(tmp_path):
     (tmp_path / "data").rename(tmp_path / "moved")
     # The saved folder is gone: the error names the run's config and the fix, --data-dir.
     with pytest.raises(DataError, match=r"data_dir in .*config\.yaml\); if the data moved, pass --data-dir"):
-        train(TrainConfig(), resume=out)
-    train(TrainConfig(), resume=out, data_dir=tmp_path / "moved")
+        resume(out)
+    resume(out, {"data_dir": tmp_path / "moved"})
     assert [row["epoch"] for row in csv.DictReader(open(out / "metrics.csv"))] == ["1", "2"]
     # config.yaml now names the new folder, so later commands need no --data-dir.
     assert read_yaml(out / "config.yaml")["data_dir"] == str((tmp_path / "moved" / "cifar-10-batches-py").resolve())
@@ -160,12 +161,24 @@ def test_schedules_start_low_or_flat_and_end_low(schedule):
         assert factors[-1] < 0.05
 
 
-def test_recipes_build_valid_configs():
+def test_the_default_config_is_fast_and_other_recipes_inherit_none_of_it(tmp_path):
+    from cifarlens.experiments.sweep import SweepConfig, trial_config
     from cifarlens.training import RECIPES
+    from cifarlens.training.recipes import default_recipe
 
+    assert TrainConfig() == build_config(TrainConfig, recipe_options("fast"))
     for name in RECIPES:
         cfg = build_config(TrainConfig, recipe_options(name))
-        assert cfg.epochs > 0
+        if cfg.model != "airnet":  # airbench's schedule, smoothing, shrunk epochs and TTA belong to airnet recipes
+            assert (cfg.early_size, cfg.whiten_bias_epochs, cfg.label_smoothing > 0.1, cfg.tta) == (0, 0, False, False)
+    seed = build_config(TrainConfig, recipe_options("seed"))
+    assert (seed.model, seed.optimizer, seed.lr, seed.batch_size, seed.epochs) == ("seed_bn8", "adam", 5e-4, 60, 20)
+    assert (default_recipe({}), default_recipe({"model": "seed_bn8"}), default_recipe({"model": "resnet18"})) == (
+        "fast", "seed", "resnet18"
+    )  # fmt: skip
+    trial = trial_config(SweepConfig(params={"lr": [0.1]}), {}, tmp_path / "t")  # a sweep base without a recipe
+    forced = {"val_size": 5000, "out": str(tmp_path / "t"), "evaluate": False, "eval_test_every_epoch": False}
+    assert trial == build_config(TrainConfig, recipe_options("fast"), forced)
 
 
 def test_tensorboard_logs_every_epoch(cifar_root, tmp_path, data):
@@ -190,7 +203,7 @@ def test_silu_airnet_with_color_jitter_is_rebuilt_from_its_run(cifar_root, tmp_p
                              color_brightness=0.1, color_contrast=0.3), data=data)  # fmt: skip
     saved = read_yaml(out / "config.yaml")
     assert (saved["color_brightness"], saved["color_contrast"]) == (0.1, 0.3)
-    model, _ = load_run_model(out)
+    model, _ = RunDir(out).load_model()
     assert isinstance(model.blocks.block1.act1, torch.nn.SiLU)
 
 
@@ -205,11 +218,12 @@ def test_recipes_train_through_the_normal_trainer(cifar_root, tmp_path, data):
         options["model_args"] = tiny.get(options["model"], {})
         if "whiten_bias_epochs" in options:
             options["whiten_bias_epochs"] = min(options["whiten_bias_epochs"], 1.0)
-        if "early_epochs" in options:
+        if options.get("early_epochs"):
             options["early_epochs"] = 1
         out = train(build_config(TrainConfig, options), data=data)
         row = next(csv.DictReader(open(out / "metrics.csv")))
-        assert float(row["train_loss"]) > 0 and float(row["test_acc"]) >= 0, name
+        assert float(row["test_acc"]) > 0.2, name  # 10 synthetic classes: chance is 0.1
+        assert int(row["image_size"]) == (24 if name == "fast" else 32), name
     assert "fast" in RECIPES and TrainConfig().recipe == "fast"
 
 
@@ -250,11 +264,12 @@ def test_whitening_bias_stops_training_after_its_epochs(cifar_root, tmp_path, da
 
 
 def test_whitening_bias_gets_no_gradient_once_its_lr_reached_zero():
-    from cifarlens.models import create_model
+    from cifarlens.models import create_model, model_capabilities
 
     model = create_model("airnet", width=8, wide=16)
-    cfg = build_config(TrainConfig, {"model": "airnet", "optimizer": "muon", "whiten_bias_epochs": 1.0, "epochs": 2})
-    optimizer = build_optimizer(model, cfg)
+    cfg = build_config(TrainConfig, {"model": "airnet", "optimizer": "muon", "whiten_bias_epochs": 1.0, "epochs": 2,
+                                     "early_epochs": 1})  # fmt: skip
+    optimizer = build_optimizer(model, cfg, model_capabilities("airnet"))
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=4)
     trains = []
     for _ in range(8):
@@ -269,11 +284,11 @@ def test_whitening_bias_gets_no_gradient_once_its_lr_reached_zero():
 
 ALLOCATE_AGAIN = """
 import resource, sys, torch
-from cifarlens.training.device import keep_freed_memory
+from cifarlens.device import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 faults = []
-for _ in range(6):  # 256 MB each, allocated and freed
+for _ in range(16):  # 256 MB each, allocated and freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(64 * 2**20)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -288,9 +303,10 @@ def test_kept_memory_is_reused_without_page_faults():
         return [int(n) for n in out.stdout.split()]
 
     # 256 MB is 65,536 pages of 4 KB. Released, every allocation faults all of them in again; kept, the heap
-    # needs up to three allocations to settle (measured), then reuses its blocks.
+    # needs a few allocations to settle (three to eight were seen, by what the process allocated before),
+    # then reuses its blocks.
     assert all(n > 10_000 for n in faults("release")[3:])
-    assert all(n < 1_000 for n in faults("keep")[3:])
+    assert all(n < 1_000 for n in faults("keep")[-4:])
 
 
 def test_metrics_report_flops_and_time_per_phase(cifar_root, tmp_path, data):
@@ -325,5 +341,8 @@ def test_early_epochs_train_on_small_images_at_lower_cost(cifar_root, tmp_path, 
 def test_compiled_training_runs(cifar_root, tmp_path, data):
     cfg = quick_config(cifar_root, tmp_path / "run", model="airnet", model_args={"width": 8, "wide": 16},
                        compile=True, epochs=1, batch_size=100, channels_last=True)  # fmt: skip
-    out = train(cfg, data=data)
-    assert float(next(csv.DictReader(open(out / "metrics.csv")))["train_loss"]) > 0
+    compiled = next(csv.DictReader(open(train(cfg, data=data) / "metrics.csv")))
+    eager = next(csv.DictReader(open(train(dataclasses.replace(cfg, compile=False, out=str(tmp_path / "eager")),
+                                           data=data) / "metrics.csv")))  # fmt: skip
+    # Inductor reorders float sums, so not bit-identical, but the same training to a few parts in a thousand
+    assert float(compiled["train_loss"]) == pytest.approx(float(eager["train_loss"]), rel=0.01)

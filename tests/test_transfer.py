@@ -21,13 +21,14 @@ from test_training import quick_config as training_config
 from cifarlens.config import build_config, read_yaml
 from cifarlens.data import model_input, prepare_data
 from cifarlens.errors import ConfigError
-from cifarlens.evaluation.predict import predict_logits
+from cifarlens.evaluation.predict import Predictor
 from cifarlens.models import create_model
 from cifarlens.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, WeightsUnavailable, hub_weights_path
-from cifarlens.run import load_run_model, read_spec
-from cifarlens.training import TrainConfig, train
+from cifarlens.run import RunDir, read_spec
+from cifarlens.training import TrainConfig, recipe_options, train
 from cifarlens.training.optim import param_groups
-from cifarlens.training.transfer import freeze, head_name, train_mode
+from cifarlens.models import model_capabilities
+from cifarlens.training.transfer import freeze, train_mode
 
 
 def quick_config(root, out, **overrides):
@@ -136,17 +137,17 @@ def test_pretrained_run_freezes_the_backbone_and_rebuilds_without_hub_weights(pr
     assert not torch.equal(weights["classifier.1.bias"], torch.zeros(10))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "nothing-here"))
     monkeypatch.setenv("CIFARLENS_OFFLINE", "1")
-    model, spec = load_run_model(out)
+    model, spec = RunDir(out).load_model()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test"]["n"] == len(spec.classes) * 10  # the synthetic test split
 
 
 def test_readers_feed_the_run_at_its_image_size(pretrained_run, data):
     out, _ = pretrained_run
-    model, spec = load_run_model(out)
+    model, spec = RunDir(out).load_model()
     seen = []
     model.features.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
-    logits = predict_logits(model, data.test.images, mean=spec.mean, std=spec.std, image_size=spec.image_size)
+    logits = Predictor(model, spec).logits(data.test.images)
     assert set(seen) == {(64, 64)}
     summary = json.loads((out / "summary.json").read_text())
     accuracy = (logits.argmax(1) == data.test.labels).float().mean().item()
@@ -164,13 +165,14 @@ def test_model_input_resizes_and_normalises():
 
 def test_freeze_until_layer_and_backbone_lr_groups():
     model = create_model("resnet18")
-    frozen = freeze(model, "until:layer2")
+    caps = model_capabilities("resnet18")
+    frozen = freeze(model, "until:layer2", caps)
     assert "conv1.weight" in frozen and "layer2.1.bn2.bias" in frozen and "layer3.0.conv1.weight" not in frozen
     assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith(("bn1", "layer1", "layer2")))
     train_mode(model)
     assert not model.layer2[0].bn1.training and model.layer3[0].bn1.training
-    cfg = TrainConfig(model="resnet18", optimizer="sgd", lr=0.1, head_lr=0.2, backbone_lr=0.01)
-    groups = param_groups(model, cfg)
+    cfg = build_config(TrainConfig, recipe_options("resnet18"), {"lr": 0.1, "head_lr": 0.2, "backbone_lr": 0.01})
+    groups = param_groups(model, cfg, caps)
     trained = {id(p) for g in groups for p in g["params"]}
     assert all(id(p) not in trained for n, p in model.named_parameters() if n in frozen)
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
@@ -180,11 +182,11 @@ def test_freeze_until_layer_and_backbone_lr_groups():
 
 def test_freeze_backbone_keeps_the_head_and_bad_layers_are_named():
     model = create_model("tutorial")
-    assert head_name(model) == "classifier"
-    freeze(model, "backbone")
+    assert model_capabilities("tutorial").head == "classifier"
+    freeze(model, "backbone", model_capabilities("tutorial"))
     assert [n for n, p in model.named_parameters() if p.requires_grad][0] == "classifier.fc1.weight"
     with pytest.raises(ConfigError, match="no module 'layer9'.*top-level modules: conv1, bn1"):
-        freeze(create_model("resnet18"), "until:layer9")
+        freeze(create_model("resnet18"), "until:layer9", model_capabilities("resnet18"))
     with pytest.raises(ConfigError, match="invalid --freeze 'head'"):
         build_config(TrainConfig, {"model": "tutorial", "freeze": "head"})
 
@@ -195,7 +197,7 @@ def test_config_rejects_pretrained_misuse():
     with pytest.raises(ConfigError, match="pass --pretrained, not pretrained in --model-args"):
         build_config(TrainConfig, {"model": "resnet18", "model_args": {"pretrained": True}})
     with pytest.raises(ConfigError, match="--image-size must be between 16 and 512"):
-        build_config(TrainConfig, {"model": "tutorial", "image_size": 8})
+        build_config(TrainConfig, recipe_options("tutorial"), {"image_size": 8})
     with pytest.raises(ConfigError, match="CIFAR stem"):
         create_model("resnet18", pretrained=True)
 
@@ -222,8 +224,8 @@ def test_features_from_a_run_fits_logistic_regression_that_evaluate_reproduces(
     # The folded Linear head scores exactly what the logistic regression scored on the features.
     assert summary["test"]["accuracy"] == pytest.approx(float(rows[0]["test_acc"]), abs=1e-6)
     assert summary["train"]["final_test_acc"] == pytest.approx(float(rows[0]["test_acc"]), abs=1e-5)
-    probe, spec = load_run_model(out)
-    source, _ = load_run_model(tutorial_run)
+    probe, spec = RunDir(out).load_model()
+    source, _ = RunDir(tutorial_run).load_model()
     assert spec.name == "tutorial"
     # Like a trained run, the probe records the data folder it read, so evaluate finds it from anywhere.
     assert read_yaml(out / "config.yaml")["data_dir"] == str(data.root.resolve())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.table import Table
@@ -30,16 +30,9 @@ app = typer.Typer(
 )
 
 
-def _default_train_options() -> dict[str, Any]:
-    from cifarlens.training import recipe_options
-
-    base = dataclasses.asdict(TrainConfig())
-    return base | recipe_options(base["recipe"])
-
-
 @app.command()
 @user_errors
-@with_config_options(TrainConfig, _default_train_options())
+@with_config_options(TrainConfig, dataclasses.asdict(TrainConfig()))
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of options; flags override it")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the killed run in this folder")] = None,
@@ -47,29 +40,19 @@ def train(
 ) -> None:
     """Train a model and write a run directory (config, metrics, weights, evaluation, plots)."""
     from cifarlens.config import build_config, read_yaml
-    from cifarlens.training import recipe_options
-    from cifarlens.training.recipes import recipe_for_model
-    from cifarlens.training.trainer import default_out
-    from cifarlens.training.trainer import train as run_training
+    from cifarlens.training import recipe_options, resume as resume_training, train as run_training
+    from cifarlens.training.recipes import default_recipe
+    from cifarlens.training.runs import default_out
 
     options = options or {}
     if resume is not None:
-        moved_to = options.pop("data_dir", None)  # where the data is now: the one option a resumed run takes
-        if options or config:
-            given = ", ".join("--" + k.replace("_", "-") for k in options) or "--config"
-            raise CifarlensError(
-                f"--resume continues a run with its saved config; drop {given} or start a new run "
-                "(only --data-dir may be given, if the data moved)"
-            )
-        _run_interruptible(
-            lambda: run_training(TrainConfig(), resume=resume, data_dir=moved_to, console=console), resume
-        )
+        if config:
+            raise CifarlensError("--resume continues a run with its saved config; drop --config or start a new run")
+        _run_interruptible(lambda: resume_training(resume, options, console=console), resume)
         return
     file_options = read_yaml(config) if config else {}
-    recipe = options.get("recipe") or file_options.get("recipe")
-    model = options.get("model") or file_options.get("model")
-    if not recipe:  # `--model X` alone trains X with the recipe made for it, not the default's airnet settings
-        recipe = recipe_for_model(str(model)) if model else TrainConfig.recipe
+    recipe = default_recipe({"recipe": options.get("recipe") or file_options.get("recipe"),
+                             "model": options.get("model") or file_options.get("model")})  # fmt: skip
     cfg = build_config(
         TrainConfig,
         recipe_options(str(recipe)),
@@ -83,10 +66,12 @@ def train(
 
 
 def _run_interruptible(fn: Callable[[], Path], out: str | Path) -> None:
+    from cifarlens.run import RunDir
+
     try:
         fn()
     except KeyboardInterrupt:
-        if (Path(out) / "checkpoint" / "latest.json").is_file():
+        if RunDir(out).has_checkpoint():
             message = f"the last finished epoch is checkpointed; continue with cifarlens train --resume {out}"
         else:
             message = f"no epoch had finished, so {out} holds no checkpoint; start the run again"
@@ -107,13 +92,13 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
 ) -> None:
     """Score a trained run: accuracy, per-class table, confusion matrix, curves, misclassified images."""
+    from cifarlens.device import resolve_device
     from cifarlens.evaluation import evaluate_run
-    from cifarlens.run import resolve_run
-    from cifarlens.training.device import resolve_device
+    from cifarlens.run import RunDir
 
     if split not in ("test", "val"):
         raise CifarlensError(f"unknown split {split!r}; choose test or val")
-    resolve_run(run)
+    RunDir(run).require_weights()
     evaluate_run(
         run, split=split, tta=tta, tta_translate=tta_translate, data_dir=data_dir,
         device=str(resolve_device(device)), console=console,
@@ -208,9 +193,9 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-# Commands that run a trained model keep freed memory for their next batch (see keep_freed_memory:
-# `evaluate --tta-translate` scores in 0.73x the time on a CPU). train decides by its --keep-freed-memory;
-# bench keeps glibc's default, which its published figures were measured with.
+# Commands that run a trained model keep freed memory for their next batch (see keep_freed_memory; what
+# it saves `evaluate`: BENCHMARKS.md, "Faster CPU steps: keeping freed memory"). train decides by its
+# --keep-freed-memory; bench keeps glibc's default, which its published figures were measured with.
 KEEP_FREED_MEMORY = {"evaluate", "explain", "export", "predict", "serve"}
 
 
@@ -221,7 +206,7 @@ def main(
 ) -> None:
     """Train CIFAR-10 classifiers fast, then see what they learned."""
     if ctx.invoked_subcommand in KEEP_FREED_MEMORY:
-        from cifarlens.training.device import keep_freed_memory
+        from cifarlens.device import keep_freed_memory
 
         keep_freed_memory()
 

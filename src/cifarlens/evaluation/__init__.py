@@ -1,6 +1,6 @@
 """Scoring a trained model: logits (with TTA), metrics, plots and the ``evaluate`` command.
 
-Names are re-exported lazily so that ``from cifarlens.evaluation.predict import ...`` (the
+Names are re-exported lazily so that ``from cifarlens.evaluation.predict import Predictor`` (the
 training loop) does not pull in matplotlib and scikit-learn.
 """
 
@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    "predict_logits": "predict",
+    "Predictor": "predict",
     "tta_logits": "predict",
     "classification_report": "metrics",
     "top_confusions": "metrics",
@@ -19,17 +19,16 @@ _EXPORTS = {
     "plot_misclassified": "plots",
     "image_grid": "plots",
     "evaluate_run": "evaluate",
-    "load_run_data": "evaluate",
     "result_key": "evaluate",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from cifarlens.evaluation.evaluate import evaluate_run, load_run_data, result_key
+    from cifarlens.evaluation.evaluate import evaluate_run, result_key
     from cifarlens.evaluation.metrics import classification_report, top_confusions
     from cifarlens.evaluation.plots import image_grid, plot_confusion, plot_curves, plot_misclassified
-    from cifarlens.evaluation.predict import predict_logits, tta_logits
+    from cifarlens.evaluation.predict import Predictor, tta_logits
 
 
 def __getattr__(name: str):

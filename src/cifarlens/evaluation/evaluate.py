@@ -13,9 +13,6 @@ appended for mirror test-time augmentation, ``_tta_translate`` when one-pixel sh
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,14 +21,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cifarlens import run as rundir
-from cifarlens.config import read_yaml
-from cifarlens.data import RunData, prepare_data
+from cifarlens.data import RunData
 from cifarlens.errors import RunDirError
 from cifarlens.evaluation.metrics import classification_report, top_confusions
 from cifarlens.evaluation.plots import plot_confusion, plot_curves, plot_misclassified
-from cifarlens.evaluation.predict import predict_logits
-from cifarlens.io import atomic_write_text
+from cifarlens.evaluation.predict import Predictor
+from cifarlens.run import RunDir
 
 
 def result_key(split: str, tta: bool = False, tta_translate: bool = False) -> str:
@@ -42,22 +37,6 @@ def result_key(split: str, tta: bool = False, tta_translate: bool = False) -> st
     """
     key = f"{split}_tta_translate" if tta_translate else f"{split}_tta" if tta else split
     return "train_split" if key == "train" else key
-
-
-def load_run_data(run: Path, data_dir: str | Path | None = None) -> RunData:
-    """Rebuild the splits a run was trained with from its config.yaml (``data_dir`` overrides the run's)."""
-    path = run / rundir.CONFIG
-    if not path.is_file():
-        raise RunDirError(f"{run} has no {rundir.CONFIG}; it is not a complete cifarlens run directory")
-    cfg = read_yaml(path)
-    return prepare_data(
-        data_dir or cfg.get("data_dir") or None,
-        download=bool(cfg.get("download", True)),
-        subset=int(cfg.get("subset") or 0),
-        val_size=int(cfg.get("val_size") or 0),
-        seed=int(cfg.get("seed") or 0),
-        saved_in=None if data_dir else path,
-    )
 
 
 def evaluate_run(
@@ -79,11 +58,11 @@ def evaluate_run(
     the result dict stored in summary.json: accuracy, loss, n, per_class, confusion,
     top_confusions, seconds, plus split, tta and tta_translate. ``tta_translate`` implies ``tta``.
     """
-    run = rundir.resolve_run(run_dir)
+    run = RunDir(run_dir).require_weights()
     if data is None:
-        data = load_run_data(run, data_dir)
+        data = run.load_data(data_dir)
     chosen = data.split(split)  # ConfigError for a missing val split or an unknown name
-    model, spec = rundir.load_run_model(run, device)
+    model, spec = run.load_model(device)
     classes = tuple(spec.classes)
     if len(classes) != len(data.classes):
         raise RunDirError(
@@ -93,11 +72,9 @@ def evaluate_run(
 
     tta = tta or tta_translate
     t0 = time.perf_counter()
-    logits = predict_logits(
-        model, chosen.images, mean=spec.mean, std=spec.std, image_size=spec.image_size,
-        batch_size=batch_size, device=device, precision=precision, tta=tta,
-        tta_translate=tta_translate,
-    )  # fmt: skip
+    predictor = Predictor(model, spec, device=device, precision=precision, tta=tta, tta_translate=tta_translate,
+                          batch_size=batch_size)  # fmt: skip
+    logits = predictor.logits(chosen.images)
     seconds = time.perf_counter() - t0
     report = classification_report(logits, chosen.labels, classes)
     result = {
@@ -110,58 +87,24 @@ def evaluate_run(
     }
 
     key = result_key(split, tta, tta_translate)
-    _merge_summary(run / rundir.SUMMARY, key, result)
-    _write_per_class_csv(run / f"per_class_{key}.csv", report["per_class"])
-    _write_confusion_csv(run / f"confusion_{key}.csv", report["confusion"], classes)
-    plots = run / rundir.PLOTS
+    run.merge_summary(key, result)
+    run.write_evaluation(key, report["per_class"], report["confusion"], classes)
     label = f"{split}{' with TTA + shifts' if tta_translate else ' with TTA' if tta else ''}"
     plot_confusion(
-        report["confusion"], classes, plots / f"confusion_{key}.png",
+        report["confusion"], classes, run.plot_file(f"confusion_{key}"),
         title=f"Confusion matrix, {label}: accuracy {report['accuracy']:.2%} on {report['n']} images",
     )  # fmt: skip
-    plot_misclassified(chosen.images, chosen.labels, logits, classes, plots / f"misclassified_{key}.png")
-    if (run / rundir.METRICS).is_file():
-        plot_curves(run / rundir.METRICS, plots / "curves.png")
+    plot_misclassified(chosen.images, chosen.labels, logits, classes, run.plot_file(f"misclassified_{key}"))
+    if run.metrics:
+        plot_curves(run.metrics, run.plot_file("curves"))
 
     if console is not None:
         _print_report(console, result, label)
         console.print(
-            escape(f"wrote {run}: {rundir.SUMMARY} (key {key}), per_class_{key}.csv, confusion_{key}.csv, {rundir.PLOTS}/")
+            escape(f"wrote {run}: {run.SUMMARY} (key {key}), {run.per_class_file(key).name}, "
+                   f"{run.confusion_file(key).name}, {run.PLOTS}/")  # fmt: skip
         )
     return result
-
-
-def _merge_summary(path: Path, key: str, result: dict[str, Any]) -> None:
-    summary: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            summary = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RunDirError(f"{path} is not valid JSON; delete it and evaluate again") from None
-        if not isinstance(summary, dict):
-            raise RunDirError(f"{path} does not hold a JSON object; delete it and evaluate again")
-    summary[key] = result
-    rundir.write_json(path, summary)
-
-
-def _write_per_class_csv(path: Path, per_class: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["class", "accuracy", "precision", "recall", "f1", "support"])
-    for row in per_class:
-        writer.writerow(
-            [row["class"]] + [f"{row[k]:.6f}" for k in ("accuracy", "precision", "recall", "f1")] + [row["support"]]
-        )
-    atomic_write_text(path, buf.getvalue())
-
-
-def _write_confusion_csv(path: Path, confusion: list[list[int]], classes: tuple[str, ...]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["true \\ predicted", *classes])
-    for name, row in zip(classes, confusion):
-        writer.writerow([name, *row])
-    atomic_write_text(path, buf.getvalue())
 
 
 def _print_report(console: Console, result: dict[str, Any], label: str) -> None:

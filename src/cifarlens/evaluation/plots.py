@@ -7,7 +7,6 @@ freed as soon as the function returns. Every PNG is written atomically.
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Sequence
@@ -116,32 +115,15 @@ def plot_confusion(
     return _save(fig, path)
 
 
-def _read_metrics_csv(path: Path) -> dict[str, np.ndarray]:
-    """Columns of metrics.csv as float arrays; empty or unparsable cells become NaN."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-
-    def column(name: str) -> np.ndarray:
-        out = []
-        for row in rows:
-            try:
-                out.append(float(row.get(name) or "nan"))
-            except ValueError:
-                out.append(math.nan)
-        return np.array(out, dtype=float)
-
-    names = rows[0].keys() if rows else []
-    return {name: column(name) for name in names if name is not None}
-
-
-def plot_curves(metrics_csv_path: str | Path, path: str | Path) -> Path | None:
-    """Loss, accuracy and learning rate against epoch from a run's metrics.csv.
+def plot_curves(metrics: Sequence[dict[str, float | int]], path: str | Path) -> Path | None:
+    """Loss, accuracy and learning rate against epoch from a run's metrics rows (``RunDir.metrics``).
 
     Splits whose column is empty for every epoch (no validation split, test not scored
     per epoch) are skipped; epochs where a split is missing are gaps. Returns ``path``,
-    or None (and writes nothing) when the file holds no epochs.
+    or None (and writes nothing) when there are no epochs.
     """
-    cols = _read_metrics_csv(Path(metrics_csv_path))
+    names = {key for row in metrics for key in row}
+    cols = {name: np.array([float(row.get(name, math.nan)) for row in metrics], dtype=float) for name in names}
     epochs = cols.get("epoch")
     if epochs is None or len(epochs) == 0:
         return None

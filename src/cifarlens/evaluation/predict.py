@@ -1,4 +1,4 @@
-"""Logits for a whole split, in batches, with optional test-time augmentation (TTA).
+"""``Predictor``: logits for a whole split, in batches, with optional test-time augmentation (TTA).
 
 Images stay uint8 on the CPU; only one batch at a time is normalised to float and
 moved to the device, so memory stays bounded whatever the split size.
@@ -12,15 +12,16 @@ down-right, weighted so the unshifted pair keeps half the weight (6 views, 3x th
 
 from __future__ import annotations
 
-import contextlib
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cifarlens.data.augment import model_input
+from cifarlens.device import autocast
 from cifarlens.errors import ConfigError
-
-PRECISIONS = ("fp32", "bf16", "fp16")
+from cifarlens.run import ModelSpec, RunDir
 
 
 def mirror_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -42,57 +43,66 @@ def tta_logits(model: nn.Module, x: torch.Tensor, translate: bool = False) -> to
     return logits / 2 + (shifted[0] + shifted[1]) / 4
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "bf16" and device.type in ("cpu", "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision == "fp16" and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    raise ConfigError(f"precision {precision} is not supported on {device.type}; use fp32")
+class Predictor:
+    """Float32 logits of a model for uint8 images: the one inference path of cifarlens.
 
+    The trainer's per-epoch scoring, ``evaluate``, ``explain`` and the export's PyTorch backend all
+    score through it, so preprocessing, precision and TTA mean the same everywhere.
 
-def predict_logits(
-    model: nn.Module,
-    images: torch.Tensor,
-    *,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    batch_size: int = 500,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    tta: bool = False,
-    tta_translate: bool = False,
-    image_size: int | None = None,
-) -> torch.Tensor:
-    """Logits of ``model`` for uint8 ``images`` (N, 3, H, W): float32 (N, C) on the CPU.
-
-    ``image_size`` resizes each batch as the model was trained (``ModelSpec.image_size``; None: as given).
-
-    Puts the model in eval mode (callers that keep training must call ``model.train()``
-    again) and moves it to ``device``. ``precision`` "bf16" autocasts on cpu/cuda, "fp16"
-    on cuda only. ``tta`` averages over the image and its mirror, ``tta_translate`` also over
-    one-pixel shifts of both (implies ``tta``; see ``tta_logits``).
+    ``spec`` says how to feed the model (``mean``, ``std``, ``image_size``: each batch is resized to it).
+    ``precision`` is a resolved one (``fp32``, ``bf16`` on cpu/cuda, ``fp16`` on cuda). ``tta`` averages
+    over the image and its mirror, ``tta_translate`` also over one-pixel shifts of both (implies ``tta``;
+    see ``tta_logits``). ``compile`` runs the forward through ``torch.compile``.
     """
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"expected uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    device = torch.device(device)
-    amp = _autocast(device, precision)
-    model.to(device).eval()
-    outputs = []
-    with torch.inference_mode(), amp:
-        for start in range(0, len(images), batch_size):
-            x = model_input(images[start : start + batch_size].to(device, non_blocking=True), mean, std, image_size)
-            x = x.contiguous(memory_format=torch.channels_last)  # the fast layout for convs on CPU and GPU
-            logits = tta_logits(model, x, tta_translate) if tta or tta_translate else model(x).float()
-            outputs.append(logits.cpu())
-    if not outputs:
-        with torch.inference_mode(), amp:  # empty input: ask the model for its number of classes
-            blank = torch.zeros(1, *images.shape[1:], dtype=torch.uint8, device=device)
-            c = model(model_input(blank, mean, std, image_size)).shape[1]
-        return torch.empty(0, c, dtype=torch.float32)
-    return torch.cat(outputs)
+
+    def __init__(self, model: nn.Module, spec: ModelSpec, *, device: str | torch.device = "cpu",
+                 precision: str = "fp32", tta: bool = False, tta_translate: bool = False,
+                 batch_size: int = 500, compile: bool = False):  # fmt: skip
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        self.device = torch.device(device)
+        autocast(self.device, precision)  # an unsupported precision fails here, before any work
+        self.model, self.spec, self.precision = model, spec, precision
+        self.tta_translate = tta_translate
+        self.tta = tta or tta_translate
+        self.batch_size = batch_size
+        self.forward = torch.compile(model) if compile else model
+
+    @classmethod
+    def from_run(cls, run: str | Path, **options) -> "Predictor":
+        """The predictor of a run directory's final model (``options``: as for ``Predictor``)."""
+        device = options.get("device", "cpu")
+        model, spec = RunDir(run).load_model(device)
+        return cls(model, spec, **options)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.spec.classes)
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> the normalised, resized, channels-last float batch the model takes."""
+        x = model_input(images.to(self.device, non_blocking=True), self.spec.mean, self.spec.std, self.spec.image_size)
+        return x.contiguous(memory_format=torch.channels_last)  # the fast layout for convs on CPU and GPU
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, 3, H, W) -> float32 logits (N, C) on the CPU, ``batch_size`` at a time.
+
+        Puts the model in eval mode (a caller that keeps training calls ``model.train()`` again).
+        """
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"expected uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        self.model.to(self.device).eval()
+        if not len(images):  # ask the model for its number of classes
+            images = torch.zeros(1, *images.shape[1:], dtype=torch.uint8)
+            return self._batch_logits(images)[:0]
+        return torch.cat([self._batch_logits(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)])
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Softmax of ``logits``: float32 (N, C)."""
+        return self.logits(images).softmax(1)
+
+    def _batch_logits(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            x = self.inputs(images)
+            logits = tta_logits(self.forward, x, self.tta_translate) if self.tta else self.forward(x).float()
+        return logits.cpu()

@@ -18,12 +18,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cifarlens import run as rundir
+from cifarlens.run import RunDir
 from cifarlens.io import atomic_write_text
 
 MAX_TABLE_ROWS = 60  # CSV files longer than this are cut, with a note saying how many rows were left out
 MAX_JSON_CHARS = 20_000
-MAIN_PLOTS = ("curves.png", "confusion_test.png", "misclassified_test.png")
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; padding: 0 1rem; color: #222; }
@@ -94,13 +93,13 @@ def _torch_version(provenance: dict[str, Any]) -> str:
 
 def _run_section(run: Path, label: str, anchor: str) -> str:
     from cifarlens.evaluation.plots import plot_curves
-    from cifarlens.experiments.compare import load_record
+    from cifarlens.experiments.compare import results
 
-    rec = load_record(run)
-    plots = run / rundir.PLOTS
-    if not (plots / "curves.png").is_file() and rec.metrics:
-        plot_curves(run / rundir.METRICS, plots / "curves.png")  # trials scored without `evaluate` have none yet
-    res = rec.results()
+    rec = RunDir(run).require_config("pass folders written by cifarlens train")
+    curves = rec.plot_file("curves")
+    if not curves.is_file() and rec.metrics:
+        plot_curves(rec.metrics, curves)  # trials scored without `evaluate` have none yet
+    res = results(rec)
     train = rec.summary.get("train", {})
     prov = rec.provenance
     parts = [f'<section id="{anchor}"><h2>{_esc(label)}</h2>']
@@ -128,10 +127,8 @@ def _run_section(run: Path, label: str, anchor: str) -> str:
     if not rec.summary.get("test"):
         parts.append('<p class="muted">not scored on the test split (a sweep trial, or trained with --no-evaluate); '
                      f"run <code>cifarlens evaluate {_esc(run)}</code></p>")  # fmt: skip
-    if (plots / "curves.png").is_file():
-        parts.append(
-            "<h3>Training curves</h3>" + _img(plots / "curves.png", "loss, accuracy and learning rate per epoch")
-        )
+    if curves.is_file():
+        parts.append("<h3>Training curves</h3>" + _img(curves, "loss, accuracy and learning rate per epoch"))
     if rec.per_class:
         worst = min(float(r["accuracy"]) for r in rec.per_class)
         header = ["class", "accuracy", "precision", "recall", "F1", "support"]
@@ -148,20 +145,19 @@ def _run_section(run: Path, label: str, anchor: str) -> str:
         ]
         marks = [["", "worst" if float(r["accuracy"]) == worst else "", "", "", "", ""] for r in rec.per_class]
         parts.append("<h3>Per-class accuracy (test)</h3>" + _table(header, rows, marks, css="per-class"))
-    if (plots / "confusion_test.png").is_file():
+    confusion, mistakes = rec.plot_file("confusion_test"), rec.plot_file("misclassified_test")
+    if confusion.is_file():
+        parts.append("<h3>Confusion matrix (test)</h3>" + _img(confusion, "confusion matrix on the test split"))
+    if mistakes.is_file():
         parts.append(
-            "<h3>Confusion matrix (test)</h3>"
-            + _img(plots / "confusion_test.png", "confusion matrix on the test split")
+            "<h3>Misclassified examples (test)</h3>" + _img(mistakes, "most confident mistakes on the test split")
         )
-    if (plots / "misclassified_test.png").is_file():
-        parts.append(
-            "<h3>Misclassified examples (test)</h3>"
-            + _img(plots / "misclassified_test.png", "most confident mistakes on the test split")
-        )
-    others = sorted(p for p in plots.glob("*.png") if p.name not in MAIN_PLOTS) if plots.is_dir() else []
+    plots = curves.parent
+    main_plots = {curves.name, confusion.name, mistakes.name}
+    others = sorted(p for p in plots.glob("*.png") if p.name not in main_plots) if plots.is_dir() else []
     if others:
         parts.append("<h3>Other plots</h3>" + "".join(_img(p, p.stem.replace("_", " ")) for p in others))
-    parts.append(_explain_section(run))
+    parts.append(_explain_section(rec))
     parts.append(
         "<h3>Config</h3>"
         + _table(["option", "value"], [[k, json.dumps(v) if isinstance(v, dict) else v] for k, v in rec.config.items()])
@@ -181,7 +177,7 @@ def _run_section(run: Path, label: str, anchor: str) -> str:
                 "seconds",
                 "images_per_s",
             )
-            if c in rec.metrics[0]
+            if any(c in r for r in rec.metrics)
         ]
         parts.append(
             "<h3>Metrics per epoch</h3>" + _table(columns, [[r.get(c, "") for c in columns] for r in rec.metrics])
@@ -190,14 +186,12 @@ def _run_section(run: Path, label: str, anchor: str) -> str:
     return "\n".join(parts)
 
 
-def _explain_section(run: Path) -> str:
+def _explain_section(run: RunDir) -> str:
     """Every PNG, JSON and CSV under RUN/explain, grouped by the folder (explain command) that holds it."""
-    root = run / "explain"
-    if not root.is_dir():
-        return ""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".png", ".json", ".csv"))
+    files = run.explain_files()
     if not files:
         return ""
+    root = run.path / run.EXPLAIN
     parts = ['<h3>Explanations</h3><div class="explain">']
     current = None
     for path in files:
@@ -217,9 +211,9 @@ def _explain_section(run: Path) -> str:
 
 
 def _comparison_section(runs: list[Path]) -> str:
-    from cifarlens.experiments.compare import _cell, comparison_rows, load_record, plot_overlaid_curves
+    from cifarlens.experiments.compare import _cell, comparison_rows, load_runs, plot_overlaid_curves
 
-    records = [load_record(r) for r in runs]
+    records = load_runs(runs)
     header, rows = comparison_rows(records)
     table = _table(header, [[_cell(c, v) for c, v in zip(header, row)] for row in rows])
     with tempfile.TemporaryDirectory() as tmp:

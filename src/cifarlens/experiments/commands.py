@@ -57,12 +57,11 @@ def report(
 ) -> None:
     """One self-contained HTML page: config, curves, per-class accuracy, confusion, mistakes, explain outputs."""
     from cifarlens.evaluation.report import write_report
-    from cifarlens.experiments.compare import load_record
+    from cifarlens.experiments.compare import load_runs
 
-    for run in runs:
-        load_record(run)  # one clear line for a folder that is not a run, before any work
+    loaded = load_runs(runs)  # one clear line for a folder that is not a run, before any work
     if out is None:
-        out = runs[0] / "report.html" if len(runs) == 1 else Path("report.html")
+        out = loaded[0].report_file if len(runs) == 1 else Path("report.html")
     if out.is_dir():
         raise CifarlensError(f"--out {out} is a folder; give an .html file path")
     console.print(f"wrote {write_report(runs, out)}", markup=False, highlight=False)

@@ -1,7 +1,7 @@
 """``cifarlens compare RUN...``: one table of the config keys that differ and the results, plus overlaid curves.
 
-Everything comes from the run directories: config.yaml, summary.json, metrics.csv,
-per_class_test.csv, provenance.json, and the model rebuilt from its spec for params and MACs.
+Everything comes from the run directories (``RunDir``): the config, summary, metrics, per-class test
+scores, and the model rebuilt from its spec for params and MACs.
 """
 
 from __future__ import annotations
@@ -10,107 +10,48 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cifarlens import run as rundir
-from cifarlens.config import read_yaml
-from cifarlens.errors import CifarlensError, RunDirError
+from cifarlens.errors import CifarlensError
 from cifarlens.io import atomic_write_text
+from cifarlens.run import RunDir
 
 IGNORED_KEYS = {"out", "data_dir"}  # where the run and its data lie: says nothing about the run
 RESULT_COLUMNS = ["test_acc", "val_acc", "params", "macs", "train_s", "images_per_s"]
 
 
-@dataclass
-class RunRecord:
-    """What compare and report read from one run directory."""
-
-    path: Path
-    config: dict[str, Any]
-    summary: dict[str, Any]
-    metrics: list[dict[str, str]]
-    per_class: list[dict[str, str]]
-    provenance: dict[str, Any]
-    params: int | None
-    macs: int | None  # multiply-accumulates per 3x32x32 image
-
-    @property
-    def test_acc(self) -> float | None:
-        if "test" in self.summary:
-            return float(self.summary["test"]["accuracy"])
-        return self.summary.get("train", {}).get("final_test_acc")
-
-    @property
-    def val_acc(self) -> float | None:
-        value = self.metrics[-1].get("val_acc") if self.metrics else None
-        return float(value) if value else None
-
-    def results(self) -> dict[str, Any]:
-        rates = [float(r["images_per_s"]) for r in self.metrics if r.get("images_per_s")]
-        return {
-            "test_acc": self.test_acc,
-            "val_acc": self.val_acc,
-            "params": self.params,
-            "macs": self.macs,
-            "train_s": self.summary.get("train", {}).get("seconds"),
-            "images_per_s": sum(rates) / len(rates) if rates else None,
-        }
+def results(run: RunDir) -> dict[str, Any]:
+    """The result columns of one run: accuracies, model size, training time and speed."""
+    rates = [float(r["images_per_s"]) for r in run.metrics if "images_per_s" in r]
+    params, macs = model_size(run)
+    return {
+        "test_acc": run.test_acc,
+        "val_acc": run.val_acc,
+        "params": params,
+        "macs": macs,
+        "train_s": run.summary.get("train", {}).get("seconds"),
+        "images_per_s": sum(rates) / len(rates) if rates else None,
+    }
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RunDirError(f"{path} is not valid JSON; re-run cifarlens evaluate on the run") from None
-    return data if isinstance(data, dict) else {}
-
-
-def model_size(run: Path, config: dict[str, Any]) -> tuple[int | None, int | None]:
+def model_size(run: RunDir) -> tuple[int | None, int | None]:
     """Parameters and MACs per image of the run's model (rebuilt from its weights header, else its config)."""
     from cifarlens.models import create_model
     from cifarlens.models.summary import summarize
 
-    if (run / rundir.WEIGHTS).is_file():
-        spec, _ = rundir.read_spec(run / rundir.WEIGHTS)
+    if run.has_weights():
+        spec = run.read_spec()
         model, size = spec.build(), spec.image_size
     else:
-        model, size = create_model(config["model"], **(config.get("model_args") or {})), 32
+        model, size = create_model(run.config["model"], **(run.config.get("model_args") or {})), 32
     total = summarize(model, input_size=(1, 3, size, size), depth=1)["total"]
     return int(total["params"]), int(total["macs"])
 
 
-def load_record(run: str | Path) -> RunRecord:
-    """Read one run directory; a folder that is not a run is a ``RunDirError``."""
-    path = Path(run)
-    if not path.is_dir():
-        raise RunDirError(f"run directory {path} not found; pass folders written by cifarlens train")
-    if not (path / rundir.CONFIG).is_file():
-        raise RunDirError(
-            f"{path} is not a cifarlens run directory (no {rundir.CONFIG}); pass folders written by cifarlens train"
-        )
-    config = read_yaml(path / rundir.CONFIG)
-    params, macs = model_size(path, config)
-    return RunRecord(
-        path=path,
-        config=config,
-        summary=_read_json(path / rundir.SUMMARY),
-        metrics=_read_csv(path / rundir.METRICS),
-        per_class=_read_csv(path / "per_class_test.csv"),
-        provenance=_read_json(path / rundir.PROVENANCE),
-        params=params,
-        macs=macs,
-    )
+def load_runs(runs: list[str | Path]) -> list[RunDir]:
+    """The run directories, each checked to hold a run (a ``RunDirError`` names the first that does not)."""
+    return [RunDir(r).require_config("pass folders written by cifarlens train") for r in runs]
 
 
 def run_labels(paths: list[Path]) -> list[str]:
@@ -145,21 +86,21 @@ def _flatten(config: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def comparison_rows(records: list[RunRecord]) -> tuple[list[str], list[list[Any]]]:
+def comparison_rows(runs: list[RunDir]) -> tuple[list[str], list[list[Any]]]:
     """Header and rows: run, differing config keys, results, then per-class test accuracy."""
-    keys = differing_keys([r.config for r in records])
-    classes = [row["class"] for row in records[0].per_class] if records and records[0].per_class else []
+    keys = differing_keys([r.config for r in runs])
+    classes = [row["class"] for row in runs[0].per_class] if runs and runs[0].per_class else []
     header = ["run", *keys, *RESULT_COLUMNS, *(f"acc_{c}" for c in classes)]
     rows = []
-    for label, rec in zip(run_labels([r.path for r in records]), records):
-        flat = _flatten(rec.config)
-        per_class = {row["class"]: float(row["accuracy"]) for row in rec.per_class}
-        results = rec.results()
+    for label, run in zip(run_labels([r.path for r in runs]), runs):
+        flat = _flatten(run.config)
+        per_class = {row["class"]: row["accuracy"] for row in run.per_class}
+        scores = results(run)
         rows.append(
             [
                 label,
                 *(flat.get(k) for k in keys),
-                *(results[c] for c in RESULT_COLUMNS),
+                *(scores[c] for c in RESULT_COLUMNS),
                 *(per_class.get(c) for c in classes),
             ]
         )
@@ -195,7 +136,7 @@ def csv_table(header: list[str], rows: list[list[Any]]) -> str:
     return buf.getvalue()
 
 
-def plot_overlaid_curves(records: list[RunRecord], path: str | Path) -> Path:
+def plot_overlaid_curves(runs: list[RunDir], path: str | Path) -> Path:
     """Val (solid) and test (dashed) accuracy and loss of every run against epoch, one colour per run."""
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
@@ -203,14 +144,13 @@ def plot_overlaid_curves(records: list[RunRecord], path: str | Path) -> Path:
 
     fig = _new_figure(11.0, 4.6)
     ax_acc, ax_loss = fig.subplots(1, 2)
-    colors = [f"C{i % 10}" for i in range(len(records))]
-    for label, rec, color in zip(run_labels([r.path for r in records]), records, colors):
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for label, run, color in zip(run_labels([r.path for r in runs]), runs, colors):
         for split, style in (("val", "-"), ("test", "--"), ("train", ":")):
             for ax, metric in ((ax_acc, "acc"), (ax_loss, "loss")):
-                points = [
-                    (int(r["epoch"]), float(r[f"{split}_{metric}"])) for r in rec.metrics if r.get(f"{split}_{metric}")
-                ]
-                if split == "train" and any(r.get(f"val_{metric}") or r.get(f"test_{metric}") for r in rec.metrics):
+                column = f"{split}_{metric}"
+                points = [(r["epoch"], r[column]) for r in run.metrics if column in r]
+                if split == "train" and any(f"val_{metric}" in r or f"test_{metric}" in r for r in run.metrics):
                     continue  # train curves only where a run has nothing held out
                 if points:
                     xs, ys = zip(*points)
@@ -232,12 +172,12 @@ def plot_overlaid_curves(records: list[RunRecord], path: str | Path) -> Path:
 
 def write_comparison(runs: list[Path], prefix: str | Path | None = None) -> str:
     """The markdown comparison of ``runs``; with ``prefix`` also PREFIX.md, PREFIX.csv and PREFIX.png."""
-    records = [load_record(r) for r in runs]
-    header, rows = comparison_rows(records)
+    loaded = load_runs(runs)
+    header, rows = comparison_rows(loaded)
     table = markdown_table(header, rows)
     if prefix is not None:
         prefix = Path(prefix)
         atomic_write_text(prefix.with_name(prefix.name + ".md"), table)
         atomic_write_text(prefix.with_name(prefix.name + ".csv"), csv_table(header, rows))
-        plot_overlaid_curves(records, prefix.with_name(prefix.name + ".png"))
+        plot_overlaid_curves(loaded, prefix.with_name(prefix.name + ".png"))
     return table

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import os
 import shutil
 import socket
@@ -29,10 +28,10 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from cifarlens import run as rundir
 from cifarlens.config import build_config, read_yaml, to_dict
 from cifarlens.errors import ConfigError, TrainingDiverged
 from cifarlens.io import atomic_write_text
+from cifarlens.run import RunDir, write_json
 from cifarlens.training.config import TrainConfig
 
 TRIALS = "trials"
@@ -112,8 +111,7 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
 
 def trial_config(sweep: SweepConfig, params: dict[str, Any], out: Path, plan: dict | None = None) -> TrainConfig:
     """The training config of one trial: recipe < base < params < budget plan < what the sweep forces."""
-    from cifarlens.training import recipe_options
-    from cifarlens.training.recipes import recipe_for_model
+    from cifarlens.training.recipes import default_recipe, recipe_options
 
     options = dict(sweep.base)
     model_args = dict(options.get("model_args") or {})
@@ -124,7 +122,7 @@ def trial_config(sweep: SweepConfig, params: dict[str, Any], out: Path, plan: di
             options[key] = value
     if model_args:
         options["model_args"] = model_args
-    recipe = options.get("recipe") or recipe_for_model(str(options.get("model") or TrainConfig.model))
+    recipe = default_recipe(options)
     options["recipe"] = recipe
     if plan:
         options["subset"] = plan["subset"]
@@ -138,6 +136,15 @@ def trial_config(sweep: SweepConfig, params: dict[str, Any], out: Path, plan: di
     return build_config(
         TrainConfig, recipe_options(recipe), options, forced, sources=(f"recipe {recipe}", "sweep base/params", "sweep")
     )
+
+
+def budget_plan(sweep: SweepConfig, console: Console | None = None) -> dict:
+    """The plan that fits the sweep's trials into ``sweep.budget`` seconds (``experiments.budget``)."""
+    from cifarlens.experiments.budget import plan_budget
+
+    points = grid_points(sweep.params) if sweep.method == "grid" else [{}] * sweep.trials
+    configs = [trial_config(sweep, p, Path(sweep.out)) for p in points]
+    return plan_budget(configs, budget=sweep.budget, val_size=sweep.val_size, finalists=sweep.finalists, console=console)
 
 
 def grid_points(params: dict | list) -> list[dict[str, Any]]:
@@ -168,37 +175,32 @@ class _DataCache:
         return self.data
 
 
-def _final_val_acc(run: Path) -> float | None:
-    from cifarlens.training.trainer import _read_metrics
-
-    rows = _read_metrics(run / rundir.METRICS)
-    value = rows[-1].get("val_acc") if rows else None
-    return float(value) if value not in (None, "") else None
 
 
 def run_trial(cfg: TrainConfig, data_cache: _DataCache, console: Console, on_epoch_end=None) -> Path:
     """Train one trial (or continue it from its checkpoint); a finished one is returned as is."""
-    from cifarlens.training.trainer import run_config, train
+    from cifarlens.training.runs import run_config
+    from cifarlens.training.trainer import resume, train
 
-    out = Path(cfg.out)
-    if (out / rundir.CONFIG).is_file():
-        saved = read_yaml(out / rundir.CONFIG)
+    run = RunDir(cfg.out)
+    if run.has_config():
+        saved = run.read_config()
         data = data_cache(cfg)
         wanted = run_config(cfg, data)  # as the trainer wrote it, with the data folder it read
         # Where the data lies is not an option of the trial: data moved since is resumed from its new folder.
         changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k) and k != "data_dir")
         if changed:
             raise ConfigError(
-                f"trial {out} was run with other options ({', '.join(changed)}); "
+                f"trial {run} was run with other options ({', '.join(changed)}); "
                 "use another sweep out folder for a changed sweep"
             )
-        if (out / rundir.WEIGHTS).is_file():
-            return out
-        if (out / rundir.CHECKPOINT / "latest.json").is_file():
-            moved_to = data.root if saved.get("data_dir") != wanted["data_dir"] else None
-            return train(cfg, resume=out, data_dir=moved_to, console=console, data=data, on_epoch_end=on_epoch_end)
-    if out.exists():
-        shutil.rmtree(out)  # a trial killed before its first checkpoint: nothing worth keeping
+        if run.has_weights():
+            return run.path
+        if run.has_checkpoint():
+            moved = {"data_dir": data.root} if saved.get("data_dir") != wanted["data_dir"] else {}
+            return resume(run.path, moved, console=console, data=data, on_epoch_end=on_epoch_end)
+    if run.path.exists():
+        shutil.rmtree(run.path)  # a trial killed before its first checkpoint: nothing worth keeping
     return train(cfg, console=console, data=data_cache(cfg), on_epoch_end=on_epoch_end)
 
 
@@ -209,9 +211,7 @@ def run_sweep(sweep: SweepConfig, console: Console | None = None) -> dict[str, A
     (out / TRIALS).mkdir(parents=True, exist_ok=True)
     plan = None
     if sweep.budget:
-        from cifarlens.experiments.budget import plan_budget
-
-        plan = plan_budget(sweep, console)
+        plan = budget_plan(sweep, console)
     trial_config(sweep, {}, out / TRIALS, plan)  # bad base options stop here, before any training
     cache = _DataCache()
     quiet = Console(file=io.StringIO()) if not console.is_terminal else console
@@ -327,7 +327,7 @@ def _run_optuna(sweep: SweepConfig, plan, cache: _DataCache, console: Console, q
                 raise optuna.TrialPruned()
 
         run = run_trial(cfg, cache, quiet, on_epoch_end=report if sweep.pruning else None)
-        value = _final_val_acc(run)
+        value = RunDir(run).val_acc
         console.print(f"  val accuracy {value:.2%}  ({run})")
         return value
 
@@ -347,14 +347,13 @@ def _run_optuna(sweep: SweepConfig, plan, cache: _DataCache, console: Console, q
 
 
 def _trial_row(number: int, state: str, params: dict, run: Path, worker: str = "") -> dict:
-    from cifarlens.training.trainer import _read_metrics
-
-    epochs = len(_read_metrics(run / rundir.METRICS)) if run.name else 0
+    trial = RunDir(run)
+    metrics = trial.read_metrics() if run.name else []
     return {
         "trial": number,
         "state": state,
-        "val_acc": _final_val_acc(run) if run.name and run.is_dir() else None,
-        "epochs": epochs,
+        "val_acc": trial.val_acc if metrics else None,
+        "epochs": len(metrics),
         "params": params,
         "run": str(run) if run.name else "",
         "worker": worker,
@@ -371,11 +370,11 @@ def _finish(sweep: SweepConfig, plan, rows: list[dict], cache: _DataCache, conso
     finalists = done[: sweep.finalists]
     quiet = Console(file=io.StringIO())
     for row in finalists:
-        run = Path(row["run"])
-        summary = json.loads((run / rundir.SUMMARY).read_text()) if (run / rundir.SUMMARY).is_file() else {}
+        run = RunDir(row["run"])
+        summary = run.read_summary()
         if "test" not in summary:
-            cfg = build_config(TrainConfig, read_yaml(run / rundir.CONFIG))
-            summary["test"] = evaluate_run(run, split="test", data=cache(cfg), console=quiet)
+            cfg = build_config(TrainConfig, run.read_config())
+            summary["test"] = evaluate_run(run.path, split="test", data=cache(cfg), console=quiet)
         row["test_acc"] = summary["test"]["accuracy"]
     _write_trials_csv(Path(sweep.out) / "trials.csv", rows)
     result = {
@@ -386,7 +385,7 @@ def _finish(sweep: SweepConfig, plan, rows: list[dict], cache: _DataCache, conso
         "best": finalists[0] if finalists else None,
         "finalists": finalists,
     }
-    rundir.write_json(Path(sweep.out) / "sweep.json", result)
+    write_json(Path(sweep.out) / "sweep.json", result)
     if finalists:
         table = write_comparison([Path(r["run"]) for r in finalists], Path(sweep.out) / "compare")
         console.print("finalists on the test split:")

@@ -13,19 +13,19 @@ _WHERE = {
     "ActivationMaximiser": "activation_max",
     "FourierImage": "activation_max",
     "CamExplainer": "cam",
-    "gap_linear_head": "cam",
+    "classic_cam_layers": "cam",
     "CurveResult": "faithfulness",
     "DeletionInsertion": "faithfulness",
     "ActivationPooler": "features",
     "Features": "features",
     "extract_features": "features",
-    "FeatureExtractor": "layers",
-    "LayerError": "layers",
-    "LayerInfo": "layers",
-    "default_stages": "layers",
-    "default_target_layer": "layers",
-    "list_layers": "layers",
-    "pool_features": "layers",
+    "FeatureExtractor": "cifarlens.models.layers",
+    "LayerError": "cifarlens.models.layers",
+    "LayerInfo": "cifarlens.models.layers",
+    "default_stages": "cifarlens.models.layers",
+    "default_target_layer": "cifarlens.models.layers",
+    "list_layers": "cifarlens.models.layers",
+    "pool_features": "cifarlens.models.layers",
     "ProbeResult": "probe",
     "fit_knn_probe": "probe",
     "fit_linear_probe": "probe",
@@ -40,4 +40,5 @@ __all__ = sorted(_WHERE)
 def __getattr__(name: str):
     if name not in _WHERE:
         raise AttributeError(f"module 'cifarlens.explain' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"cifarlens.explain.{_WHERE[name]}"), name)
+    where = _WHERE[name]
+    return getattr(importlib.import_module(where if "." in where else f"cifarlens.explain.{where}"), name)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlens.errors import CifarlensError
-from cifarlens.explain.layers import FeatureExtractor
+from cifarlens.models.layers import FeatureExtractor
 from cifarlens.run import ModelSpec
 
 LOGITS = "logits"  # pseudo-layer: the model's output

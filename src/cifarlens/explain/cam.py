@@ -16,73 +16,39 @@ import torch
 from torch import nn
 
 from cifarlens.errors import CifarlensError
-from cifarlens.explain.layers import default_target_layer, get_module, module_feeding
+from cifarlens.models.layers import get_module
+from cifarlens.models.registry import Capabilities, get_submodule, guess_capabilities
 
-METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam", "cam")
+# Method name -> its pytorch-grad-cam class (imported on first use); a new grad-cam method is one line here.
+GRAD_CAM_CLASSES = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "scorecam": "ScoreCAM",
+    "eigencam": "EigenCAM",
+    "layercam": "LayerCAM",
+}
+METHODS = (*GRAD_CAM_CLASSES, "cam")  # "cam": the original CAM, a BaseCAM of ours (_classic_cam)
 # Reference for faithfulness scores: random channel weights on the same target layer (grad-cam's
 # RandomCAM), so the map has the same blocky resolution as the real ones. A pixel-wise random map
 # would be an unfair reference: scattered deletions destroy an image faster than any region does.
 RANDOM = "random"
-_PASS_THROUGH = (nn.Dropout, nn.Identity, nn.Flatten)
 
 
 def _grad_cam_class(method: str):
     import pytorch_grad_cam as pgc
 
-    return {
-        "gradcam": pgc.GradCAM,
-        "gradcam++": pgc.GradCAMPlusPlus,
-        "scorecam": pgc.ScoreCAM,
-        "eigencam": pgc.EigenCAM,
-        "layercam": pgc.LayerCAM,
-        RANDOM: pgc.RandomCAM,
-    }[method]
+    return getattr(pgc, (GRAD_CAM_CLASSES | {RANDOM: "RandomCAM"})[method])
 
 
-def gap_linear_head(model: nn.Module, image_size: int = 32) -> tuple[str, nn.Linear]:
-    """For a model ending in global-average-pool (+ flatten/dropout) + linear: the pooled module's name and the linear.
-
-    Raises ``CifarlensError`` for any other head (max pooling, several fc layers, scaled logits).
-    """
-    import torch.fx
-
-    name = type(model).__name__
-    refuse = CifarlensError(
-        f"the original CAM needs a global-average-pool + linear head, which {name} does not have; "
-        "use --method gradcam (or gradcam++, scorecam, eigencam, layercam)"
-    )
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:
-        raise refuse from None
-    modules = dict(model.named_modules())
-    out = next(n for n in graph.nodes if n.op == "output")
-    node = out.args[0]
-
-    def skip(node):
-        while isinstance(node, torch.fx.Node) and (
-            (node.op == "call_module" and isinstance(modules[node.target], _PASS_THROUGH))
-            or (node.op == "call_function" and node.target is torch.flatten)
-            or (node.op == "call_method" and node.target in ("flatten", "view", "reshape"))
-        ):
-            node = node.args[0]
-        return node
-
-    node = skip(node)
-    if not (isinstance(node, torch.fx.Node) and node.op == "call_module" and isinstance(modules[node.target], nn.Linear)):
-        raise refuse
-    linear = modules[node.target]
-    pool = skip(node.args[0])
-    is_gap = (
-        isinstance(pool, torch.fx.Node)
-        and pool.op == "call_module"
-        and isinstance(modules[pool.target], nn.AdaptiveAvgPool2d)
-        and modules[pool.target].output_size in (1, (1, 1))
-    )
-    feature_module = module_feeding(model, str(pool.target), image_size) if is_gap else None
-    if feature_module is None:
-        raise refuse
-    return feature_module, linear
+def classic_cam_layers(model: nn.Module, caps: Capabilities) -> tuple[str, nn.Linear]:
+    """The feature module and the Linear of a model whose head is global-average-pool + linear, as its
+    capabilities declare; any other head is a ``CifarlensError`` naming the methods that work."""
+    if caps.gap_features is None:
+        raise CifarlensError(
+            f"the original CAM needs a global-average-pool + linear head, which {type(model).__name__} does not "
+            "have; use --method gradcam (or gradcam++, scorecam, eigencam, layercam)"
+        )
+    return caps.gap_features, get_submodule(model, caps.classifier)
 
 
 def _classic_cam(model: nn.Module, target_layers: list[nn.Module], weight: torch.Tensor):
@@ -114,23 +80,26 @@ class CamExplainer:
     """Heat maps of one CAM method for batches: ``explainer(x, targets=None) -> (N, H, W)`` float32 in [0, 1].
 
     x: normalised (N, 3, H, W). ``targets``: class per image, or None for the predicted class.
-    ``target_layer`` is a module name (default: ``default_target_layer``; for ``cam`` the
-    module before the global average pool).
+    ``capabilities``: the model's declared ones (``model_capabilities``); None guesses them from the
+    model (``guess_capabilities``). ``target_layer`` is a module name (default: the declared CAM layer;
+    for ``cam`` the module before the global average pool).
     """
 
-    def __init__(self, model: nn.Module, method: str = "gradcam", *, target_layer: str | None = None,
-                 image_size: int = 32, batch_size: int = 64, seed: int = 0):  # fmt: skip
+    def __init__(self, model: nn.Module, method: str = "gradcam", *, capabilities: Capabilities | None = None,
+                 target_layer: str | None = None, image_size: int = 32, batch_size: int = 64,
+                 seed: int = 0):  # fmt: skip
         if method not in (*METHODS, RANDOM):
             raise CifarlensError(f"unknown CAM method {method!r}; choose one of: {', '.join(METHODS)}")
         self.model, self.method, self.seed = model.eval(), method, seed
+        caps = capabilities or guess_capabilities(model, image_size)
         if method == "cam":
-            layer, linear = gap_linear_head(model, image_size)
+            layer, linear = classic_cam_layers(model, caps)
             if target_layer and target_layer != layer:
                 raise CifarlensError(f"the original CAM is defined on {layer!r} (before the pool); drop --target-layer")
             self.target_layer = layer
             self._cam = _classic_cam(model, [get_module(model, layer)], linear.weight)
         else:
-            self.target_layer = target_layer or default_target_layer(model, image_size)
+            self.target_layer = target_layer or caps.cam_layer
             self._cam = _grad_cam_class(method)(model=model, target_layers=[get_module(model, self.target_layer)])
             if method == "scorecam":
                 self._cam.batch_size = batch_size  # masked copies per forward pass

@@ -33,25 +33,25 @@ LimitOpt = Annotated[int, typer.Option(help="first N images of the split (0: all
 
 
 def _load(run: Path, device: str = "cpu"):
-    from cifarlens.run import load_run_model
-    from cifarlens.training.device import resolve_device
+    from cifarlens.device import resolve_device
+    from cifarlens.run import RunDir
 
     dev = resolve_device(device)
-    model, spec = load_run_model(run, dev)
+    model, spec = RunDir(run).load_model(dev)
     return model, spec, dev
 
 
 def _split(run: Path, split: str, data_dir: str | None):
-    from cifarlens.evaluation.evaluate import load_run_data
+    from cifarlens.run import RunDir
 
-    data = load_run_data(run, data_dir)
+    data = RunDir(run).load_data(data_dir)
     return data, data.split(split)
 
 
 def _out(run: Path, command: str) -> Path:
-    path = run / "explain" / command
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    from cifarlens.run import RunDir
+
+    return RunDir(run).explain_dir(command)
 
 
 def _safe(name: str) -> str:
@@ -83,13 +83,13 @@ def _names(text: str) -> list[str]:
 @user_errors
 def layers_command(run: RunArg) -> None:
     """List the layers features can be taken from, with output shapes, probe stages and the default CAM layer."""
-    from cifarlens.explain.layers import default_stages, default_target_layer, list_layers
+    from cifarlens.models.layers import list_layers
     from cifarlens.run import write_json
 
     model, spec, _ = _load(run)
     infos = list_layers(model, spec.image_size)
-    stages = set(default_stages(infos))
-    target = default_target_layer(model, spec.image_size)
+    caps = spec.capabilities(model)
+    stages, target = set(caps.probe_stages), caps.cam_layer
     table = Table(title=f"{spec.name}: layers (stage = used by explain probe)", title_justify="left")
     for col in ("layer", "module", "output shape", "stage"):
         table.add_column(col)
@@ -141,9 +141,7 @@ def features_command(
 
 
 def _default_layer(model, spec) -> str:
-    from cifarlens.explain.layers import default_stages, list_layers
-
-    return default_stages(list_layers(model, spec.image_size))[-1]
+    return spec.capabilities(model).probe_stages[-1]
 
 
 @app.command("projection")
@@ -211,14 +209,13 @@ def probe_command(
 
     from cifarlens.data import stratified_indices
     from cifarlens.explain.features import extract_features
-    from cifarlens.explain.layers import default_stages, list_layers
     from cifarlens.explain.plots import plot_probe
     from cifarlens.explain.probe import fit_knn_probe, fit_linear_probe
     from cifarlens.run import write_json
 
     model, spec, dev = _load(run, device)
     data = _split(run, "test", data_dir)[0]
-    names = _names(layers) if layers else default_stages(list_layers(model, spec.image_size))
+    names = _names(layers) if layers else list(spec.capabilities(model).probe_stages)
     train = data.train
     if train_limit and train_limit < len(train):
         train = train.take(stratified_indices(train.labels, train_limit, seed))
@@ -311,19 +308,20 @@ def feature_maps_command(
 
     from cifarlens.explain.filters import feature_map_stats
     from cifarlens.explain.images import model_input
-    from cifarlens.explain.layers import FeatureExtractor, LayerError, default_stages, list_layers
+    from cifarlens.evaluation.predict import Predictor
     from cifarlens.explain.plots import plot_tiles
+    from cifarlens.models.layers import FeatureExtractor, LayerError, list_layers
     from cifarlens.run import write_json
 
     model, spec, _ = _load(run)
     imgs, labels, tags = _chosen_images(run, spec, [image] if image else None, index, split, data_dir)
     imgs, tag = imgs[:1], tags[0]
     infos = {i.name: i for i in list_layers(model, spec.image_size)}
-    names = _names(layers) if layers else [n for n in default_stages(list(infos.values())) if len(infos[n].shape) == 3]
+    stages = spec.capabilities(model).probe_stages
+    names = _names(layers) if layers else [n for n in stages if len(infos[n].shape) == 3]
     with torch.no_grad():
-        x = model_input(imgs, spec)
-        outputs = FeatureExtractor(model, names)(x)
-        probs = model(x).softmax(1)[0]
+        outputs = FeatureExtractor(model, names)(model_input(imgs, spec))
+    probs = Predictor(model, spec).probabilities(imgs)[0]
     out = _out(run, "feature-maps")
     pred = int(probs.argmax())
     summary = {"image": tag, "label": spec.classes[labels[0]] if labels else None,
@@ -443,12 +441,14 @@ def cam_command(
     from cifarlens.explain.images import denormalize, model_input
     from cifarlens.explain.plots import plot_cams
 
+    from cifarlens.evaluation.predict import Predictor
+
     model, spec, _ = _load(run)
     methods = _methods(method)
     imgs, labels, tags = _chosen_images(run, spec, images, index, split, data_dir)
     x = model_input(imgs, spec)
-    with torch.no_grad():
-        probs = model(x).softmax(1)
+    probs = Predictor(model, spec).probabilities(imgs)
+    caps = spec.capabilities(model)
     if target_class is None:
         targets = probs.argmax(1).tolist()
     else:
@@ -456,7 +456,7 @@ def cam_command(
     metric = DeletionInsertion(model, steps=10)
     heatmaps, rows = {}, []
     for m in methods:
-        explainer = CamExplainer(model, m, target_layer=target_layer, image_size=spec.image_size)
+        explainer = CamExplainer(model, m, capabilities=caps, target_layer=target_layer, image_size=spec.image_size)
         maps = explainer(x, targets)
         heatmaps[m] = maps
         for i in range(len(x)):
@@ -510,15 +510,18 @@ def compare_cam_command(
     chosen = _methods(methods)
     if n < 1:
         raise CifarlensError(f"--n must be at least 1, got {n}")
+    from cifarlens.evaluation.predict import Predictor
+
     test = _split(run, "test", data_dir)[1]
     x = model_input(test.images[:n], spec)
-    with torch.no_grad():
-        targets = model(x).argmax(1).tolist()  # explain the predicted class, as the CAM commands do
+    targets = Predictor(model, spec).logits(test.images[:n]).argmax(1).tolist()  # the predicted class, as explain cam
+    caps = spec.capabilities(model)
     metric = DeletionInsertion(model, steps=steps)
     rows, curves, maps_by, seconds = [], {}, {}, {}
     with console.status(f"computing {len(chosen)} CAM methods on {len(x)} images"):
         for m in [*chosen, RANDOM]:
-            explainer = CamExplainer(model, m, target_layer=target_layer, image_size=spec.image_size, seed=seed)
+            explainer = CamExplainer(model, m, capabilities=caps, target_layer=target_layer,
+                                     image_size=spec.image_size, seed=seed)  # fmt: skip
             maps_by[m] = explainer(x, targets)
             seconds[m] = explainer.time_per_image
     with console.status("deletion and insertion curves"):

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.progress import Progress
-from safetensors import safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 from torch import nn
 
 from cifarlens.errors import CifarlensError
 from cifarlens.explain.images import model_input
-from cifarlens.explain.layers import FeatureExtractor, pool_features
+from cifarlens.models.layers import FeatureExtractor, pool_features
 from cifarlens.io import atomic_path
 from cifarlens.run import ModelSpec
 
@@ -41,18 +40,6 @@ class Features:
         meta = {"format": "cifarlens-features", "split": self.split, "pool": self.pool, "layers": json.dumps(list(self.layers))}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Features":
-        path = Path(path)
-        try:
-            with safe_open(str(path), framework="np") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(path))
-            names = json.loads(meta["layers"])
-        except Exception:
-            raise CifarlensError(f"{path} is not a features file written by cifarlens explain features") from None
-        return cls({n: tensors[n] for n in names}, tensors["__labels__"], tensors["__indices__"], meta["split"], meta["pool"])
 
 
 class ActivationPooler:

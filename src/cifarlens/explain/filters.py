@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarlens.explain.layers import LayerError
+from cifarlens.models.layers import LayerError
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:

@@ -89,8 +89,8 @@ class Projector:
                     raise CifarlensError("openTSNE is not installed; pip install openTSNE") from None
             else:
                 # Barnes-Hut up to 10,000 points, FFT-interpolated gradients above. openTSNE's own
-                # "auto" switches to FFT at 10,000, but on this 2-core CPU BH is faster there too
-                # (10,000 points: 24.5 s vs 43.5 s of optimisation, equal trustworthiness; BENCHMARKS.md).
+                # "auto" switches to FFT at 10,000, but on a 2-core CPU BH is faster there too, at equal
+                # trustworthiness (BENCHMARKS.md, "Explain: feature extraction, t-SNE").
                 gradient = "bh" if len(x) <= 10_000 else "fft"
                 tsne = TSNE(perplexity=perplexity, random_state=self.seed, n_jobs=self.n_jobs,
                             negative_gradient_method=gradient, verbose=False)  # fmt: skip

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from cifarlens.data import model_input
 from cifarlens.export.runtime import Classifier
+from cifarlens.run import ModelSpec
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-int8")
 
@@ -51,11 +53,12 @@ def timed_calls(fn: Callable[[], Any], seconds: float, min_calls: int = 5, max_c
     return times
 
 
-def model_flops(model: torch.nn.Module) -> int:
-    """FLOPs of one forward pass of the fp32 model on one image (torch's FLOP counter: 2 per MAC)."""
+def model_flops(model: torch.nn.Module, spec: ModelSpec) -> int:
+    """FLOPs of one forward pass of the fp32 model on one CIFAR image fed as ``spec`` says (torch's FLOP
+    counter: 2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    image = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    image = model_input(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), spec.mean, spec.std, spec.image_size)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
         model(image)
@@ -65,8 +68,8 @@ def model_flops(model: torch.nn.Module) -> int:
 def matmul_peak_gflops(seconds: float = 2.0, n: int = 4096, dtype: torch.dtype = torch.float32) -> float:
     """Best matmul GFLOP/s on the current torch threads: the machine's practical peak.
 
-    ``n`` = 4096: a 2048 product was measured ~40% below it on 2 cores, too short to reach the
-    steady clock. benchmarks/cpu_peak.py reports the same measurement.
+    ``n`` = 4096: a smaller product is too short to reach the steady clock on 2 cores
+    (BENCHMARKS.md, "Machine peak and precision on this CPU"; benchmarks/cpu_peak.py measures the same).
     """
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)

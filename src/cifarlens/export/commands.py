@@ -35,13 +35,14 @@ def _model_args(text: str | None) -> dict[str, Any]:
 
 def default_onnx_path(source: Path) -> Path:
     """RUN/export/model.onnx for a run directory, else the weights file's name with .onnx."""
-    return source / "export" / "model.onnx" if source.is_dir() else source.with_suffix(".onnx")
+    from cifarlens.run import RunDir
+
+    return RunDir(source).export_dir / "model.onnx" if source.is_dir() else source.with_suffix(".onnx")
 
 
 @user_errors
 def export(
     source: ModelSource,
-    format: Annotated[str, typer.Option("--format", help="export format (onnx)")] = "onnx",
     opset: Annotated[int, typer.Option(help="ONNX opset")] = 18,
     dynamic_batch: Annotated[bool, typer.Option(help="any batch size (else the graph takes batch 1)")] = True,
     quantize: Annotated[str, typer.Option(help="none, or int8 (static, calibrated on training images)")] = "none",
@@ -60,14 +61,12 @@ def export(
     """Export to ONNX (preprocessing inside the graph) and verify it with onnxruntime on real test images."""
     from cifarlens.export.onnx_export import export_run, load_eval_images
     from cifarlens.export.runtime import int8_path
-    from cifarlens.run import resolve_run
+    from cifarlens.run import RunDir
 
-    if format != "onnx":
-        raise ConfigError(f"unknown --format {format!r}; onnx is the only export format")
     if source.suffix == ".onnx":
         raise ConfigError(f"{source} is already an ONNX file; pass the run directory or .safetensors it came from")
     if source.suffix != ".safetensors":
-        resolve_run(source)  # a missing run is named before the data it would be scored on is looked for
+        RunDir(source).require_weights()  # a missing run is named before the data it would be scored on is looked for
     out = out or default_onnx_path(source)
     data = load_eval_images(source, data_dir, test_images=test_images, calibration_images=calibration_images)
     result = export_run(
@@ -179,7 +178,7 @@ def bench(
         console.print(f"exporting {escape(str(onnx_path))} first (cifarlens export --quantize int8)")
         export_run(source, data, out=onnx_path, quantize="int8" if "onnxruntime-int8" in chosen else "none")
     base = TorchClassifier(model, spec, str(source))
-    flops = model_flops(base.module)
+    flops = model_flops(model, spec)
     peak = matmul_peak_gflops()
     console.print(
         f"{spec.name}: {flops / 1e6:.1f} MFLOP/image; {threads} threads; fp32 matmul peak {peak:.0f} GFLOP/s; "

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cifarlens import __version__
-from cifarlens import run as rundir
+from cifarlens.run import ModelSpec, RunDir
 from cifarlens.errors import CifarlensError, ConfigError
 from cifarlens.data.image_files import CIFAR_SIZE
 from cifarlens.export.runtime import (
@@ -53,7 +53,7 @@ class EvalImages:
     calibration: np.ndarray
 
 
-def input_contract(spec: rundir.ModelSpec, dynamic_batch: bool) -> dict[str, Any]:
+def input_contract(spec: ModelSpec, dynamic_batch: bool) -> dict[str, Any]:
     """The JSON a consumer needs to feed the graph right."""
     return {
         "name": INPUT,
@@ -69,7 +69,7 @@ def input_contract(spec: rundir.ModelSpec, dynamic_batch: bool) -> dict[str, Any
 
 
 def export_graph(
-    model: nn.Module, spec: rundir.ModelSpec, out: Path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
+    model: nn.Module, spec: ModelSpec, out: Path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
 ) -> str:
     """Write the ONNX graph of ``model`` behind its preprocessing to ``out``; returns the exporter used.
 
@@ -224,12 +224,11 @@ def load_eval_images(
     CIFAR-10 found by ``data_dir`` / ``CIFARLENS_DATA_DIR``.
     """
     from cifarlens.data import prepare_data, stratified_indices
-    from cifarlens.evaluation import load_run_data
 
     if test_images < 0 or calibration_images < 0:
         raise ConfigError("--test-images and --calibration-images must be 0 or more")
     path = Path(source)
-    data = load_run_data(rundir.resolve_run(path), data_dir) if path.is_dir() else prepare_data(data_dir)
+    data = RunDir(path).require_weights().load_data(data_dir) if path.is_dir() else prepare_data(data_dir)
     test = data.test
     if test_images and test_images < len(test):
         test = test.take(stratified_indices(test.labels, test_images, seed))

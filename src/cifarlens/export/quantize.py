@@ -1,8 +1,7 @@
 """Static int8 quantisation of an exported graph with ``onnxruntime.quantization``.
 
 QDQ format, per-channel int8 weights and uint8 activations (U8S8): onnxruntime's fastest x86
-kernels (MLAS). Measured on this project's AVX512-VNNI CPU with airnet at batch 256, U8S8 ran at
-2.2x the images/s of S8S8 QDQ (which was slower than fp32) with the same accuracy. Without VNNI,
+kernels (MLAS); U8S8 against S8S8 QDQ on airnet: BENCHMARKS.md, "Inference backends". Without VNNI,
 U8S8 may saturate in the 16-bit intermediate sums; the accuracy check after quantisation would
 catch that loss.
 Activation ranges come from MinMax calibration on training images (never test images);

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarlens import run as rundir
 from cifarlens.data import model_input
 from cifarlens.errors import CifarlensError, RunDirError
+from cifarlens.evaluation.predict import Predictor
+from cifarlens.run import ModelSpec, RunDir, load_state_checked, load_weights
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 ONNX_FORMAT = "cifarlens-onnx"
@@ -77,22 +78,19 @@ class Classifier:
 
 
 class TorchClassifier(Classifier):
-    """A PyTorch model (eval mode, CPU, channels-last) behind ``Preprocessed``."""
+    """A PyTorch model (eval mode, CPU, channels-last, fp32) scored through the ``Predictor``."""
 
-    def __init__(self, model: nn.Module, spec: rundir.ModelSpec, source: str, compile: bool = False):
+    def __init__(self, model: nn.Module, spec: ModelSpec, source: str, compile: bool = False):
         self.spec = spec
         self.classes = tuple(spec.classes)
         self.backend = "torch-compile" if compile else "torch"
         self.source = source
         self.info = {"model": spec.name, "model_args": spec.kwargs, "image_size": spec.image_size}
-        self.module = Preprocessed(model.eval(), spec.mean, spec.std, spec.image_size).eval()
-        self.module = self.module.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.module) if compile else self.module
+        self.predictor = Predictor(model.eval().to(memory_format=torch.channels_last), spec, compile=compile)
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(images).contiguous(memory_format=torch.channels_last)
-            return self.forward(x).float().numpy()
+        self.predictor.batch_size = max(len(images), 1)  # Classifier.logits has batched already
+        return self.predictor.logits(torch.from_numpy(images)).numpy()
 
 
 class OnnxClassifier(Classifier):
@@ -160,13 +158,13 @@ def load_torch(
     trust_pickle: bool = False,
     model: str | None = None,
     model_args: dict[str, Any] | None = None,
-) -> tuple[nn.Module, rundir.ModelSpec]:
+) -> tuple[nn.Module, ModelSpec]:
     """The PyTorch model and spec of a run directory, a cifarlens .safetensors or (trusted) pickle file."""
     path = Path(source)
     if path.is_dir():
-        return rundir.load_run_model(path)
+        return RunDir(path).load_model()
     if path.suffix == ".safetensors":
-        return rundir.load_weights(path)
+        return load_weights(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return _load_pickle(path, trust_pickle, model, model_args or {})
     if not path.exists():
@@ -198,9 +196,9 @@ def _load_pickle(path: Path, trust: bool, model: str | None, model_args: dict[st
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RunDirError(f"{path} does not hold a state dict (name -> tensor); save model.state_dict()")
-    spec = rundir.ModelSpec(model, model_args, len(CLASSES), CLASSES, CIFAR10_MEAN, CIFAR10_STD)
+    spec = ModelSpec(model, model_args, len(CLASSES), CLASSES, CIFAR10_MEAN, CIFAR10_STD)
     net = spec.build()
-    rundir.load_state_checked(net, state, path)
+    load_state_checked(net, state, path)
     return net.eval(), spec
 
 

@@ -4,7 +4,7 @@ Our implementation of the ideas in airbench (Keller Jordan, "94% on CIFAR-10 in 
 seconds", arXiv 2404.00498):
 
 * a frozen first layer that whitens 2x2 patches, fitted to the training data before
-  training (``init_from_data``): the net starts from decorrelated inputs;
+  training (its registered ``init_from_data``): the net starts from decorrelated inputs;
 * three blocks of conv-pool-BN-act-conv-BN-act, wide (64/256/256) and shallow; the activation
   is GELU as in airbench94, or SiLU as in the later cifar10-speedrun record;
 * BatchNorm with a frozen unit scale and a fast-moving running average;
@@ -99,17 +99,19 @@ class AirNet(nn.Module):
         self.fc = nn.Linear(c_in, num_classes, bias=False)
         self.logit_scale = logit_scale
 
-    def init_from_data(self, images: torch.Tensor) -> None:
-        """Fit the whitening layer to normalised training images (N, 3, 32, 32)."""
-        self.whiten.fit(images)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, 3, 32, 32) normalised -> logits (N, num_classes)."""
         x = self.blocks(self.act(self.whiten(x)))
         return self.fc(self.flatten(self.pool(x))) / self.logit_scale
 
 
-@register_model
+@register_model(
+    classifier="fc",
+    cam_layer="blocks",
+    probe_stages=("act", "blocks.block1.act2", "blocks.block2.act2", "blocks.block3.act2", "flatten"),
+    init_from_data=lambda model, images: model.whiten.fit(images),
+    stop_early=("whiten.bias",),
+)
 def airnet(
     num_classes: int = 10, width: int = 64, wide: int = 256, logit_scale: float = 9.0, act: str = "gelu"
 ) -> nn.Module:

@@ -11,32 +11,34 @@ from cifarlens.errors import ConfigError
 
 @dataclass
 class TrainConfig:
+    """Every option of ``cifarlens train``; the defaults are the ``fast`` recipe's (``cifarlens recipes``)."""
+
     recipe: str = "fast"  # preset the defaults come from (see `cifarlens recipes`); without it, --model picks that model's recipe
-    model: str = "seed_bn8"  # registered model name (see `cifarlens models`)
+    model: str = "airnet"  # registered model name (see `cifarlens models`)
     model_args: dict = field(default_factory=dict)  # model keyword arguments as YAML, e.g. '{dropout: 0.2}'
-    epochs: int = 20  # passes over the training set
-    batch_size: int = 60  # images per optimizer step
-    optimizer: Literal["sgd", "adam", "adamw", "muon"] = "adam"  # sgd (with momentum), adam, adamw, or muon (Muon on conv filters, SGD on the rest)
-    lr: float = 5e-4  # peak learning rate (of the conv filters with muon)
-    bias_lr: float = 0.0  # learning rate of biases and norm shifts (0: --lr)
-    head_lr: float = 0.0  # learning rate of linear-layer weights (0: --lr)
-    momentum: float = 0.9  # SGD momentum (beta1 for adam/adamw; the non-filter groups of muon)
+    epochs: int = 8  # passes over the training set
+    batch_size: int = 2000  # images per optimizer step
+    optimizer: Literal["sgd", "adam", "adamw", "muon"] = "muon"  # sgd (with momentum), adam, adamw, or muon (Muon on conv filters, SGD on the rest)
+    lr: float = 0.24  # peak learning rate (of the conv filters with muon)
+    bias_lr: float = 106.0  # learning rate of biases and norm shifts (0: --lr)
+    head_lr: float = 1.66  # learning rate of linear-layer weights (0: --lr)
+    momentum: float = 0.85  # SGD momentum (beta1 for adam/adamw; the non-filter groups of muon)
     muon_momentum: float = 0.6  # muon: momentum of the conv-filter updates
-    nesterov: bool = False  # Nesterov momentum for SGD and muon
-    weight_decay: float = 0.0  # L2 weight decay (decoupled for adamw)
-    schedule: Literal["constant", "step", "cosine", "linear", "onecycle"] = "constant"  # learning-rate schedule over all steps (linear: decay to 0)
+    nesterov: bool = True  # Nesterov momentum for SGD and muon
+    weight_decay: float = 0.0024  # L2 weight decay (decoupled for adamw)
+    schedule: Literal["constant", "step", "cosine", "linear", "onecycle"] = "linear"  # learning-rate schedule over all steps (linear: decay to 0)
     step_epochs: int = 10  # step schedule: epochs between decays
     step_gamma: float = 0.1  # step schedule: factor applied at each decay
     warmup: float = 0.0  # epochs of linear warm-up from 0 to --lr (may be fractional)
-    whiten_bias_epochs: float = 0.0  # train a whitening layer's bias (airnet) only over the first N epochs, its lr decaying to 0 (0: all epochs; models without one ignore it)
-    label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
-    augment: str = "crop,flip"  # comma-separated list of crop, flip, altflip (alternating mirror per epoch), jpeg (JPEG q75 copies), cutout, color (brightness and contrast jitter); or none
-    crop_padding: int = 4  # pixels of reflect padding for random crops
+    whiten_bias_epochs: float = 3.0  # train a whitening layer's bias (airnet) only over the first N epochs, its lr decaying to 0 (0: all epochs; models without one ignore it)
+    label_smoothing: float = 0.2  # cross-entropy label smoothing in [0, 1)
+    augment: str = "crop,altflip"  # comma-separated list of crop, flip, altflip (alternating mirror per epoch), jpeg (JPEG q75 copies), cutout, color (brightness and contrast jitter); or none
+    crop_padding: int = 2  # pixels of reflect padding for random crops
     cutout_size: int = 8  # side of the square cutout erases
     color_brightness: float = COLOR_BRIGHTNESS  # augment color: shift each image's brightness by up to +- this fraction of the full range
     color_contrast: float = COLOR_CONTRAST  # augment color: scale each image's contrast by a factor in 1 +- this
-    early_size: int = 0  # the first --early-epochs epochs train on SIZE x SIZE images (0: off); CPU time scales with pixels, so 24 costs about half of 32
-    early_epochs: int = 0  # how many epochs at the start train at --early-size
+    early_size: int = 24  # the first --early-epochs epochs train on SIZE x SIZE images (0: off); CPU time scales with pixels, so 24 costs about half of 32
+    early_epochs: int = 5  # how many epochs at the start train at --early-size
     early_mode: Literal["resize", "crop", "ramp"] = "resize"  # how --early-size images are made: resize (whole image, shrunk), ramp (shrunk, growing from --early-size toward --image-size in even 4-pixel steps) or crop (random windows at native scale; scored lower)
     seed: int = 0  # seed for weights, data order and augmentation
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto picks cuda, then mps, then cpu
@@ -54,8 +56,8 @@ class TrainConfig:
     tensorboard: bool = False  # also write TensorBoard logs to RUN/tensorboard
     evaluate: bool = True  # run `cifarlens evaluate` on the run when training ends (off together with --no-eval-test-every-epoch: the test split is never scored)
     report: bool = True  # write RUN/report.html (config, curves, per-class accuracy, confusion, mistakes) when training ends
-    tta: bool = False  # the final evaluation also scores flip test-time augmentation
-    tta_translate: bool = False  # with --tta, also average one-pixel shifts of the image and its mirror (6 views, airbench's TTA level 2)
+    tta: bool = True  # the final evaluation also scores flip test-time augmentation
+    tta_translate: bool = True  # with --tta, also average one-pixel shifts of the image and its mirror (6 views, airbench's TTA level 2)
     pretrained: bool = False  # start from ImageNet weights (models with a pretrained argument, timm:<name>); inputs get ImageNet mean/std
     freeze: str = "none"  # none; backbone (train the head only); or until:LAYER (freeze modules up to and including LAYER, e.g. until:layer2)
     backbone_lr: float = 0.0  # learning rate of all but the head (the top-level module holding the last Linear) (0: same rules as the head)
@@ -117,11 +119,14 @@ class TrainConfig:
                 raise ConfigError(f"--early-epochs must be between 1 and --epochs, got {self.early_epochs}")
         if not 16 <= self.image_size <= 512:
             raise ConfigError(f"--image-size must be between 16 and 512 pixels, got {self.image_size}")
+        parse_freeze(self.freeze)
+        self._validate_model()
+
+    def _validate_model(self) -> None:
+        """Raise ``ConfigError`` for an unknown model, arguments it does not take, or weights it lacks."""
         from cifarlens.models import list_models, model_kwargs
         from cifarlens.models.pretrained import is_timm
-        from cifarlens.training.transfer import parse_freeze
 
-        parse_freeze(self.freeze)
         accepted = model_kwargs(self.model)  # also rejects unknown model names
         unknown = sorted(set(self.model_args) - set(accepted))
         if "pretrained" in self.model_args:
@@ -136,3 +141,14 @@ class TrainConfig:
                 f"model {self.model!r} does not take {', '.join(unknown)}; "
                 f"valid model args: {', '.join(sorted(accepted)) or 'none'}"
             )
+
+
+def parse_freeze(spec: str) -> tuple[str, str | None]:
+    """``"none"`` -> ("none", None), ``"backbone"`` -> ("backbone", None), ``"until:layer2"`` -> ("until", "layer2")."""
+    if spec in ("none", "backbone"):
+        return spec, None
+    if spec.startswith("until:") and spec[len("until:") :].strip():
+        return "until", spec[len("until:") :].strip()
+    raise ConfigError(
+        f"invalid --freeze {spec!r}; use none, backbone or until:LAYER (a module name, e.g. until:layer2)"
+    )

@@ -1,10 +1,11 @@
 """The classical transfer baseline: logistic regression on frozen penultimate features.
 
 ``cifarlens train --features-from RUN_OR_MODEL`` takes the model of a run directory, or a
-model with pretrained weights (``resnet18``, ``timm:<name>`` ...), reads the input of its last
-``nn.Linear`` for every image (the pooled penultimate features), fits scikit-learn's
-``LogisticRegression`` on the training split and writes a normal run directory whose model is
-the backbone with that Linear set to the fitted classifier, so ``evaluate`` rebuilds it as usual.
+model with pretrained weights (``resnet18``, ``timm:<name>`` ...), reads the input of its
+classifier (the Linear its ``Capabilities`` declare: the pooled penultimate features) for every
+image, fits scikit-learn's ``LogisticRegression`` on the training split and writes a normal run
+directory whose model is the backbone with that Linear set to the fitted classifier, so
+``evaluate`` rebuilds it as usual.
 """
 
 from __future__ import annotations
@@ -18,34 +19,33 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from cifarlens import run as rundir
 from cifarlens.data import RunData, model_input, prepare_data
+from cifarlens.device import configure_cpu, resolve_device
 from cifarlens.errors import ConfigError
-from cifarlens.models import create_model, model_kwargs
+from cifarlens.models import create_model, model_capabilities, model_kwargs
 from cifarlens.models.pretrained import is_timm
+from cifarlens.models.registry import get_submodule
+from cifarlens.run import ModelSpec, RunDir
 from cifarlens.training.config import TrainConfig
-from cifarlens.training.device import configure_cpu, resolve_device
-from cifarlens.training.transfer import input_normalization, model_arguments
+from cifarlens.training.runs import new_run_dir, start_run_dir, write_train_summary
+from cifarlens.training.transfer import model_arguments
 
 
-def last_linear(model: nn.Module) -> nn.Linear:
-    """The model's last registered ``nn.Linear``: its classifier."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(f"{type(model).__name__} has no Linear classifier to read features from")
-    return linears[-1]
+def classifier(model: nn.Module, spec: ModelSpec) -> nn.Linear:
+    """The model's classifier, as its capabilities declare."""
+    return get_submodule(model, spec.capabilities(model).classifier)
 
 
 @torch.inference_mode()
 def penultimate_features(
-    model: nn.Module, images: torch.Tensor, spec: rundir.ModelSpec, device: torch.device, batch_size: int = 250
+    model: nn.Module, images: torch.Tensor, spec: ModelSpec, device: torch.device, batch_size: int = 250
 ) -> torch.Tensor:
-    """uint8 images (N, 3, 32, 32) -> float32 (N, D): the input of the last Linear, in eval mode.
+    """uint8 images (N, 3, 32, 32) -> float32 (N, D): the input of the classifier, in eval mode.
 
     A forward pre-hook reads it, which works for any model (torchvision's FX feature
     extractor cannot trace every timm or custom forward).
     """
-    head = last_linear(model)
+    head = classifier(model, spec)
     captured: list[torch.Tensor] = []
     handle = head.register_forward_pre_hook(lambda _module, args: captured.append(args[0].float().flatten(1).cpu()))
     model.to(device).eval()
@@ -77,14 +77,14 @@ def fit_linear_head(
     return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32)
 
 
-def probe_source(cfg: TrainConfig, classes: tuple[str, ...], device) -> tuple[nn.Module, rundir.ModelSpec]:
+def probe_source(cfg: TrainConfig, classes: tuple[str, ...], device) -> tuple[nn.Module, ModelSpec]:
     """The frozen feature model named by ``cfg.features_from`` and the spec the probe run stores."""
     source = cfg.features_from
     if Path(source).is_dir():
-        model, src = rundir.load_run_model(source, device)
+        model, src = RunDir(source).load_model(device)
         spec = dataclasses.replace(src, num_classes=len(classes), classes=tuple(classes))
         if src.num_classes != len(classes):  # same architecture as spec.build(): a head for these classes
-            _replace_last_linear(model, len(classes))
+            _replace_classifier(model, spec, len(classes))
         return model, spec
     try:
         has_weights = is_timm(source) or "pretrained" in model_kwargs(source)
@@ -99,27 +99,24 @@ def probe_source(cfg: TrainConfig, classes: tuple[str, ...], device) -> tuple[nn
     stored, build = model_arguments(backbone_cfg)
     torch.manual_seed(cfg.seed)
     model = create_model(source, num_classes=len(classes), **build)
-    mean, std = input_normalization(backbone_cfg, model)
-    spec = rundir.ModelSpec(source, stored, len(classes), tuple(classes), mean, std, cfg.image_size)
+    mean, std = model_capabilities(source, model, cfg.image_size).normalization(pretrained=True)
+    spec = ModelSpec(source, stored, len(classes), tuple(classes), mean, std, cfg.image_size)
     return model.to(device), spec
 
 
-def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
-    target = last_linear(model)
-    for module in model.modules():
-        for name, child in module.named_children():
-            if child is target:
-                setattr(module, name, nn.Linear(target.in_features, num_classes, bias=target.bias is not None))
+def _replace_classifier(model: nn.Module, spec: ModelSpec, num_classes: int) -> None:
+    name = spec.capabilities(model).classifier
+    target = get_submodule(model, name)
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent), attr, nn.Linear(target.in_features, num_classes, bias=target.bias is not None))
 
 
 def linear_probe(cfg: TrainConfig, *, console: Console, data: RunData | None = None) -> Path:
     """Fit and write the linear-probe run ``cfg`` describes; return the run directory."""
-    from cifarlens.training.trainer import _write_metrics, _write_train_summary, new_run_dir, start_run_dir
-
     started = time.perf_counter()
     if cfg.distributed:
         raise ConfigError("--features-from runs in one process; drop --distributed")
-    out = new_run_dir(cfg)
+    run = new_run_dir(cfg)
     device = resolve_device(cfg.device)
     configure_cpu(device, cfg.threads, cfg.keep_freed_memory)
     if data is None:
@@ -127,14 +124,14 @@ def linear_probe(cfg: TrainConfig, *, console: Console, data: RunData | None = N
             cfg.data_dir or None, download=cfg.download, subset=cfg.subset, val_size=cfg.val_size, seed=cfg.seed
         )
     model, spec = probe_source(cfg, data.classes, device)
-    head = last_linear(model)
+    head = classifier(model, spec)
     if head.bias is None:
         raise ConfigError(f"the last Linear of {spec.name} has no bias, so it cannot hold a logistic regression")
     cfg = dataclasses.replace(cfg, model=spec.name, model_args=spec.kwargs, image_size=spec.image_size)
-    start_run_dir(out, cfg, data, {"device": str(device), "precision": "fp32"})
+    start_run_dir(run, cfg, data, {"device": str(device), "precision": "fp32"})
     console.print(
         f"linear probe on [bold]{spec.name}[/] features ({cfg.features_from}) at {spec.image_size}px, "
-        f"{len(data.train)} train images -> {out}"
+        f"{len(data.train)} train images -> {run}"
     )
     train_x = penultimate_features(model, data.train.images, spec, device)
     weight, bias = fit_linear_head(train_x, data.train.labels, len(data.classes))
@@ -147,18 +144,18 @@ def linear_probe(cfg: TrainConfig, *, console: Console, data: RunData | None = N
         if split is not None:
             row |= _scores(penultimate_features(model, split.images, spec, device), split.labels, weight, bias, name)
     row["seconds"] = row["elapsed"] = row["train_clock"] = time.perf_counter() - started
-    _write_metrics(out / rundir.METRICS, [row])
-    rundir.save_weights(model, spec, out / rundir.WEIGHTS)
-    _write_train_summary(out, [row], cfg, device, "fp32")
+    run.write_metrics([row])
+    run.save_model(model, spec)
+    write_train_summary(run, [row], cfg, device, "fp32")
     console.print(
         f"probe: train acc {row['train_acc']:.2%}" + (f", test acc {row['test_acc']:.2%}" if "test_acc" in row else "")
     )
     if cfg.evaluate:
         from cifarlens.evaluation import evaluate_run
 
-        evaluate_run(out, split="test", data=data, device=str(device), console=console)
-    console.print(f"run saved to {out}")
-    return out
+        evaluate_run(run.path, split="test", data=data, device=str(device), console=console)
+    console.print(f"run saved to {run}")
+    return run.path
 
 
 def _scores(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, name: str) -> dict[str, float]:

@@ -8,26 +8,28 @@ import torch
 from torch import nn
 
 from cifarlens.errors import ConfigError
+from cifarlens.models import Capabilities
 from cifarlens.training.config import TrainConfig
 from cifarlens.training.muon import Muon
 from cifarlens.training.transfer import head_parameter_ids
 
 
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+def param_groups(model: nn.Module, cfg: TrainConfig, caps: Capabilities) -> list[dict]:
     """Trainable parameters split into filters (conv, ndim 4), linear weights (ndim 2) and
     biases/norm shifts (ndim <= 1), each with its learning rate; weight decay skips the biases.
     Frozen parameters (``requires_grad=False``) are left out.
 
-    With ``cfg.backbone_lr``, the parameters outside the head (``transfer.head_name``) form the same
-    three groups again at that learning rate. A model's whitening bias (airnet) gets a group of its
-    own when ``cfg.whiten_bias_epochs`` is set.
+    With ``cfg.backbone_lr``, the parameters outside the head (``Capabilities.head``) form the same
+    three groups again at that learning rate. The parameters a model declares to stop early
+    (``Capabilities.stop_early``: airnet's whitening bias) get a group of their own, trained for the
+    first ``cfg.whiten_bias_epochs`` epochs, when that is set.
     """
-    whiten_bias = _whiten_bias(model) if cfg.whiten_bias_epochs else None
-    head_ids = head_parameter_ids(model) if cfg.backbone_lr else None
+    stop_early = _stop_early(model, caps) if cfg.whiten_bias_epochs else []
+    head_ids = head_parameter_ids(model, caps) if cfg.backbone_lr else None
     kinds = ("filters", "linear", "biases")
     split: dict[tuple[bool, str], list[nn.Parameter]] = {(b, k): [] for b in (False, True) for k in kinds}
     for param in model.parameters():
-        if not param.requires_grad or param is whiten_bias:
+        if not param.requires_grad or any(param is p for p in stop_early):
             continue
         kind = "filters" if param.ndim > 2 else "linear" if param.ndim == 2 else "biases"
         split[head_ids is not None and id(param) not in head_ids, kind].append(param)
@@ -41,22 +43,22 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
         {"params": split[True, "linear"], "lr": cfg.backbone_lr, "weight_decay": cfg.weight_decay},
         {"params": split[True, "biases"], "lr": cfg.backbone_lr, "weight_decay": 0.0},
     ]
-    if whiten_bias is not None:
-        groups.append({"params": [whiten_bias], "lr": bias_lr, "weight_decay": 0.0, "stop_epoch": cfg.whiten_bias_epochs})
+    if stop_early:
+        groups.append({"params": stop_early, "lr": bias_lr, "weight_decay": 0.0, "stop_epoch": cfg.whiten_bias_epochs})
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise ConfigError("every parameter is frozen, so there is nothing to train; loosen --freeze")
     return groups
 
 
-def _whiten_bias(model: nn.Module) -> nn.Parameter | None:
-    bias = getattr(getattr(model, "whiten", None), "bias", None)
-    return bias if isinstance(bias, nn.Parameter) and bias.requires_grad else None
+def _stop_early(model: nn.Module, caps: Capabilities) -> list[nn.Parameter]:
+    params = [model.get_parameter(name) for name in caps.stop_early]
+    return [p for p in params if p.requires_grad]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, caps: Capabilities) -> torch.optim.Optimizer:
     """SGD (momentum, optional Nesterov), Adam, AdamW, or Muon on filters with SGD on the rest."""
-    groups = param_groups(model, cfg)
+    groups = param_groups(model, cfg, caps)
     nesterov = cfg.nesterov and cfg.momentum > 0
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
@@ -97,7 +99,8 @@ def freeze_finished_groups(optimizer: torch.optim.Optimizer) -> None:
     """Stop gradients into the parameters of ``stop_epoch`` groups once their learning rate reached 0.
 
     Their updates are zero from then on anyway; without gradients, backward also skips the pass into
-    their inputs: for airnet's whitening bias, the first conv's input gradient, ~6% of a step.
+    their inputs: for airnet's whitening bias, the first conv's input gradient (its share of a step:
+    BENCHMARKS.md, "Faster CPU steps").
     """
     for group in optimizer.param_groups:
         if "stop_epoch" in group and group["lr"] == 0:

@@ -3,9 +3,33 @@
 from __future__ import annotations
 
 from cifarlens.errors import ConfigError
+from cifarlens.training.config import TrainConfig
+
+# TrainConfig's defaults are the `fast` recipe's values (a plain `cifarlens train` and `TrainConfig()`
+# are the same run). Every other recipe starts from these plain values of the options `fast` sets,
+# so that none inherits airbench's schedule, label smoothing, early image size or TTA by accident.
+_PLAIN: dict[str, object] = {
+    "bias_lr": 0.0,
+    "head_lr": 0.0,
+    "momentum": 0.9,
+    "muon_momentum": 0.6,
+    "nesterov": False,
+    "weight_decay": 0.0,
+    "whiten_bias_epochs": 0.0,
+    "schedule": "constant",
+    "warmup": 0.0,
+    "label_smoothing": 0.0,
+    "augment": "crop,flip",
+    "crop_padding": 4,
+    "early_size": 0,
+    "early_epochs": 0,
+    "early_mode": "resize",
+    "tta": False,
+    "tta_translate": False,
+}
 
 # Shared by the from-scratch torchvision recipes below.
-_SGD_COSINE: dict[str, object] = {
+_SGD_COSINE: dict[str, object] = _PLAIN | {
     "epochs": 30,
     "batch_size": 128,
     "optimizer": "sgd",
@@ -24,7 +48,7 @@ _SGD_COSINE: dict[str, object] = {
 # label smoothing 0.2, alternating flip, 2-pixel translations, TTA over mirrors and one-pixel
 # shifts (its level 2). Its sum-reduced loss is restated for our mean loss: bias lr 0.053 * 2000;
 # the head lr and decay are rescaled to airnet's head (logits / 9 instead of a unit-std weight / 256).
-_AIRBENCH94: dict[str, object] = {
+_AIRBENCH94: dict[str, object] = _PLAIN | {
     "model": "airnet",
     "epochs": 8,
     "batch_size": 2000,
@@ -46,19 +70,18 @@ _AIRBENCH94: dict[str, object] = {
 }
 
 RECIPES: dict[str, dict[str, object]] = {
-    # The default, near airbench94 on clean pixels (93.3% against 93.6%, 5 seeds): its recipe, with
-    # the first 5 of 8 epochs on images shrunk to 24x24 (half the pixels: about half a CPU's time per
-    # epoch) and airbench's TTA with one-pixel shifts. About 0.7x airbench94's training time on a CPU
-    # (BENCHMARKS.md).
+    # The default: airbench94's recipe with the first 5 of 8 epochs on images shrunk to 24x24 (half
+    # the pixels: about half a CPU's time per epoch) and airbench's TTA with one-pixel shifts. Its
+    # accuracy and time against airbench94: BENCHMARKS.md, "A 94% recipe on clean pixels".
     "fast": _AIRBENCH94 | {"early_size": 24, "early_epochs": 5, "early_mode": "resize", "tta_translate": True},
-    # About 90% on clean pixels in half of fast's time: a quarter of the width, 6 epochs, torch.compile,
-    # and JPEG copies in the training mix (they lift the score on the bundled JPEG-recovered test set).
+    # The quick one: a quarter of the width, 6 epochs, torch.compile, and JPEG copies in the training
+    # mix (they lift the score on the bundled JPEG-recovered test set); figures in BENCHMARKS.md.
     "fast90": _AIRBENCH94 | {"augment": "crop,altflip,jpeg", "compile": True, "model_args": {"width": 32, "wide": 128}, "epochs": 6},
     # airbench94's full width and 8 epochs with the JPEG mix: the best score on JPEG-damaged test images.
     "fast95": _AIRBENCH94 | {"augment": "crop,altflip,jpeg", "compile": True},
     "airbench94": _AIRBENCH94 | {"tta_translate": True},
-    # The best recipe of the seed reports: seed_bn8, Adam 5e-4, batch 60, 20 epochs -> ~84%.
-    "seed": {
+    # The best recipe of the seed reports: seed_bn8, Adam 5e-4, batch 60, 20 epochs.
+    "seed": _PLAIN | {
         "model": "seed_bn8",
         "epochs": 20,
         "batch_size": 60,
@@ -67,8 +90,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "schedule": "constant",
         "augment": "crop,flip",
     },
-    # The PyTorch 60-minute-blitz setup: SGD 1e-3 momentum 0.9, batch 4, 2 epochs -> ~54%.
-    "tutorial": {
+    # The PyTorch 60-minute-blitz setup: SGD 1e-3 momentum 0.9, batch 4, 2 epochs.
+    "tutorial": _PLAIN | {
         "model": "tutorial",
         "epochs": 2,
         "batch_size": 4,
@@ -79,8 +102,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "augment": "none",
         "channels_last": False,
     },
-    # Small VGG of the seed reports (~81%): Adam 1e-3, batch 64, 15 epochs.
-    "vgg_small": {
+    # Small VGG of the seed reports: Adam 1e-3, batch 64, 15 epochs.
+    "vgg_small": _PLAIN | {
         "model": "vgg_small",
         "epochs": 15,
         "batch_size": 64,
@@ -89,8 +112,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "schedule": "constant",
         "augment": "crop,flip",
     },
-    # Keras-style Conv-BN blocks of the seed reports (84% in PyTorch): Adam 1e-3, batch 64, 25 epochs.
-    "conv_blocks": {
+    # Keras-style Conv-BN blocks of the seed reports: Adam 1e-3, batch 64, 25 epochs.
+    "conv_blocks": _PLAIN | {
         "model": "conv_blocks",
         "epochs": 25,
         "batch_size": 64,
@@ -113,6 +136,15 @@ def recipe_for_model(model: str) -> str:
     if model in RECIPES:
         return model
     return next((name for name, options in RECIPES.items() if options.get("model") == model), "seed")
+
+
+def default_recipe(options: dict[str, object]) -> str:
+    """The recipe options without a ``recipe`` start from: ``--model X`` alone trains X with the recipe
+    made for it, and no model at all trains ``TrainConfig``'s (``fast``). The CLI and sweeps share it."""
+    if options.get("recipe"):
+        return str(options["recipe"])
+    model = options.get("model")
+    return recipe_for_model(str(model)) if model else TrainConfig.recipe
 
 
 def recipe_options(name: str) -> dict[str, object]:

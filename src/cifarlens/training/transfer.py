@@ -1,22 +1,17 @@
-"""Transfer learning pieces of the trainer: model arguments, input normalisation, head, freezing.
+"""Transfer learning pieces of the trainer: model arguments, freezing, the head's parameters.
 
-The *head* of a model is its top-level child that holds the last ``nn.Linear`` (``fc`` of a
-ResNet, ``classifier`` of MobileNetV2/VGG/EfficientNet/ConvNeXt and of the small nets,
-``head`` of most timm models); everything else is the *backbone*.
+The *head* of a model is the top-level module holding its classifier, as its ``Capabilities``
+declare (``fc`` of a ResNet, ``classifier`` of MobileNetV2/VGG/EfficientNet/ConvNeXt and of the
+small nets, ``head`` of most timm models); everything else is the *backbone*.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from cifarlens.data.augment import CIFAR10_MEAN, CIFAR10_STD
 from cifarlens.errors import ConfigError
-from cifarlens.models import model_kwargs
-from cifarlens.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, is_timm, timm_normalization
-from cifarlens.training.config import TrainConfig
-
-FREEZE_MODES = ("none", "backbone", "until:LAYER")
-
+from cifarlens.models import Capabilities, model_kwargs
+from cifarlens.training.config import TrainConfig, parse_freeze
 
 def model_arguments(cfg: TrainConfig) -> tuple[dict, dict]:
     """(kwargs stored in the run's ModelSpec, kwargs to build the model for training).
@@ -30,42 +25,10 @@ def model_arguments(cfg: TrainConfig) -> tuple[dict, dict]:
     return stored, stored | ({"pretrained": True} if cfg.pretrained else {})
 
 
-def input_normalization(cfg: TrainConfig, model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and std the model's inputs are normalised with: the pretraining's for pretrained models, else CIFAR-10's."""
-    if not cfg.pretrained:
-        return CIFAR10_MEAN, CIFAR10_STD
-    if is_timm(cfg.model):
-        return timm_normalization(model)
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
-def parse_freeze(spec: str) -> tuple[str, str | None]:
-    """``"none"`` -> ("none", None), ``"backbone"`` -> ("backbone", None), ``"until:layer2"`` -> ("until", "layer2")."""
-    if spec in ("none", "backbone"):
-        return spec, None
-    if spec.startswith("until:") and spec[len("until:") :].strip():
-        return "until", spec[len("until:") :].strip()
-    raise ConfigError(
-        f"invalid --freeze {spec!r}; use none, backbone or until:LAYER (a module name, e.g. until:layer2)"
-    )
-
-
-def head_name(model: nn.Module) -> str:
-    """Name of the top-level child that holds the model's last ``nn.Linear``."""
-    last = None
-    for name, child in model.named_children():
-        if isinstance(child, nn.Linear) or any(isinstance(m, nn.Linear) for m in child.modules()):
-            last = name
-    if last is None:
-        raise ConfigError(
-            f"{type(model).__name__} has no Linear layer, so it has no head to keep trainable; use --freeze none"
-        )
-    return last
-
-
-def freeze(model: nn.Module, spec: str) -> list[str]:
+def freeze(model: nn.Module, spec: str, caps: Capabilities) -> list[str]:
     """Set ``requires_grad=False`` on the parameters ``spec`` freezes; return their names.
 
+    ``backbone`` freezes all but the head module the model's capabilities declare.
     ``until:LAYER`` freezes every parameter registered before the end of module LAYER
     (a ``named_modules`` name such as ``layer2`` or ``features.7``).
     """
@@ -74,7 +37,7 @@ def freeze(model: nn.Module, spec: str) -> list[str]:
     if mode == "none":
         frozen: list[str] = []
     elif mode == "backbone":
-        head = head_name(model)
+        head = caps.head
         frozen = [n for n in names if n.split(".")[0] != head]
     else:
         modules = dict(model.named_modules())
@@ -109,6 +72,6 @@ def train_mode(model: nn.Module) -> nn.Module:
     return model
 
 
-def head_parameter_ids(model: nn.Module) -> set[int]:
-    """``id`` of every parameter of the head module (see ``head_name``)."""
-    return {id(p) for p in getattr(model, head_name(model)).parameters()}
+def head_parameter_ids(model: nn.Module, caps: Capabilities) -> set[int]:
+    """``id`` of every parameter of the model's head module (``Capabilities.head``)."""
+    return {id(p) for p in model.get_submodule(caps.head).parameters()}

@@ -22,16 +22,11 @@ class LayerError(CifarlensError):
 
 @dataclass
 class LayerInfo:
-    """One place features can be taken from: its name, output shape for one image, and whether it is a module."""
+    """One place features can be taken from: its name, output shape for one image, and its module type."""
 
     name: str
     shape: tuple[int, ...]  # without the batch dimension, e.g. (64, 16, 16) or (512,)
     module_type: str  # class name of the module that outputs it ("" for a functional op such as add or flatten)
-
-    @property
-    def is_module(self) -> bool:
-        """A module output, usable as a CAM target layer."""
-        return bool(self.module_type)
 
     @property
     def poolable(self) -> bool:
@@ -227,3 +222,40 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
         valid = ", ".join(n for n in modules if n)
         raise LayerError(f"unknown module {name!r}; valid target layers: {valid}")
     return modules[name]
+
+
+_PASS_THROUGH = (nn.Dropout, nn.Identity, nn.Flatten)
+
+
+def gap_features(model: nn.Module, classifier: str, image_size: int = 32) -> str | None:
+    """The module whose output is global-average-pooled (through flatten/dropout only) into the Linear
+    ``classifier`` as the model's output, or None when the head is anything else (max pooling, several
+    fc layers, scaled logits, an untraceable forward). Only ``guess_capabilities`` asks this."""
+    import torch.fx
+
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # FX raises many types for untraceable control flow
+        return None
+    modules = dict(model.named_modules())
+
+    def skip(node):
+        while isinstance(node, torch.fx.Node) and (
+            (node.op == "call_module" and isinstance(modules[node.target], _PASS_THROUGH))
+            or (node.op == "call_function" and node.target is torch.flatten)
+            or (node.op == "call_method" and node.target in ("flatten", "view", "reshape"))
+        ):
+            node = node.args[0]
+        return node
+
+    node = skip(next(n for n in graph.nodes if n.op == "output").args[0])
+    if not (isinstance(node, torch.fx.Node) and node.op == "call_module" and node.target == classifier):
+        return None
+    pool = skip(node.args[0])
+    is_gap = (
+        isinstance(pool, torch.fx.Node)
+        and pool.op == "call_module"
+        and isinstance(modules[pool.target], nn.AdaptiveAvgPool2d)
+        and modules[pool.target].output_size in (1, (1, 1))
+    )
+    return module_feeding(model, str(pool.target), image_size) if is_gap else None

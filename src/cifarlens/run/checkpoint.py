@@ -19,7 +19,7 @@ from torch import nn
 
 from cifarlens.errors import RunDirError
 from cifarlens.io import atomic_path, atomic_write_text
-from cifarlens.run import ModelSpec, load_state_checked, save_weights
+from cifarlens.run.spec import ModelSpec, load_state_checked, save_weights
 
 LATEST = "latest.json"
 KEEP = 2
@@ -31,21 +31,15 @@ class Checkpoint:
 
     epoch: int
     model_state: dict[str, torch.Tensor]
-    state: dict[str, Any]
+    state: dict[str, Any]  # optimizer, scheduler, scaler and RNG states, as the trainer saved them
+
+    def restore_model(self, model: nn.Module, folder: Path) -> None:
+        """Load the checkpoint's weights into ``model``, checking every tensor."""
+        load_state_checked(model, self.model_state, folder)
 
 
-def rng_state() -> dict[str, Any]:
-    """The global torch RNG states (dropout and any other global draws)."""
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def has_checkpoint(folder: Path) -> bool:
+    return (folder / LATEST).is_file()
 
 
 def save_checkpoint(folder: Path, epoch: int, model: nn.Module, spec: ModelSpec, state: dict[str, Any]) -> None:
@@ -78,8 +72,3 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     if state.get("epoch") != latest["epoch"]:
         raise RunDirError(f"checkpoint in {folder} is inconsistent (state of another epoch); start the run again")
     return Checkpoint(epoch=int(latest["epoch"]), model_state=weights, state=state)
-
-
-def restore_model(model: nn.Module, ckpt: Checkpoint, folder: Path) -> None:
-    """Load the checkpoint's weights into ``model``, checking every tensor."""
-    load_state_checked(model, ckpt.model_state, folder)

@@ -1,25 +1,9 @@
-"""The run directory: the contract between train and every command that reads a run.
-
-Layout::
-
-    RUN/config.yaml          resolved training config
-    RUN/metrics.csv          one row per epoch
-    RUN/model.safetensors    final weights; header holds model name, args, classes, normalisation
-    RUN/summary.json         evaluation results
-    RUN/provenance.json      git SHA, package versions, machine
-    RUN/plots/*.png          curves, confusion matrix, misclassified examples
-    RUN/checkpoint/          resumable state (see cifarlens.training.checkpoint)
-
-Any command rebuilds the model from ``model.safetensors`` alone.
-"""
+"""What rebuilds a model: its ``ModelSpec``, and safetensors weights that carry it in their header."""
 
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +13,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from cifarlens.errors import RunDirError
-from cifarlens.io import atomic_path, atomic_write_text
-
-CONFIG = "config.yaml"
-METRICS = "metrics.csv"
-WEIGHTS = "model.safetensors"
-SUMMARY = "summary.json"
-PROVENANCE = "provenance.json"
-PLOTS = "plots"
-CHECKPOINT = "checkpoint"
+from cifarlens.io import atomic_path
 
 
 @dataclass
@@ -90,6 +66,12 @@ class ModelSpec:
 
         return create_model(self.name, num_classes=self.num_classes, **self.kwargs)
 
+    def capabilities(self, model: nn.Module):
+        """The model's declared ``Capabilities`` (guessed from ``model`` for ``timm:`` models)."""
+        from cifarlens.models import model_capabilities
+
+        return model_capabilities(self.name, model, self.image_size)
+
 
 def save_weights(model: nn.Module, spec: ModelSpec, path: str | Path, extra: dict[str, str] | None = None) -> None:
     """Write the model's state dict as safetensors with ``spec`` in the header, atomically."""
@@ -137,66 +119,3 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], path: P
     if extra:
         raise RunDirError(f"{path} has tensor {extra[0]!r} that the model does not have; the file does not match it")
     model.load_state_dict(state)
-
-
-def resolve_run(run: str | Path) -> Path:
-    """Check that ``run`` is a run directory with final weights."""
-    path = Path(run)
-    if not path.is_dir():
-        raise RunDirError(f"run directory {path} not found; pass the folder that cifarlens train wrote")
-    if not (path / WEIGHTS).is_file():
-        if (path / CHECKPOINT).is_dir():
-            raise RunDirError(
-                f"run {path} has no {WEIGHTS} yet (training unfinished); finish it with cifarlens train --resume {path}"
-            )
-        raise RunDirError(f"{path} is not a cifarlens run directory (no {WEIGHTS}); pass the folder that train wrote")
-    return path
-
-
-def load_run_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
-    """The trained model of a run directory and its spec."""
-    return load_weights(resolve_run(run) / WEIGHTS, device)
-
-
-def provenance() -> dict[str, Any]:
-    """Git SHA of the cifarlens checkout (if any), package versions, and the machine."""
-    from cifarlens import __version__
-    from cifarlens.training.device import cpu_has_fast_bf16, cpu_name
-
-    versions = {}
-    for pkg in ("torch", "torchvision", "numpy", "safetensors"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "cifarlens": __version__,
-        "git_sha": _git_sha(),
-        "python": platform.python_version(),
-        "packages": versions,
-        "platform": platform.platform(),
-        "processor": cpu_name(),
-        "cpu_native_bf16": cpu_has_fast_bf16(),  # decides --precision auto on CPU
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def _git_sha() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        )
-        sha = out.stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None

@@ -1,4 +1,4 @@
-"""Choosing the device and the autocast precision."""
+"""The device and the autocast precision, for training and inference alike."""
 
 from __future__ import annotations
 
@@ -59,12 +59,24 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context for ``precision`` (a no-op for fp32)."""
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context for a resolved ``precision`` on ``device`` (a no-op for fp32).
+
+    bf16 runs on CPU and CUDA, fp16 on CUDA only; anything else is a ``ConfigError``.
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    if precision == "bf16" and device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "fp16" and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    raise ConfigError(f"precision {precision} is not supported on {device.type}; use fp32")
 
 
 # mallopt(3) parameters of glibc.
@@ -76,11 +88,11 @@ def keep_freed_memory() -> bool:
 
     Returns whether it took effect (glibc only: Linux; macOS and musl keep their default).
     Why by hand: glibc serves every block over 32 MB with an ``mmap`` of its own and unmaps it on free,
-    so each training step page-faults its activations in afresh (airnet at batch 2000: ~780,000 faults,
-    over a quarter of the step). PyTorch has no caching allocator for CPU memory, and jemalloc or
-    tcmalloc work only through ``LD_PRELOAD`` before the process starts. Two documented glibc knobs do
-    it: no ``mmap`` for large blocks (they come from the heap, which is reused) and no trimming of the
-    heap. Peak memory grows by 10-15% (12% for a `fast` run).
+    so each training step page-faults its activations in afresh. PyTorch has no caching allocator for
+    CPU memory, and jemalloc or tcmalloc work only through ``LD_PRELOAD`` before the process starts. Two
+    documented glibc knobs do it: no ``mmap`` for large blocks (they come from the heap, which is
+    reused) and no trimming of the heap. Faults, step time and the peak-memory cost: BENCHMARKS.md,
+    "Faster CPU steps: keeping freed memory".
     """
     if platform.libc_ver()[0] != "glibc":
         return False

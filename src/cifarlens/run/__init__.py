@@ -1,0 +1,23 @@
+"""The run directory: the contract between ``train`` and every command that reads a run.
+
+``RunDir`` (``cifarlens.run.directory``) owns the file names and formats; ``ModelSpec`` and the
+weights helpers (``cifarlens.run.spec``) rebuild a model from its safetensors file alone;
+``cifarlens.run.checkpoint`` writes and reads the resumable state.
+"""
+
+from cifarlens.run.checkpoint import Checkpoint
+from cifarlens.run.directory import METRIC_COLUMNS, RunDir, provenance, write_json
+from cifarlens.run.spec import ModelSpec, load_state_checked, load_weights, read_spec, save_weights
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "Checkpoint",
+    "ModelSpec",
+    "RunDir",
+    "load_state_checked",
+    "load_weights",
+    "provenance",
+    "read_spec",
+    "save_weights",
+    "write_json",
+]

@@ -1,0 +1,397 @@
+"""``RunDir``: the one object that knows a run directory's file names and formats.
+
+Layout::
+
+    RUN/config.yaml          resolved training config
+    RUN/metrics.csv          one row per epoch (METRIC_COLUMNS)
+    RUN/model.safetensors    final weights; the header holds the ModelSpec that rebuilds the model
+    RUN/summary.json         results by key: train, test, test_tta, val ...
+    RUN/provenance.json      git SHA, package versions, machine, device, precision
+    RUN/per_class_KEY.csv    per-class scores of one evaluation (KEY: test, test_tta, val ...)
+    RUN/confusion_KEY.csv    its confusion matrix
+    RUN/plots/*.png          curves, confusion_KEY, misclassified_KEY
+    RUN/checkpoint/          resumable state (cifarlens.run.checkpoint)
+    RUN/explain/COMMAND/     what each explain command wrote
+    RUN/export/              ONNX graphs and their sidecars
+    RUN/report.html          the static HTML report
+
+Train, evaluate, explain, export, compare, report and sweep read and write a run only through
+this class, so a file name or format changes in one place.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import subprocess
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+import yaml
+from torch import nn
+
+from cifarlens import __version__
+from cifarlens.errors import RunDirError
+from cifarlens.io import atomic_write_text
+from cifarlens.run import checkpoint
+from cifarlens.run.spec import ModelSpec, load_weights, read_spec, save_weights
+
+if TYPE_CHECKING:
+    from cifarlens.data import RunData
+
+METRIC_COLUMNS = [
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+    "lr", "seconds", "image_size", "images_per_s", "elapsed", "train_clock", "gflops",
+    "data_s", "forward_s", "backward_s", "step_s",
+]  # fmt: skip
+_INT_COLUMNS = {"epoch", "image_size"}
+PER_CLASS_COLUMNS = ["class", "accuracy", "precision", "recall", "f1", "support"]
+
+
+class RunDir:
+    """A run directory at ``path`` (which need not exist yet). Reads are typed; writes are atomic."""
+
+    CONFIG = "config.yaml"
+    METRICS = "metrics.csv"
+    WEIGHTS = "model.safetensors"
+    SUMMARY = "summary.json"
+    PROVENANCE = "provenance.json"
+    PLOTS = "plots"
+    CHECKPOINT = "checkpoint"
+    EXPLAIN = "explain"
+    EXPORT = "export"
+    REPORT = "report.html"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and self.path == other.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    # -- files ------------------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def weights_file(self) -> Path:
+        return self.path / self.WEIGHTS
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / self.SUMMARY
+
+    @property
+    def provenance_file(self) -> Path:
+        return self.path / self.PROVENANCE
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / self.REPORT
+
+    def plot_file(self, name: str) -> Path:
+        """``plots/NAME.png``: ``curves``, ``confusion_KEY``, ``misclassified_KEY``."""
+        return self.path / self.PLOTS / f"{name}.png"
+
+    def per_class_file(self, key: str) -> Path:
+        return self.path / f"per_class_{key}.csv"
+
+    def confusion_file(self, key: str) -> Path:
+        return self.path / f"confusion_{key}.csv"
+
+    def explain_dir(self, command: str) -> Path:
+        """``explain/COMMAND/``, made if missing: where one explain command writes."""
+        folder = self.path / self.EXPLAIN / command
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def explain_files(self) -> list[Path]:
+        """Every PNG, JSON and CSV the explain commands wrote, sorted."""
+        root = self.path / self.EXPLAIN
+        if not root.is_dir():
+            return []
+        return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".png", ".json", ".csv"))
+
+    @property
+    def export_dir(self) -> Path:
+        """``export/``: where ``cifarlens export`` puts the ONNX graphs (not made here)."""
+        return self.path / self.EXPORT
+
+    # -- what kind of folder ------------------------------------------------------------------------
+    def has_config(self) -> bool:
+        return self.config_file.is_file()
+
+    def has_weights(self) -> bool:
+        return self.weights_file.is_file()
+
+    def has_checkpoint(self) -> bool:
+        return checkpoint.has_checkpoint(self.checkpoint_dir)
+
+    def require_config(self, fix: str = "pass the folder that cifarlens train wrote") -> "RunDir":
+        """``self`` if it holds a run's config.yaml, else a ``RunDirError`` naming ``fix``."""
+        if not self.path.is_dir():
+            raise RunDirError(f"run directory {self.path} not found; {fix}")
+        if not self.has_config():
+            raise RunDirError(f"{self.path} is not a cifarlens run directory (no {self.CONFIG}); {fix}")
+        return self
+
+    def require_weights(self) -> "RunDir":
+        """``self`` if it holds final weights; an unfinished run points to ``--resume``."""
+        if not self.path.is_dir():
+            raise RunDirError(f"run directory {self.path} not found; pass the folder that cifarlens train wrote")
+        if not self.has_weights():
+            if self.checkpoint_dir.is_dir():
+                raise RunDirError(
+                    f"run {self.path} has no {self.WEIGHTS} yet (training unfinished); "
+                    f"finish it with cifarlens train --resume {self.path}"
+                )
+            raise RunDirError(
+                f"{self.path} is not a cifarlens run directory (no {self.WEIGHTS}); pass the folder that train wrote"
+            )
+        return self
+
+    # -- config ---------------------------------------------------------------------------------------
+    def read_config(self) -> dict[str, Any]:
+        """config.yaml as a plain mapping (``cifarlens.training.load_run_config`` types it)."""
+        from cifarlens.config import read_yaml
+
+        self.require_config()
+        return read_yaml(self.config_file, where="the run directory")
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """``read_config()``, read once."""
+        return self.read_config()
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_file, yaml.safe_dump(config, sort_keys=False))
+
+    def load_data(self, data_dir: str | Path | None = None) -> "RunData":
+        """The splits the run was trained with, rebuilt from its config (``data_dir``: where the data is now)."""
+        from cifarlens.data import prepare_data
+
+        if not self.has_config():
+            raise RunDirError(f"{self.path} has no {self.CONFIG}; it is not a complete cifarlens run directory")
+        cfg = self.read_config()
+        return prepare_data(
+            data_dir or cfg.get("data_dir") or None,
+            download=bool(cfg.get("download", True)),
+            subset=int(cfg.get("subset") or 0),
+            val_size=int(cfg.get("val_size") or 0),
+            seed=int(cfg.get("seed") or 0),
+            saved_in=None if data_dir else self.config_file,
+        )
+
+    # -- metrics ------------------------------------------------------------------------------------------
+    def read_metrics(self) -> list[dict[str, float | int]]:
+        """metrics.csv rows as numbers (``epoch`` and ``image_size`` int, the rest float); empty cells are
+        left out of a row, so ``row.get("val_acc")`` is None for an epoch without a validation score."""
+        if not self.metrics_file.is_file():
+            return []
+        with open(self.metrics_file, newline="") as f:
+            return [_typed_row(row, self.metrics_file) for row in csv.DictReader(f)]
+
+    @cached_property
+    def metrics(self) -> list[dict[str, float | int]]:
+        """``read_metrics()``, read once."""
+        return self.read_metrics()
+
+    def write_metrics(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write all rows (floats with 6 significant digits), atomically."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        atomic_write_text(self.metrics_file, buf.getvalue())
+
+    def metric_column(self, name: str) -> list[float]:
+        """One metrics.csv column over the epochs, NaN where an epoch has no value."""
+        return [float(row.get(name, float("nan"))) for row in self.metrics]
+
+    # -- summary -------------------------------------------------------------------------------------------
+    def read_summary(self) -> dict[str, Any]:
+        """summary.json ({} when absent); a damaged file is a ``RunDirError`` that says how to fix it."""
+        return _read_json_object(self.summary_file, "delete it and evaluate again")
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        """``read_summary()``, read once."""
+        return self.read_summary()
+
+    def merge_summary(self, key: str, value: dict[str, Any]) -> None:
+        """Set ``summary[key] = value``, keeping the other keys."""
+        summary = self.read_summary()
+        summary[key] = value
+        write_json(self.summary_file, summary)
+        self.__dict__.pop("summary", None)
+
+    @property
+    def test_acc(self) -> float | None:
+        """The plain test accuracy: the evaluation's, else the trainer's last per-epoch score."""
+        if "test" in self.summary:
+            return float(self.summary["test"]["accuracy"])
+        return self.summary.get("train", {}).get("final_test_acc")
+
+    @property
+    def val_acc(self) -> float | None:
+        """The last epoch's validation accuracy."""
+        value = self.metrics[-1].get("val_acc") if self.metrics else None
+        return float(value) if value is not None else None
+
+    # -- provenance -----------------------------------------------------------------------------------------
+    def write_provenance(self, machine: dict[str, Any]) -> None:
+        write_json(self.provenance_file, provenance() | machine)
+
+    @cached_property
+    def provenance(self) -> dict[str, Any]:
+        return _read_json_object(self.provenance_file, "re-run training")
+
+    # -- evaluation reports -----------------------------------------------------------------------------
+    def write_evaluation(self, key: str, per_class: list[dict[str, Any]], confusion: list[list[int]],
+                         classes: Sequence[str]) -> None:  # fmt: skip
+        """per_class_KEY.csv and confusion_KEY.csv of one evaluation."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(PER_CLASS_COLUMNS)
+        for row in per_class:
+            writer.writerow(
+                [row["class"]] + [f"{row[k]:.6f}" for k in ("accuracy", "precision", "recall", "f1")] + [row["support"]]
+            )
+        atomic_write_text(self.per_class_file(key), buf.getvalue())
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["true \\ predicted", *classes])
+        for name, row in zip(classes, confusion):
+            writer.writerow([name, *row])
+        atomic_write_text(self.confusion_file(key), buf.getvalue())
+
+    def read_per_class(self, key: str = "test") -> list[dict[str, Any]]:
+        """per_class_KEY.csv rows: class (str), support (int), the scores (float); [] when not evaluated."""
+        path = self.per_class_file(key)
+        if not path.is_file():
+            return []
+        with open(path, newline="") as f:
+            return [
+                {"class": r["class"], "support": int(r["support"])}
+                | {k: float(r[k]) for k in ("accuracy", "precision", "recall", "f1")}
+                for r in csv.DictReader(f)
+            ]
+
+    @cached_property
+    def per_class(self) -> list[dict[str, Any]]:
+        """``read_per_class("test")``, read once."""
+        return self.read_per_class("test")
+
+    # -- weights and checkpoints ----------------------------------------------------------------------
+    def read_spec(self) -> ModelSpec:
+        self.require_weights()
+        return read_spec(self.weights_file)[0]
+
+    def load_model(self, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
+        """The trained model (eval mode, on ``device``) and its spec, rebuilt from model.safetensors alone."""
+        self.require_weights()
+        return load_weights(self.weights_file, device)
+
+    def save_model(self, model: nn.Module, spec: ModelSpec) -> None:
+        save_weights(model, spec, self.weights_file)
+
+    def save_checkpoint(self, epoch: int, model: nn.Module, spec: ModelSpec, state: dict[str, Any]) -> None:
+        """The checkpoint of finished epoch ``epoch`` (1-based), atomically; older ones are pruned."""
+        checkpoint.save_checkpoint(self.checkpoint_dir, epoch, model, spec, state)
+
+    def load_checkpoint(self) -> checkpoint.Checkpoint:
+        return checkpoint.load_checkpoint(self.checkpoint_dir)
+
+
+def _typed_row(row: dict[str, str], path: Path) -> dict[str, float | int]:
+    typed: dict[str, float | int] = {}
+    for key, text in row.items():
+        if key is None or text in (None, ""):
+            continue
+        try:
+            typed[key] = int(text) if key in _INT_COLUMNS else float(text)
+        except ValueError:
+            raise RunDirError(f"{path}: column {key} holds {text!r}, not a number; the file is damaged") from None
+    return typed
+
+
+def _read_json_object(path: Path, fix: str) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunDirError(f"{path} is not valid JSON; {fix}") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path} does not hold a JSON object; {fix}")
+    return data
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def provenance() -> dict[str, Any]:
+    """Git SHA of the cifarlens checkout (if any), package versions, and the machine."""
+    from cifarlens.device import cpu_has_fast_bf16, cpu_name
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "numpy", "safetensors"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "cifarlens": __version__,
+        "git_sha": _git_sha(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "platform": platform.platform(),
+        "processor": cpu_name(),
+        "cpu_native_bf16": cpu_has_fast_bf16(),  # decides --precision auto on CPU
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _git_sha() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        )
+        sha = out.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
