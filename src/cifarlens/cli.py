@@ -71,10 +71,10 @@ def _run_interruptible(fn: Callable[[], Path], out: str | Path) -> None:
     try:
         fn()
     except KeyboardInterrupt:
-        if RunDir(out).has_checkpoint():
-            message = f"the last finished epoch is checkpointed; continue with cifarlens train --resume {out}"
+        if RunDir(out).has_config():
+            message = f"continue with cifarlens train --resume {out} (from its last checkpoint, or from the start)"
         else:
-            message = f"no epoch had finished, so {out} holds no checkpoint; start the run again"
+            message = f"the run had not started, so {out} holds nothing; start it again"
         err_console.print(f"[yellow]interrupted:[/] {message}", highlight=False)
         raise typer.Exit(130) from None
 

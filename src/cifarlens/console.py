@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Literal, Optional, get_origin
 import typer
 from rich.console import Console
 
-from cifarlens.errors import CifarlensError
+from cifarlens.errors import CifarlensError, TrainingInterrupted
 
 # soft_wrap: lines never break inside a path, so a printed run folder or file can be copied whole.
 console = Console(soft_wrap=True)
@@ -36,7 +36,8 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except CifarlensError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+            label = "[yellow]interrupted:[/]" if isinstance(err, TrainingInterrupted) else "[bold red]error:[/]"
+            err_console.print(f"{label} {err}", highlight=False)
             raise typer.Exit(err.exit_code) from None
 
     return wrapper

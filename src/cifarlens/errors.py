@@ -26,3 +26,15 @@ class RunDirError(CifarlensError):
 
 class TrainingDiverged(CifarlensError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(CifarlensError):
+    """SIGTERM or Ctrl-C stopped training after a step; a recovery checkpoint was written."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class CheckpointWriteError(CifarlensError):
+    """A checkpoint could not be written (a full disk); the previous one is kept."""

@@ -16,19 +16,25 @@ def iterate_batches(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    start: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (images uint8 (B, 3, 32, 32), labels int64 (B,)) views of ``split``.
+    """Yield (images uint8 (B, 3, 32, 32), labels int64 (B,)) views of ``split``, from batch ``start`` on.
 
-    With ``shuffle``, the order comes from ``generator`` so a seeded epoch is reproducible.
+    With ``shuffle``, the order is drawn from ``generator`` when this is called (not at the first batch),
+    so a seeded epoch is reproducible and a resumed one can restore the generator right after it.
     """
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else None
     stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
+    return _batches(split, order, range(start * batch_size, stop, batch_size), batch_size)
+
+
+def _batches(split: Split, order: torch.Tensor | None, starts: range, batch_size: int):
+    for first in starts:
         if order is None:
-            yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
+            yield split.images[first : first + batch_size], split.labels[first : first + batch_size]
         else:
-            idx = order[start : start + batch_size]
+            idx = order[first : first + batch_size]
             yield split.images[idx], split.labels[idx]
 
 

@@ -187,8 +187,11 @@ def run_trial(cfg: TrainConfig, data_cache: _DataCache, console: Console, on_epo
         saved = run.read_config()
         data = data_cache(cfg)
         wanted = run_config(cfg, data)  # as the trainer wrote it, with the data folder it read
-        # Where the data lies is not an option of the trial: data moved since is resumed from its new folder.
-        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k) and k != "data_dir")
+        # Where the data lies and how often it checkpoints are not options of the trial: data moved since is
+        # resumed from its new folder. A key an older cifarlens did not write has its default.
+        defaults = to_dict(TrainConfig())
+        changed = sorted(k for k in set(saved) | set(wanted)
+                         if saved.get(k, defaults.get(k)) != wanted.get(k) and k not in ("data_dir", "checkpoint_every"))  # fmt: skip
         if changed:
             raise ConfigError(
                 f"trial {run} was run with other options ({', '.join(changed)}); "

@@ -322,9 +322,11 @@ class RunDir:
     def save_model(self, model: nn.Module, spec: ModelSpec) -> None:
         save_weights(model, spec, self.weights_file)
 
-    def save_checkpoint(self, epoch: int, model: nn.Module, spec: ModelSpec, state: dict[str, Any]) -> None:
-        """The checkpoint of finished epoch ``epoch`` (1-based), atomically; older ones are pruned."""
-        checkpoint.save_checkpoint(self.checkpoint_dir, epoch, model, spec, state)
+    def save_checkpoint(self, epoch: int, model: nn.Module, spec: ModelSpec, state: dict[str, Any],
+                        step: int = 0) -> None:  # fmt: skip
+        """The checkpoint ``step`` steps after finished epoch ``epoch`` (1-based; 0: at its end), atomically;
+        older ones are pruned."""
+        checkpoint.save_checkpoint(self.checkpoint_dir, epoch, model, spec, state, step)
 
     def load_checkpoint(self) -> checkpoint.Checkpoint:
         return checkpoint.load_checkpoint(self.checkpoint_dir)

@@ -52,6 +52,7 @@ class TrainConfig:
     data_dir: str = ""  # folder holding cifar-10-batches-py (default: $CIFARLENS_DATA_DIR, then the cache dir)
     download: bool = True  # download CIFAR-10 through torchvision when it is missing
     out: str = ""  # run directory (default: runs/MODEL-YYYYmmdd-HHMMSS)
+    checkpoint_every: float = 60.0  # seconds of training between recovery checkpoints inside an epoch, so a kill loses at most that much (0: at epoch ends only; cost: BENCHMARKS.md)
     eval_test_every_epoch: bool = True  # score the test split after every epoch for the curves
     tensorboard: bool = False  # also write TensorBoard logs to RUN/tensorboard
     evaluate: bool = True  # run `cifarlens evaluate` on the run when training ends (off together with --no-eval-test-every-epoch: the test split is never scored)
@@ -96,6 +97,7 @@ class TrainConfig:
             "val_size": self.val_size,
             "step_epochs": self.step_epochs,
             "backbone_lr": self.backbone_lr,
+            "checkpoint_every": self.checkpoint_every,
         }
         for name, value in non_negative.items():
             if value < 0:

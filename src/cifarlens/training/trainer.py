@@ -26,7 +26,7 @@ from torch import nn
 
 from cifarlens.data import Augmenter, EpochImages, RunData, Split, iterate_batches, model_input, num_batches, prepare_data
 from cifarlens.device import autocast, configure_cpu, resolve_device, resolve_precision
-from cifarlens.errors import ConfigError, RunDirError, TrainingDiverged
+from cifarlens.errors import ConfigError, RunDirError, TrainingDiverged, TrainingInterrupted
 from cifarlens.evaluation.predict import Predictor
 from cifarlens.models import Capabilities, create_model, model_capabilities
 from cifarlens.run import ModelSpec, RunDir
@@ -35,6 +35,7 @@ from cifarlens.training.config import TrainConfig
 from cifarlens.training.optim import build_optimizer, build_scheduler, freeze_finished_groups
 from cifarlens.training.rng import rng_state, set_rng_state
 from cifarlens.training.runs import default_out, load_run_config, new_run_dir, run_config, start_run_dir, write_train_summary
+from cifarlens.training.stopping import StopRequest, stop_on_signals
 from cifarlens.training.transfer import freeze, model_arguments, train_mode
 
 EpochHook = Callable[[dict], None]
@@ -71,6 +72,9 @@ class TrainState:
     writer: Any = None  # TensorBoard SummaryWriter
     rows: list[dict] = field(default_factory=list)  # metrics.csv rows so far
     start_epoch: int = 0
+    partial: dict | None = None  # where a resumed run stopped inside epoch start_epoch (a recovery checkpoint)
+    last_save: float = 0.0  # perf_counter of the last checkpoint
+    stop: StopRequest = field(default_factory=StopRequest)
     elapsed: float = 0.0  # seconds of finished epochs, evaluations included
     train_clock: float = 0.0  # seconds since the run started, without the per-epoch evaluations
 
@@ -147,15 +151,20 @@ def _run(cfg: TrainConfig, run: RunDir | None, moved: bool, console: Console, da
     ctx, device = distributed.setup(cfg.distributed, resolve_device(cfg.device))
     try:
         rank_console = console if ctx.main else Console(quiet=True)
-        state = setup(cfg, run=run, ctx=ctx, device=device, console=rank_console, data=data, moved=moved, started=started)
-        for epoch in range(state.start_epoch, cfg.epochs):
-            metrics = train_one_epoch(state, epoch)
-            if ctx.main:  # rank 0 evaluates and writes; the others go on to the next epoch's all-reduce
-                row = evaluate_epoch(state, metrics)
-                save_epoch(state, row)
-                if on_epoch_end is not None:
-                    on_epoch_end(row)
-        return finish(state)
+        with stop_on_signals() as stop:
+            state = setup(cfg, run=run, ctx=ctx, device=device, console=rank_console, data=data, moved=moved,
+                          started=started)  # fmt: skip
+            state.stop = stop
+            for epoch in range(state.start_epoch, cfg.epochs):
+                metrics = train_one_epoch(state, epoch)
+                if ctx.main:  # rank 0 evaluates and writes; the others go on to the next epoch's all-reduce
+                    row = evaluate_epoch(state, metrics)
+                    save_epoch(state, row)
+                    if on_epoch_end is not None:
+                        on_epoch_end(row)
+                if stop and epoch + 1 < cfg.epochs:
+                    raise _interrupted(state, f"after epoch {epoch + 1}")
+            return finish(state)
     finally:
         distributed.teardown(ctx)
 
@@ -261,7 +270,12 @@ def _init_images(state: TrainState, n: int = 5000) -> torch.Tensor:
 
 
 def _restore(state: TrainState, moved: bool) -> None:
-    """A resumed run: weights, optimizer, schedule, scaler and RNG of the last checkpoint, and its metrics."""
+    """A resumed run: weights, optimizer, schedule, scaler and RNG of the last checkpoint, its metrics and
+    its place in the epoch. A run killed before its first checkpoint starts again from epoch 0."""
+    if not state.run.has_checkpoint():
+        state.console.print(f"{state.run} has no checkpoint yet: starting it from epoch 0 with its saved config")
+        _start(state)
+        return
     ckpt = state.run.load_checkpoint()
     ckpt.restore_model(state.model, state.run.checkpoint_dir)
     state.optimizer.load_state_dict(ckpt.state["optimizer"])
@@ -269,8 +283,10 @@ def _restore(state: TrainState, moved: bool) -> None:
     state.scaler.load_state_dict(ckpt.state["scaler"])
     set_rng_state(ckpt.state["rng"])
     state.start_epoch = ckpt.epoch
+    state.partial = ckpt.state.get("partial") if ckpt.step else None
     state.rows = [r for r in state.run.read_metrics() if r["epoch"] <= ckpt.epoch]
-    state.console.print(f"resuming {state.run} after epoch {ckpt.epoch}/{state.cfg.epochs}")
+    where = f", {ckpt.step}/{state.steps_per_epoch} steps into epoch {ckpt.epoch + 1}" if ckpt.step else ""
+    state.console.print(f"resuming {state.run} after epoch {ckpt.epoch}/{state.cfg.epochs}{where}")
     if moved and state.ctx.main:  # record where the data is now, so evaluate/explain find it without --data-dir
         state.run.write_config(run_config(state.cfg, state.data))
 
@@ -301,32 +317,39 @@ def _prepare_loop(state: TrainState, started: float) -> None:
     last = state.rows[-1] if state.rows else {}
     state.elapsed = float(last.get("elapsed", 0.0))
     state.train_clock = float(last.get("train_clock", 0.0)) + time.perf_counter() - started
+    state.last_save = time.perf_counter()
 
 
 # -- one epoch ------------------------------------------------------------------------------------------
 def train_one_epoch(state: TrainState, epoch: int) -> EpochMetrics:
-    """Train epoch ``epoch`` (0-based) over the whole training split; return what it measured."""
+    """Train epoch ``epoch`` (0-based) over the whole training split (from where a recovery checkpoint left
+    it, when resuming inside it); return what it measured."""
     cfg, ctx = state.cfg, state.ctx
+    partial = state.partial if epoch == state.start_epoch else None
+    state.partial = None
     # Data order and augmentation draw from a per-epoch generator, so a resumed run
     # sees exactly the batches an uninterrupted one would.
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - (partial["seconds"] if partial else 0.0)
     train_mode(state.model)
-    totals = {"loss": torch.zeros((), device=state.device), "correct": torch.zeros((), device=state.device, dtype=torch.long),
-              "seen": 0}  # fmt: skip
-    phases = dict.fromkeys(PHASES, 0.0)
+    totals, phases, first = _epoch_totals(state, partial)
     # Early epochs feed smaller images than the run's size: the net's global pooling takes any size.
     size = cfg.epoch_image_size(epoch)
     window = size if size != state.spec.image_size and cfg.early_mode == "crop" else None
     with _progress(state.console) as progress:
-        task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=state.steps_per_epoch, loss=math.nan, acc=0.0, ips=0.0)
+        task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=state.steps_per_epoch, completed=first,
+                                 loss=math.nan, acc=0.0, ips=0.0)  # fmt: skip
         split = Split(state.epoch_images(epoch, gen), state.data.train.labels)
-        batches = iterate_batches(split, state.batch_size, shuffle=True, generator=gen, drop_last=state.drop_last)
+        batches = iterate_batches(split, state.batch_size, shuffle=True, generator=gen, drop_last=state.drop_last,
+                                  start=first)  # fmt: skip
+        if partial:  # the draws of the steps already done: restored, not replayed
+            gen.set_state(partial["generator"])
         tick = time.perf_counter()
-        for step, (images, labels) in enumerate(batches):
+        for step, (images, labels) in enumerate(batches, start=first):
             tick = _train_step(state, images, labels, gen, window, size, phases, totals, tick)
             _report_step(state, progress, task, epoch, step, totals, t0)
             tick = _lap(phases, "step_s", tick)
+            _recovery_point(state, epoch, step + 1, gen, totals, phases, t0)
     seconds = time.perf_counter() - t0
     state.train_clock += seconds
     loss, correct, seen = distributed.sum_across([totals["loss"], totals["correct"], totals["seen"]], ctx, state.device)
@@ -337,6 +360,45 @@ def train_one_epoch(state: TrainState, epoch: int) -> EpochMetrics:
         phases=phases if state.device.type == "cpu" else None,  # CPU ops are synchronous: wall clocks split the step
         started=t0,
     )  # fmt: skip
+
+
+def _epoch_totals(state: TrainState, partial: dict | None) -> tuple[dict, dict[str, float], int]:
+    """The epoch's running loss, correct count and images seen, its phase clocks, and its first step:
+    fresh, or as a recovery checkpoint saved them."""
+    if partial is None:
+        totals = {"loss": torch.zeros((), device=state.device), "seen": 0,
+                  "correct": torch.zeros((), device=state.device, dtype=torch.long)}  # fmt: skip
+        return totals, dict.fromkeys(PHASES, 0.0), 0
+    totals = {"loss": partial["loss"].to(state.device), "correct": partial["correct"].to(state.device),
+              "seen": int(partial["seen"])}  # fmt: skip
+    return totals, dict(partial["phases"]), int(partial["step"])
+
+
+def _recovery_point(state: TrainState, epoch: int, steps_done: int, gen: torch.Generator, totals: dict,
+                    phases: dict[str, float], t0: float) -> None:  # fmt: skip
+    """After a step: write a recovery checkpoint when ``--checkpoint-every`` seconds have passed or a stop
+    was asked for (then stop). The epoch's last step is left to the epoch-end checkpoint."""
+    if steps_done == state.steps_per_epoch:
+        return
+    every = state.cfg.checkpoint_every
+    if not (state.stop or (every and time.perf_counter() - state.last_save >= every)):
+        return
+    if state.ctx.main:
+        partial = {"step": steps_done, "generator": gen.get_state(), "loss": totals["loss"].detach().cpu(),
+                   "correct": totals["correct"].cpu(), "seen": totals["seen"], "phases": dict(phases),
+                   "seconds": time.perf_counter() - t0}  # fmt: skip
+        state.run.save_checkpoint(epoch, state.model, state.spec, _training_state(state) | {"partial": partial},
+                                  step=steps_done)  # fmt: skip
+    state.last_save = time.perf_counter()
+    if state.stop:
+        raise _interrupted(state, f"{steps_done}/{state.steps_per_epoch} steps into epoch {epoch + 1}")
+
+
+def _interrupted(state: TrainState, where: str) -> TrainingInterrupted:
+    return TrainingInterrupted(
+        f"stopped by {state.stop.name} {where}, checkpoint written; continue with cifarlens train --resume {state.run}",
+        exit_code=state.stop.exit_code,
+    )
 
 
 def _train_step(state: TrainState, images, labels, gen, window, size, phases, totals, tick: float) -> float:
@@ -400,20 +462,25 @@ def evaluate_epoch(state: TrainState, metrics: EpochMetrics) -> dict[str, Any]:
 def save_epoch(state: TrainState, row: dict[str, Any]) -> None:
     """Append ``row`` to metrics.csv, checkpoint the epoch, log and print it."""
     state.rows.append(row)
-    training_state = {
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(),
-        "scaler": state.scaler.state_dict(),
-        "rng": rng_state(),
-    }
     # Metrics first: a kill between the two leaves a row that resume drops, never a checkpoint without its row.
     state.run.write_metrics(state.rows)
-    state.run.save_checkpoint(row["epoch"], state.model, state.spec, training_state)
+    state.run.save_checkpoint(row["epoch"], state.model, state.spec, _training_state(state))
+    state.last_save = time.perf_counter()
     if state.writer is not None:
         for key, value in row.items():
             if key != "epoch" and value != "":
                 state.writer.add_scalar(key, value, row["epoch"])
     state.console.print(_epoch_line(row, state.cfg.epochs))
+
+
+def _training_state(state: TrainState) -> dict[str, Any]:
+    """What a checkpoint saves besides the weights."""
+    return {
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "rng": rng_state(),
+    }
 
 
 def finish(state: TrainState) -> Path:
