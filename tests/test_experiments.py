@@ -156,9 +156,14 @@ def test_optuna_prunes_hopeless_trials(cifar_root, tmp_path):
 
 
 def test_two_processes_share_one_sqlite_study(cifar_root, tmp_path):
+    two_workers_share_one_study(f"sqlite:///{tmp_path / 'shared.db'}", cifar_root, tmp_path)
+
+
+def two_workers_share_one_study(storage: str, cifar_root: Path, tmp_path: Path) -> None:
+    """Two `cifarlens sweep --worker-trials 2` processes on one study at ``storage``: the study ends with its 4
+    trials, 2 from each worker, and the sweep's files agree with it, written once by the worker that ended last."""
     import optuna
 
-    db = tmp_path / "shared.db"
     path = write_sweep(
         tmp_path / "shared.yaml",
         base=base_options(cifar_root, epochs=1),
@@ -169,7 +174,7 @@ def test_two_processes_share_one_sqlite_study(cifar_root, tmp_path):
         },
         trials=4,
         pruning=False,
-        storage=f"sqlite:///{db}",
+        storage=storage,
         study_name="shared",
         out=str(tmp_path / "sweep"),
     )
@@ -181,12 +186,31 @@ def test_two_processes_share_one_sqlite_study(cifar_root, tmp_path):
     outputs = [p.communicate(timeout=300) for p in procs]
     for proc, (stdout, stderr) in zip(procs, outputs):
         assert proc.returncode == 0, stderr
-    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name="shared", storage=storage)
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == list(range(4))
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     workers = [t.user_attrs["worker"] for t in trials]
     assert len(set(workers)) == 2 and all(workers.count(w) == 2 for w in set(workers))
+    # The files agree with the study, and the finalists were scored once, by the worker that ended last.
+    finishers = [stdout for stdout, _ in outputs if "finalists on the test split" in stdout]
+    assert len(finishers) == 1, [o for o, _ in outputs]
+    last = max(trials, key=lambda t: (t.datetime_complete, t.number))
+    other = next(o for o, _ in outputs if o != finishers[0])
+    assert f"trial {last.number}" in finishers[0], finishers[0]
+    assert "scores the finalists" in other or "a worker still running adds the rest" in other, other  # it leaves
+    out = tmp_path / "sweep"
+    with open(out / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["trial"]) for r in rows) == [0, 1, 2, 3]
+    assert all(r["state"] == "complete" and r["epochs"] == "1" for r in rows), rows
+    result = json.loads((out / "sweep.json").read_text())
+    assert result["states"] == {"complete": 4} and len(result["finalists"]) == 1
+    # Running the sweep again after everything ended changes nothing.
+    files = {p: p.read_bytes() for p in (out / "trials.csv", out / "sweep.json", out / "compare.md")}
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and "the sweep is complete" in again.stdout, again.stdout + again.stderr
+    assert {p: p.read_bytes() for p in files} == files
 
 
 def test_compare_cli_table_files_and_bad_input(grid_sweep, tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import os
 import shutil
 import socket
@@ -219,10 +220,12 @@ def run_sweep(sweep: SweepConfig, console: Console | None = None) -> dict[str, A
     cache = _DataCache()
     quiet = Console(file=io.StringIO()) if not console.is_terminal else console
     if sweep.method == "grid":
-        rows = _run_grid(sweep, plan, cache, console, quiet)
-    else:
-        rows = _run_optuna(sweep, plan, cache, console, quiet)
-    return _finish(sweep, plan, rows, cache, console)
+        return _finish(sweep, plan, _run_grid(sweep, plan, cache, console, quiet), cache, console)
+    rows, verdict = _run_optuna(sweep, plan, cache, console, quiet)
+    if verdict == "finish":
+        return _finish(sweep, plan, rows, cache, console)
+    console.print(verdict)
+    return _read_result(sweep) or {"config": to_dict(sweep), "trials": len(rows), "finalists": []}
 
 
 def _run_grid(sweep: SweepConfig, plan, cache: _DataCache, console: Console, quiet: Console) -> list[dict]:
@@ -295,7 +298,8 @@ def _suggest(trial, params: dict[str, dict]) -> dict[str, Any]:
     return chosen
 
 
-def _run_optuna(sweep: SweepConfig, plan, cache: _DataCache, console: Console, quiet: Console) -> list[dict]:
+def _run_optuna(sweep: SweepConfig, plan, cache: _DataCache, console: Console,
+                quiet: Console) -> tuple[list[dict], str]:  # fmt: skip
     import optuna
     from optuna.trial import TrialState
 
@@ -341,12 +345,45 @@ def _run_optuna(sweep: SweepConfig, plan, cache: _DataCache, console: Console, q
             break
         study.optimize(objective, n_trials=1, catch=(TrainingDiverged,))
         done_here += 1
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        state = t.state.name.lower()
-        run = Path(t.user_attrs.get("run", ""))
-        rows.append(_trial_row(t.number, state, t.params, run, worker=t.user_attrs.get("worker", "")))
-    return rows
+    trials = study.get_trials(deepcopy=False)
+    rows = [_trial_row(t.number, t.state.name.lower(), t.params, Path(t.user_attrs.get("run", "")),
+                       worker=t.user_attrs.get("worker", "")) for t in trials]  # fmt: skip
+    return rows, _verdict(sweep, trials, worker, done_here)
+
+
+def _verdict(sweep: SweepConfig, trials: list, worker: str, done_here: int) -> str:
+    """``"finish"`` when this process is the one to score the finalists and write the sweep's files, else the
+    line saying why not. That is the worker whose trial ended last, once every trial has ended and the
+    study holds its ``trials``: every worker sees the same study then, so exactly one finishes, without
+    a lock; a worker that ran nothing finishes only a sweep whose files were never written."""
+    from optuna.trial import TrialState
+
+    unfinished = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    counted = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    if unfinished:
+        return (f"trial(s) {', '.join(map(str, unfinished))} still running in other workers: the last worker to end "
+                "scores the finalists and writes trials.csv and sweep.json")  # fmt: skip
+    if counted < sweep.trials:
+        return (f"the study holds {counted} of {sweep.trials} trials: a worker still running adds the rest, "
+                "or run the sweep again to go on")  # fmt: skip
+    ended = [t for t in trials if t.datetime_complete is not None]
+    last = max(ended, key=lambda t: (t.datetime_complete, t.number))
+    if last.user_attrs.get("worker") == worker:
+        return "finish"
+    if done_here == 0 and _read_result(sweep) is None:
+        return "finish"
+    if done_here == 0:
+        return f"the sweep is complete ({counted} trials); {sweep.out}/sweep.json is unchanged"
+    return f"trial {last.number} ended last, in worker {last.user_attrs.get('worker')}: it scores the finalists"
+
+
+def _read_result(sweep: SweepConfig) -> dict[str, Any] | None:
+    """sweep.json as the finishing worker wrote it, or None before it has."""
+    path = Path(sweep.out) / "sweep.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _trial_row(number: int, state: str, params: dict, run: Path, worker: str = "") -> dict:
