@@ -33,6 +33,7 @@ from cifarlens.models.layers import (
     default_stages,
     default_target_layer,
     list_layers,
+    map_size,
     pool_features,
 )
 from cifarlens.explain.probe import fit_knn_probe, fit_linear_probe
@@ -138,13 +139,21 @@ def test_every_registered_model_has_layers_stages_and_a_cam_target():
         assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-6, name
 
 
+def test_every_registered_model_maps_cams_at_7x7_or_finer():
+    for name in list_models():
+        model = create_model(name).eval()
+        assert min(map_size(model, model_capabilities(name).cam_layer)) >= 7, name
+
+
 def test_guessed_layers_of_known_architectures_match_their_declarations():
     """What ``guess_capabilities`` reads off a model (the fallback for timm models) agrees with what
     resnet18 and airnet declare, so the guesser is right where it can be checked."""
     resnet = create_model("resnet18").eval()
     guessed, declared = guess_capabilities(resnet), model_capabilities("resnet18")
-    assert default_target_layer(resnet) == guessed.cam_layer == declared.cam_layer == "layer4"
-    assert guessed.gap_features == declared.gap_features == "layer4"  # not the ReLU that layer4.1 calls twice
+    # the last stage with CAMs of at least 7x7 at 32 px: layer3 (8x8), not layer4 (4x4) nor a ReLU called twice
+    assert default_target_layer(resnet) == guessed.cam_layer == declared.cam_layer == "layer3"
+    assert map_size(resnet, "layer3") == (8, 8) and map_size(resnet, "layer4") == (4, 4)
+    assert guessed.gap_features == declared.gap_features == "layer4"  # the original CAM needs the pooled layer
     assert classic_cam_layers(resnet, declared)[1] is resnet.fc
     airnet = create_model("airnet", width=8, wide=16).eval()
     assert default_stages(list_layers(airnet)) == list(model_capabilities("airnet").probe_stages) == [
@@ -294,7 +303,8 @@ def assert_user_error(result, fragment):
 def test_cli_commands_write_pictures_and_numbers(run_dir, tmp_path):
     out = run_dir / "explain"
     assert invoke("layers", run_dir).exit_code == 0
-    assert json.loads((out / "layers/layers.json").read_text())["default_cam_target"] == "features"
+    layers = json.loads((out / "layers/layers.json").read_text())
+    assert (layers["default_cam_target"], layers["default_cam_map_size"]) == ("features.relu2", [10, 10])
 
     result = invoke("features", run_dir, "--layers", "features.pool2,classifier.relu2", "--limit", 50)
     assert result.exit_code == 0, result.output
@@ -320,6 +330,7 @@ def test_cli_commands_write_pictures_and_numbers(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert (out / "cam/gradcam_eigencam.png").is_file()
     assert (out / "cam/gradcam_eigencam.csv").read_text().count("\n") == 1 + 3 * 2
+    assert "features.relu2,10x10," in (out / "cam/gradcam_eigencam.csv").read_text()  # the layer and its map size
 
     result = invoke("compare-cam", run_dir, "--methods", "gradcam,layercam", "--n", 6, "--steps", 4)
     assert result.exit_code == 0, result.output

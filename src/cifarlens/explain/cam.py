@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cifarlens.errors import CifarlensError
-from cifarlens.models.layers import get_module
+from cifarlens.models.layers import get_module, map_size
 from cifarlens.models.registry import Capabilities, get_submodule, guess_capabilities
 
 # Method name -> its pytorch-grad-cam class (imported on first use); a new grad-cam method is one line here.
@@ -104,6 +104,7 @@ class CamExplainer:
             if method == "scorecam":
                 self._cam.batch_size = batch_size  # masked copies per forward pass
         self.time_per_image = 0.0
+        self.map_size = map_size(model, self.target_layer, image_size)  # (H, W): the CAM's resolution
 
     def __call__(self, x: torch.Tensor, targets: list[int] | None = None) -> np.ndarray:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

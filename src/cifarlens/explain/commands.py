@@ -100,9 +100,13 @@ def layers_command(run: RunArg) -> None:
         rows.append({"name": info.name, "module": info.module_type, "shape": list(info.shape),
                      "poolable": info.poolable, "stage": info.name in stages})  # fmt: skip
     console.print(table)
-    console.print(escape(f"default CAM target layer (a module): {target}"))
+    from cifarlens.models.layers import map_size
+
+    height, width = map_size(model, target, spec.image_size)
+    console.print(escape(f"default CAM target layer: {target} ({height}x{width})"))
     path = _out(run, "layers") / "layers.json"
-    write_json(path, {"model": spec.name, "image_size": spec.image_size, "default_cam_target": target, "layers": rows})
+    write_json(path, {"model": spec.name, "image_size": spec.image_size, "default_cam_target": target,
+                      "default_cam_map_size": [height, width], "layers": rows})  # fmt: skip
     _wrote(path)
 
 
@@ -463,6 +467,7 @@ def cam_command(
             curves = metric(x[i : i + 1], maps[i : i + 1], [targets[i]])
             peak = np.unravel_index(int(maps[i].argmax()), maps[i].shape)
             rows.append({"image": tags[i], "method": m, "target_layer": explainer.target_layer,
+                         "map_size": "x".join(map(str, explainer.map_size)),
                          "label": spec.classes[labels[i]] if labels else "", "explained_class": spec.classes[targets[i]],
                          "probability": float(probs[i, targets[i]]), "peak_row": int(peak[0]), "peak_col": int(peak[1]),
                          **curves.auc(), "seconds_per_image": explainer.time_per_image})  # fmt: skip
@@ -470,7 +475,9 @@ def cam_command(
     stem = "_".join(m.replace("+", "p") for m in methods)
     captions = [f"{t}: {spec.classes[c]} {float(probs[i, c]):.0%}" for i, (t, c) in enumerate(zip(tags, targets))]
     by_method = {m: np.mean([r["deletion_auc"] for r in rows if r["method"] == m]) for m in methods}
-    title = f"{spec.name}, deletion AUC (lower: more faithful): " + ", ".join(f"{m} {v:.3f}" for m, v in by_method.items())
+    layers = sorted({f"{r['target_layer']} ({r['map_size']} maps)" for r in rows})
+    title = (f"{spec.name} at {', '.join(layers)}, deletion AUC (lower: more faithful): "
+             + ", ".join(f"{m} {v:.3f}" for m, v in by_method.items()))  # fmt: skip
     plot_cams(denormalize(x, spec).permute(0, 2, 3, 1).numpy(), heatmaps, out / f"{stem}.png", captions=captions, title=title)
     _csv(out / f"{stem}.csv", rows)
     console.print(title)
@@ -517,21 +524,24 @@ def compare_cam_command(
     targets = Predictor(model, spec).logits(test.images[:n]).argmax(1).tolist()  # the predicted class, as explain cam
     caps = spec.capabilities(model)
     metric = DeletionInsertion(model, steps=steps)
-    rows, curves, maps_by, seconds = [], {}, {}, {}
+    rows, curves, maps_by, seconds, layers = [], {}, {}, {}, {}
     with console.status(f"computing {len(chosen)} CAM methods on {len(x)} images"):
         for m in [*chosen, RANDOM]:
             explainer = CamExplainer(model, m, capabilities=caps, target_layer=target_layer,
                                      image_size=spec.image_size, seed=seed)  # fmt: skip
             maps_by[m] = explainer(x, targets)
             seconds[m] = explainer.time_per_image
+            layers[m] = f"{explainer.target_layer} ({explainer.map_size[0]}x{explainer.map_size[1]})"
     with console.status("deletion and insertion curves"):
         for m, maps in maps_by.items():
             result = metric(x, maps, targets)
             curves[m] = {"deletion": result.deletion, "insertion": result.insertion}
-            rows.append({"method": m, **result.auc(), "seconds_per_image": seconds[m]})
+            rows.append({"method": m, "target_layer": layers[m], **result.auc(), "seconds_per_image": seconds[m]})
     rows.sort(key=lambda r: r["insertion_auc"] - r["deletion_auc"], reverse=True)
     out = _out(run, "compare-cam")
-    table = Table(title=f"{spec.name}: CAM faithfulness on {len(x)} test images (best first)", title_justify="left")
+    where = ", ".join(sorted(set(layers.values())))
+    table = Table(title=f"{spec.name}: CAM faithfulness on {len(x)} test images at {where} (best first)",
+                  title_justify="left")  # fmt: skip
     for col in ("method", "deletion AUC (low)", "insertion AUC (high)", "ins - del", "s / image"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
@@ -539,7 +549,8 @@ def compare_cam_command(
                       f"{r['insertion_auc'] - r['deletion_auc']:+.3f}", f"{r['seconds_per_image'] * 1000:.1f} ms")  # fmt: skip
     console.print(table)
     fractions = np.linspace(0, 1, steps + 1)
-    plot_curves(fractions, curves, out / "curves.png", title=f"{spec.name}: deletion and insertion on {len(x)} test images")
+    plot_curves(fractions, curves, out / "curves.png",
+                title=f"{spec.name}: deletion and insertion on {len(x)} test images, maps at {where}")  # fmt: skip
     _csv(out / "compare.csv", rows)
     write_json(out / "compare.json", {"images": len(x), "steps": steps, "methods": rows,
                                       "curves": {m: {k: v.tolist() for k, v in c.items()} for m, c in curves.items()},

@@ -107,7 +107,7 @@ class AirNet(nn.Module):
 
 @register_model(
     classifier="fc",
-    cam_layer="blocks",
+    cam_layer="blocks.block2",
     probe_stages=("act", "blocks.block1.act2", "blocks.block2.act2", "blocks.block3.act2", "flatten"),
     init_from_data=lambda model, images: model.whiten.fit(images),
     stop_early=("whiten.bias",),

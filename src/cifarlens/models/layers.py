@@ -193,18 +193,33 @@ def module_calls(model: nn.Module, image_size: int = 32) -> tuple[list[ModuleCal
     return finished, calls
 
 
-def default_target_layer(model: nn.Module, image_size: int = 32) -> str:
-    """The module a CAM looks at: the last module to finish with a spatial (C, H>1, W>1) output.
+CAM_MIN_SIDE = 7  # a CAM coarser than 7x7 on a 32x32 image is a blob that cannot point at an object
 
-    Modules called more than once per forward (ResNet's shared ReLU) are skipped because a
-    hook on them would see two outputs. ResNet-18 gives ``layer4``, airnet ``blocks``.
+
+def default_target_layer(model: nn.Module, image_size: int = 32, min_side: int = CAM_MIN_SIDE) -> str:
+    """The module a CAM looks at when a model declares none: the last module to finish whose output is
+    spatial and at least ``min_side`` on its shorter side (else the last spatial one), called once per
+    forward (ResNet's shared ReLU sees two outputs), widened to the outermost module returning that same
+    tensor. timm's ResNet-18 at 32 px gives its layer1 output, a torchvision ResNet-18 ``layer3``.
     """
     finished, calls = module_calls(model, image_size)
-    for call in reversed(finished):
-        out = call.output
-        if calls[call.name] == 1 and isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[2:]) > 1:
-            return call.name
-    raise LayerError(f"{type(model).__name__} has no module with a spatial output to attach a CAM to")
+    spatial = [c for c in finished if calls[c.name] == 1 and isinstance(c.output, torch.Tensor)
+               and c.output.ndim == 4 and min(c.output.shape[2:]) > 1]  # fmt: skip
+    if not spatial:
+        raise LayerError(f"{type(model).__name__} has no module with a spatial output to attach a CAM to")
+    fine = [c for c in spatial if min(c.output.shape[2:]) >= min_side]
+    chosen = (fine or spatial)[-1]
+    same = [c.name for c in spatial if c.output is chosen.output]
+    return min(same, key=lambda name: name.count("."))
+
+
+def map_size(model: nn.Module, layer: str, image_size: int = 32) -> tuple[int, int]:
+    """(H, W) of module ``layer``'s output for one (3, image_size, image_size) input: a CAM's resolution."""
+    finished, _ = module_calls(model, image_size)
+    out = next((c.output for c in finished if c.name == layer), None)
+    if not isinstance(out, torch.Tensor) or out.ndim != 4:
+        raise LayerError(f"module {layer!r} has no spatial output; pick a conv layer (see cifarlens explain layers RUN)")
+    return int(out.shape[2]), int(out.shape[3])
 
 
 def module_feeding(model: nn.Module, consumer: str, image_size: int = 32) -> str | None:

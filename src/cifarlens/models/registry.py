@@ -38,7 +38,7 @@ class Capabilities:
     probe stages FX node names (``cifarlens explain layers RUN`` lists both)."""
 
     classifier: str  # the final nn.Linear; its top-level module is the head that --freeze backbone keeps training
-    cam_layer: str  # default CAM target: a module with a spatial output, called once per forward
+    cam_layer: str  # default CAM target: a module called once per forward, output at least 7x7 on a 32-px image
     probe_stages: tuple[str, ...]  # what the depth-wise probe scores, shallow to deep
     gap_features: str | None = None  # module whose output is global-average-pooled into the classifier (original CAM)
     mean: tuple[float, ...] = CIFAR10_MEAN  # input normalisation when trained from scratch

@@ -45,7 +45,7 @@ def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1, batch_norm: bool = Tru
 
 @register_model(
     classifier="classifier.fc3",
-    cam_layer="features",
+    cam_layer="features.relu2",
     probe_stages=("features.relu1", "features.pool1", "features.relu2", "features.pool2", "flatten",
                   "classifier.relu1", "classifier.relu2"),
 )  # fmt: skip
@@ -71,7 +71,7 @@ def tutorial(num_classes: int = 10) -> nn.Module:
 
 @register_model(
     classifier="classifier.fc3",
-    cam_layer="features",
+    cam_layer="features.block8",
     probe_stages=("features.drop1", "features.drop3", "features.drop4", "features.pool", "flatten",
                   "classifier.drop1", "classifier.drop2"),
 )  # fmt: skip
@@ -106,7 +106,7 @@ def seed_bn8(num_classes: int = 10, dropout: float = 0.3, conv_dropout: float = 
 
 @register_model(
     classifier="classifier.fc2",
-    cam_layer="features",
+    cam_layer="features.relu3",
     probe_stages=("features.relu1", "features.relu2", "features.relu3", "features.pool3", "flatten", "classifier.drop1"),
 )  # fmt: skip
 def vgg_small(num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
@@ -130,7 +130,7 @@ def vgg_small(num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
 
 @register_model(
     classifier="classifier.fc2",
-    cam_layer="features",
+    cam_layer="features.block3.conv2",
     probe_stages=("features.block1.conv2.relu", "features.block2.conv2.relu", "features.block3.conv2.relu",
                   "features.block3.drop", "flatten", "classifier.drop1"),
 )  # fmt: skip

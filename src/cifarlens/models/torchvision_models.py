@@ -39,7 +39,7 @@ def _resnet(builder, weights, num_classes: int, cifar_stem: bool, pretrained: bo
 
 @register_model(
     classifier="fc",
-    cam_layer="layer4",
+    cam_layer="layer3",
     probe_stages=("layer1.1.relu_1", "layer2.1.relu_1", "layer3.1.relu_1", "layer4.1.relu_1", "flatten"),
     gap_features="layer4",
 )  # fmt: skip
@@ -50,7 +50,7 @@ def resnet18(num_classes: int = 10, cifar_stem: bool = True, pretrained: bool = 
 
 @register_model(
     classifier="fc",
-    cam_layer="layer4",
+    cam_layer="layer3",
     probe_stages=("layer1.2.relu_2", "layer2.3.relu_2", "layer3.5.relu_2", "layer4.2.relu_2", "flatten"),
     gap_features="layer4",
 )  # fmt: skip
@@ -79,7 +79,7 @@ class MobileNetV2(nn.Module):
 
 @register_model(
     classifier="classifier.1",
-    cam_layer="features",
+    cam_layer="features.13",
     probe_stages=("features.3.add", "features.6.add", "features.13.add", "features.17.conv.3", "classifier.0"),
     gap_features="features",
 )  # fmt: skip
@@ -111,7 +111,7 @@ def mobilenet_v2(
 
 @register_model(
     classifier="classifier.fc2",
-    cam_layer="features.42",
+    cam_layer="features.22",
     probe_stages=("features.5", "features.12", "features.22", "features.32", "features.42", "flatten", "classifier.drop1"),
 )  # fmt: skip
 def vgg16(num_classes: int = 10, batch_norm: bool = True, dropout: float = 0.5, pretrained: bool = False) -> nn.Module:
@@ -133,7 +133,7 @@ def vgg16(num_classes: int = 10, batch_norm: bool = True, dropout: float = 0.5, 
 
 @register_model(
     classifier="classifier.1",
-    cam_layer="features.6.0.block.0",
+    cam_layer="features.2",
     probe_stages=("features.1.0.block.1", "features.2.1.add", "features.3.1.add", "features.5.2.add", "classifier.0"),
     gap_features="features",
 )  # fmt: skip
@@ -148,7 +148,7 @@ def efficientnet_b0(num_classes: int = 10, dropout: float = 0.2, pretrained: boo
 
 @register_model(
     classifier="classifier.2",
-    cam_layer="features.6.0",
+    cam_layer="features.1",
     probe_stages=("features.1.2.add", "features.3.2.add", "features.5.8.add", "features.7.2.add", "classifier.1"),
 )  # fmt: skip
 def convnext_tiny(num_classes: int = 10, pretrained: bool = False) -> nn.Module:
