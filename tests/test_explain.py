@@ -7,8 +7,10 @@ in an image (for CAM peaks that must follow the square).
 
 from __future__ import annotations
 
+import csv
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,8 @@ from cifarlens.config import build_config
 from cifarlens.errors import CifarlensError
 from cifarlens.explain.activation_max import ActivationMaximiser, FourierImage
 from cifarlens.explain.cam import METHODS, CamExplainer, classic_cam_layers
+from cifarlens.explain.attribution import METHODS as ATTRIBUTION_METHODS
+from cifarlens.explain.attribution import attribute_maps, hook_safe
 from cifarlens.explain.faithfulness import DeletionInsertion
 from cifarlens.explain.features import extract_features
 from cifarlens.explain.images import ImageFileError, load_image_files
@@ -263,6 +267,65 @@ def test_deletion_of_salient_pixels_hurts_more_than_random(square_net):
     assert faithful["insertion_auc"] > random["insertion_auc"]
 
 
+# ----------------------------------------------------------------------------- attribution methods
+
+
+def pointing_hits(maps: np.ndarray, corners: list[tuple[int, int]]) -> float:
+    """Share of maps whose most-attributed pixel lies in the planted square (the pointing game)."""
+    hits = [y <= np.unravel_index(m.argmax(), m.shape)[0] < y + SQUARE and x <= np.unravel_index(m.argmax(), m.shape)[1] < x + SQUARE
+            for m, (y, x) in zip(maps, corners)]  # fmt: skip
+    return float(np.mean(hits))
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated-gradients", "occlusion", "gradcam", "smoothgrad"])
+def test_attribution_points_at_the_planted_square(square_net, method):
+    """Ground truth from a planted signal: the class is decided by the square alone, wherever it is."""
+    rng = np.random.default_rng(11)
+    corners = [tuple(int(v) for v in rng.integers(0, 32 - SQUARE, size=2)) for _ in range(12)]
+    x = torch.cat([to_input(square_images(1, rng, np.array([True]), at=c)) for c in corners])
+    maps = attribute_maps(square_net, x, [1] * len(x), [method], mean=SQUARE_SPEC.mean, std=SQUARE_SPEC.std)[method].maps
+    chance = pointing_hits(np.random.default_rng(0).random(maps.shape), corners)
+    assert pointing_hits(maps, corners) >= 0.75 > chance + 0.5, (method, pointing_hits(maps, corners), chance)
+
+
+def test_every_attribution_method_maps_every_pixel_of_real_architectures():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for name, kwargs in (("airnet", {"width": 8, "wide": 16}), ("tutorial", {}), ("resnet18", {})):
+        model = create_model(name, **kwargs).eval()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        methods = [m for m in ATTRIBUTION_METHODS if not (m == "cam" and name != "resnet18")]  # cam: GAP heads only
+        found = attribute_maps(model, x, [1, 2], methods, capabilities=model_capabilities(name))
+        for method, result in found.items():
+            assert result.maps.shape == (2, 32, 32) and np.isfinite(result.maps).all(), (name, method)
+            assert result.maps.min() >= 0 and result.maps.max() > 0, (name, method)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the run's model untouched
+
+
+def test_hook_safe_unshares_a_relu_called_twice_and_keeps_the_function():
+    model = create_model("resnet18").eval()
+    safe = hook_safe(model)
+    calls = [n.target for n in safe.graph.nodes if n.op == "call_module"]
+    assert len(calls) == len(set(calls)) and not any(getattr(m, "inplace", False) for m in safe.modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(safe(x), model(x))
+
+
+def test_the_readme_lists_every_attribution_method_as_the_registry_does():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for method in ATTRIBUTION_METHODS.values():
+        assert f"| `{method.name}` | {method.library} | {method.summary} |" in readme, method.name
+
+
+def test_unknown_attribution_method_and_baseline_are_named():
+    model = create_model("tutorial").eval()
+    with pytest.raises(CifarlensError, match="unknown attribution method magic; choose from: saliency"):
+        attribute_maps(model, torch.zeros(1, 3, 32, 32), [0], ["magic"])
+    with pytest.raises(CifarlensError, match="unknown baseline 'grey'; choose one of: black, blur, mean"):
+        attribute_maps(model, torch.zeros(1, 3, 32, 32), [0], ["saliency"], baseline="grey")
+
+
 # ----------------------------------------------------------------------------- activation maximisation
 
 
@@ -332,6 +395,16 @@ def test_cli_commands_write_pictures_and_numbers(run_dir, tmp_path):
     assert (out / "cam/gradcam_eigencam.csv").read_text().count("\n") == 1 + 3 * 2
     assert "features.relu2,10x10," in (out / "cam/gradcam_eigencam.csv").read_text()  # the layer and its map size
 
+    result = invoke("attribute", run_dir, "--index", "0-1", "--method", "saliency,deeplift,gradcam", "--target", "true")
+    assert result.exit_code == 0, result.output
+    stem = out / "attribute/saliency_deeplift_gradcam"
+    assert stem.with_suffix(".png").is_file()
+    maps = load_file(str(stem.with_suffix(".safetensors")))
+    assert maps["gradcam.map"].shape == (2, 32, 32) and maps["deeplift.raw"].shape == (2, 3, 32, 32)
+    with open(stem.with_suffix(".csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["saliency"] * 2 + ["deeplift"] * 2 + ["gradcam"] * 2
+    assert all(r["explained_class"] == r["label"] and 0 <= float(r["deletion_auc"]) <= 1 for r in rows)
     result = invoke("compare-cam", run_dir, "--methods", "gradcam,layercam", "--n", 6, "--steps", 4)
     assert result.exit_code == 0, result.output
     compare = json.loads((out / "compare-cam/compare.json").read_text())
@@ -349,6 +422,9 @@ def test_cli_bad_input_is_one_line(run_dir, tmp_path):
     assert_user_error(invoke("cam", run_dir, tmp_path / "data.png"), "data.png: not an image")
     assert_user_error(invoke("cam", run_dir, "--method", "cam"), "global-average-pool")
     assert_user_error(invoke("cam", run_dir, "--method", "magic"), "unknown CAM method 'magic'")
+    assert_user_error(invoke("attribute", run_dir, "--method", "saliency,magic"), "unknown attribution method magic")
+    Image.new("RGB", (40, 30), "gray").save(tmp_path / "x.png")
+    assert_user_error(invoke("attribute", run_dir, tmp_path / "x.png", "--target", "true"), "--target true needs")
     assert_user_error(invoke("filters", run_dir, "--layer", "flatten"), "conv layers: features.conv1")
     assert_user_error(invoke("projection", run_dir, "--method", "mds"), "choose one of: pca, tsne, umap")
     assert_user_error(invoke("feature-maps", run_dir, "--index", "5000"), "out of range")

@@ -11,6 +11,9 @@ import importlib
 # Loaded on first use, so that ``cifarlens --help`` (which imports the commands module) stays fast.
 _WHERE = {
     "ActivationMaximiser": "activation_max",
+    "attribute": "attribution",
+    "attribute_maps": "attribution",
+    "METHODS": "attribution",
     "FourierImage": "activation_max",
     "CamExplainer": "cam",
     "classic_cam_layers": "cam",

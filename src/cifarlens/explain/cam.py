@@ -9,6 +9,7 @@ row for the class; it is offered only for models whose head is global-average-po
 from __future__ import annotations
 
 import contextlib
+import io
 import time
 
 import numpy as np
@@ -26,6 +27,10 @@ GRAD_CAM_CLASSES = {
     "scorecam": "ScoreCAM",
     "eigencam": "EigenCAM",
     "layercam": "LayerCAM",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "ablationcam": "AblationCAM",
+    "fullgrad": "FullGrad",
 }
 METHODS = (*GRAD_CAM_CLASSES, "cam")  # "cam": the original CAM, a BaseCAM of ours (_classic_cam)
 # Reference for faithfulness scores: random channel weights on the same target layer (grad-cam's
@@ -65,14 +70,15 @@ def _classic_cam(model: nn.Module, target_layers: list[nn.Module], weight: torch
 
 
 @contextlib.contextmanager
-def _quiet_score_cam():
-    """Silence the tqdm bar ScoreCAM draws for every batch (it has no option for it)."""
+def _quiet_progress_bars():
+    """Silence the tqdm bars ScoreCAM and AblationCAM draw for every batch (they have no option for it)."""
     import types
     from unittest import mock
 
-    from pytorch_grad_cam import score_cam
+    from pytorch_grad_cam import ablation_cam, score_cam
 
-    with mock.patch.object(score_cam, "tqdm", types.SimpleNamespace(tqdm=lambda iterable, **_: iterable)):
+    silent = types.SimpleNamespace(tqdm=lambda iterable, **_: iterable)
+    with mock.patch.object(score_cam, "tqdm", silent), mock.patch.object(ablation_cam, "tqdm", silent):
         yield
 
 
@@ -100,8 +106,9 @@ class CamExplainer:
             self._cam = _classic_cam(model, [get_module(model, layer)], linear.weight)
         else:
             self.target_layer = target_layer or caps.cam_layer
-            self._cam = _grad_cam_class(method)(model=model, target_layers=[get_module(model, self.target_layer)])
-            if method == "scorecam":
+            with contextlib.redirect_stdout(io.StringIO()):  # FullGrad prints that it uses every bias layer
+                self._cam = _grad_cam_class(method)(model=model, target_layers=[get_module(model, self.target_layer)])
+            if method in ("scorecam", "ablationcam"):
                 self._cam.batch_size = batch_size  # masked copies per forward pass
         self.time_per_image = 0.0
         self.map_size = map_size(model, self.target_layer, image_size)  # (H, W): the CAM's resolution
@@ -116,7 +123,7 @@ class CamExplainer:
         state = np.random.get_state()
         np.random.seed(self.seed)  # RandomCAM draws from numpy's global generator
         try:
-            with _quiet_score_cam():
+            with _quiet_progress_bars():
                 maps = self._cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
         finally:
             np.random.set_state(state)

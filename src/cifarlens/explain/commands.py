@@ -281,19 +281,9 @@ def filters_command(
 
 
 def _chosen_images(run: Path, spec, images: list[Path] | None, index: str | None, split: str, data_dir):
-    """uint8 images, their labels (None for files) and names, from files or from split indices."""
-    from cifarlens.explain.images import load_image_files, parse_indices
+    from cifarlens.explain.images import choose_images
 
-    if images and index:
-        raise CifarlensError("give image files or --index, not both")
-    if images:
-        names = [p.name for p in images]
-        if len(set(names)) < len(names):  # e.g. samples/cat/0990.jpg and samples/dog/0990.jpg
-            names = [f"{p.parent.name}_{p.name}" for p in images]
-        return load_image_files(images), None, names
-    _, chosen = _split(run, split, data_dir)
-    idx = parse_indices(index or "0", len(chosen))
-    return chosen.images[idx], chosen.labels[idx].tolist(), [f"{split}{i}" for i in idx]
+    return choose_images(run, images, index, split, data_dir)
 
 
 @app.command("feature-maps")
@@ -490,6 +480,44 @@ def _class_index(text: str, classes: tuple[str, ...]) -> int:
     if text.isdigit() and int(text) < len(classes):
         return int(text)
     raise CifarlensError(f"unknown class {text!r}; give a name or number: {', '.join(classes)}")
+
+
+@app.command("attribute")
+@user_errors
+def attribute_command(
+    run: RunArg,
+    images: Annotated[Optional[list[Path]], typer.Argument(help="image files (PNG/JPEG); or use --index")] = None,
+    index: Annotated[Optional[str], typer.Option(help="images of --split by index: 0-7 or 0,3,9")] = None,
+    method: Annotated[str, typer.Option(help="comma-separated attribution methods (see the README's table): "
+                                        "saliency, integrated-gradients, occlusion, gradcam, ...")] = "saliency,integrated-gradients,smoothgrad,occlusion,gradcam,guided-gradcam",
+    target: Annotated[str, typer.Option(help="class explained: pred (predicted), true (the label), or a class name/number")] = "pred",
+    baseline: Annotated[str, typer.Option(help="reference image of integrated-gradients, gradient-shap, deeplift, "
+                                          "occlusion, feature-ablation, kernel-shap, lime: black, blur or mean (the training mean)")] = "black",
+    target_layer: Annotated[Optional[str], typer.Option(help="module the CAM methods look at (default: see explain layers)")] = None,
+    split: SplitOpt = "test",
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = "auto",
+    seed: Annotated[int, typer.Option(help="seed of the sampling methods (smoothgrad, gradient-shap, kernel-shap, lime)")] = 0,
+) -> None:
+    """Pixel-resolution attribution maps of Captum and grad-cam methods, each scored by deletion and insertion."""
+    import numpy as np
+
+    from cifarlens.explain.attribution import attribute, check_methods
+
+    methods = check_methods([m.strip() for m in method.split(",") if m.strip()])
+    with console.status(f"computing {len(methods)} attribution methods"):
+        result = attribute(run, methods=methods, images=images, index=index, target=target, baseline=baseline,
+                           target_layer=target_layer, split=split, data_dir=data_dir, device=device, seed=seed)  # fmt: skip
+    table = Table(title=f"{result.model_name}: attribution on {len(result.tags)} images (mean over them)",
+                  title_justify="left")  # fmt: skip
+    for col in ("method", "library", "deletion AUC (low)", "insertion AUC (high)", "ms / image"):
+        table.add_column(col, justify="left" if col in ("method", "library") else "right")
+    for name in methods:
+        rows = [r for r in result.rows if r["method"] == name]
+        table.add_row(name, rows[0]["library"], f"{np.mean([r['deletion_auc'] for r in rows]):.3f}",
+                      f"{np.mean([r['insertion_auc'] for r in rows]):.3f}", f"{rows[0]['ms_per_image']:.1f}")  # fmt: skip
+    console.print(table)
+    _wrote(*result.write(_out(run, "attribute")))
 
 
 @app.command("compare-cam")

@@ -9,7 +9,7 @@ import torch
 from cifarlens.data.augment import model_input as data_model_input
 from cifarlens.data.image_files import ImageFileError, load_image  # noqa: F401  (ImageFileError: re-exported)
 from cifarlens.errors import CifarlensError
-from cifarlens.run import ModelSpec
+from cifarlens.run import ModelSpec, RunDir
 
 
 def model_input(images: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
@@ -49,3 +49,18 @@ def parse_indices(text: str, n: int) -> list[int]:
     if bad:
         raise CifarlensError(f"index {bad[0]} is out of range: the split has {n} images (0-{n - 1})")
     return indices
+
+
+def choose_images(run, images: list[Path] | None, index: str | None, split: str, data_dir: str | None):
+    """(uint8 images (N, 3, 32, 32), their labels (None for files), their names), from files or from the
+    ``index`` spec (``0-7``, ``0,3,9``) of the run's ``split``."""
+    if images and index:
+        raise CifarlensError("give image files or --index, not both")
+    if images:
+        names = [p.name for p in images]
+        if len(set(names)) < len(names):  # e.g. samples/cat/0990.jpg and samples/dog/0990.jpg
+            names = [f"{p.parent.name}_{p.name}" for p in images]
+        return load_image_files(images), None, names
+    chosen = RunDir(run).load_data(data_dir).split(split)
+    idx = parse_indices(index or "0", len(chosen))
+    return chosen.images[idx], chosen.labels[idx].tolist(), [f"{split}{i}" for i in idx]
