@@ -204,20 +204,15 @@ def _cam(method: str) -> Callable[[Inputs], np.ndarray]:
     return run
 
 
-_CAM_SUMMARIES = {
-    "gradcam": "channel weights from the pooled gradients (Selvaraju et al. 2017)",
-    "gradcam++": "Grad-CAM with higher-order gradient weights (Chattopadhay et al. 2018)",
-    "hirescam": "gradients times activations per position, no pooling (Draelos and Carin 2020)",
-    "xgradcam": "Grad-CAM with activation-normalised weights (Fu et al. 2020)",
-    "layercam": "positive gradients times activations per position (Jiang et al. 2021)",
-    "scorecam": "channel weights from the class score of each masked copy (Wang et al. 2020)",
-    "ablationcam": "channel weights from the score drop when each channel is zeroed (Desai and Ramaswamy 2020)",
-    "eigencam": "first principal component of the activations, class-agnostic (Muhammad and Yeasin 2020)",
-    "fullgrad": "bias gradients of every layer plus the input gradient, class-specific (Srinivas and Fleuret 2019)",
-    "cam": "the head's weights on the pooled features: global-average-pool + linear heads only (Zhou et al. 2016)",
-}
-for _name, _summary in _CAM_SUMMARIES.items():
-    register(_name, "grad-cam", _summary, needs_layer=_name != "fullgrad")(_cam(_name))
+def _register_cams() -> None:
+    from cifarlens.explain.cam import CLASSIC_CAM, GRAD_CAM_CLASSES
+
+    for name, (_, summary) in GRAD_CAM_CLASSES.items():
+        register(name, "grad-cam", summary, needs_layer=name != "fullgrad")(_cam(name))
+    register("cam", "grad-cam", CLASSIC_CAM, needs_layer=True)(_cam("cam"))
+
+
+_register_cams()
 
 
 @register("guided-gradcam", "grad-cam", "guided backprop times the Grad-CAM map (Selvaraju et al. 2017)",

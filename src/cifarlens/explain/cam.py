@@ -20,18 +20,21 @@ from cifarlens.errors import CifarlensError
 from cifarlens.models.layers import get_module, map_size
 from cifarlens.models.registry import Capabilities, get_submodule, guess_capabilities
 
-# Method name -> its pytorch-grad-cam class (imported on first use); a new grad-cam method is one line here.
+# Method name -> (its pytorch-grad-cam class, imported on first use; what it shows): a new grad-cam method is one
+# line here, and explain attribute/cam/compare-cam offer it.
 GRAD_CAM_CLASSES = {
-    "gradcam": "GradCAM",
-    "gradcam++": "GradCAMPlusPlus",
-    "scorecam": "ScoreCAM",
-    "eigencam": "EigenCAM",
-    "layercam": "LayerCAM",
-    "hirescam": "HiResCAM",
-    "xgradcam": "XGradCAM",
-    "ablationcam": "AblationCAM",
-    "fullgrad": "FullGrad",
+    "gradcam": ("GradCAM", "channel weights from the pooled gradients (Selvaraju et al. 2017)"),
+    "gradcam++": ("GradCAMPlusPlus", "Grad-CAM with higher-order gradient weights (Chattopadhay et al. 2018)"),
+    "scorecam": ("ScoreCAM", "channel weights from the class score of each masked copy (Wang et al. 2020)"),
+    "eigencam": ("EigenCAM", "first principal component of the activations, class-agnostic (Muhammad and Yeasin 2020)"),
+    "layercam": ("LayerCAM", "positive gradients times activations per position (Jiang et al. 2021)"),
+    "hirescam": ("HiResCAM", "gradients times activations per position, no pooling (Draelos and Carin 2020)"),
+    "xgradcam": ("XGradCAM", "Grad-CAM with activation-normalised weights (Fu et al. 2020)"),
+    "ablationcam": ("AblationCAM", "channel weights from the score drop when each channel is zeroed (Desai and "
+                    "Ramaswamy 2020)"),
+    "fullgrad": ("FullGrad", "bias gradients of every layer plus the input gradient (Srinivas and Fleuret 2019)"),
 }
+CLASSIC_CAM = "the head's weights on the pooled features: global-average-pool + linear heads only (Zhou et al. 2016)"
 METHODS = (*GRAD_CAM_CLASSES, "cam")  # "cam": the original CAM, a BaseCAM of ours (_classic_cam)
 # Reference for faithfulness scores: random channel weights on the same target layer (grad-cam's
 # RandomCAM), so the map has the same blocky resolution as the real ones. A pixel-wise random map
@@ -42,7 +45,7 @@ RANDOM = "random"
 def _grad_cam_class(method: str):
     import pytorch_grad_cam as pgc
 
-    return getattr(pgc, (GRAD_CAM_CLASSES | {RANDOM: "RandomCAM"})[method])
+    return getattr(pgc, "RandomCAM" if method == RANDOM else GRAD_CAM_CLASSES[method][0])
 
 
 def classic_cam_layers(model: nn.Module, caps: Capabilities) -> tuple[str, nn.Linear]:
