@@ -12,8 +12,6 @@ down-right, weighted so the unshifted pair keeps half the weight (6 views, 3x th
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +19,7 @@ from torch import nn
 from cifarlens.data.augment import model_input
 from cifarlens.device import autocast
 from cifarlens.errors import ConfigError
-from cifarlens.run import ModelSpec, RunDir
+from cifarlens.run import ModelSpec
 
 
 def mirror_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -67,17 +65,6 @@ class Predictor:
         self.tta = tta or tta_translate
         self.batch_size = batch_size
         self.forward = torch.compile(model) if compile else model
-
-    @classmethod
-    def from_run(cls, run: str | Path, **options) -> "Predictor":
-        """The predictor of a run directory's final model (``options``: as for ``Predictor``)."""
-        device = options.get("device", "cpu")
-        model, spec = RunDir(run).load_model(device)
-        return cls(model, spec, **options)
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return tuple(self.spec.classes)
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> the normalised, resized, channels-last float batch the model takes."""

@@ -79,12 +79,6 @@ class RunDir:
     def __fspath__(self) -> str:
         return str(self.path)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RunDir) and self.path == other.path
-
-    def __hash__(self) -> int:
-        return hash(self.path)
-
     # -- files ------------------------------------------------------------------------------------
     @property
     def config_file(self) -> Path:
@@ -230,10 +224,6 @@ class RunDir:
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         atomic_write_text(self.metrics_file, buf.getvalue())
-
-    def metric_column(self, name: str) -> list[float]:
-        """One metrics.csv column over the epochs, NaN where an epoch has no value."""
-        return [float(row.get(name, float("nan"))) for row in self.metrics]
 
     # -- summary -------------------------------------------------------------------------------------------
     def read_summary(self) -> dict[str, Any]:
