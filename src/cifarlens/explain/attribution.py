@@ -59,6 +59,7 @@ class Method:
     needs_baseline: bool = False  # compares with a baseline image
     signed: bool = False  # the positive part is the evidence for the class (else magnitudes count)
     per_image: bool = False  # the library takes one image per call
+    hooks_every_relu: bool = False  # hooks every ReLU module: runs on hook_safe(model), shared modules unshared
 
 
 METHODS: dict[str, Method] = {}
@@ -138,17 +139,19 @@ def _gradient_shap(a: Inputs):
 
 
 @register("deeplift", "captum", "DeepLIFT rescale rule against the baseline (Shrikumar et al. 2017)",
-          needs_baseline=True, signed=True)  # fmt: skip
+          needs_baseline=True, signed=True, hooks_every_relu=True)  # fmt: skip
 def _deeplift(a: Inputs):
     return _captum("DeepLift")(a.unshared).attribute(a.x, baselines=a.baseline, target=a.targets)
 
 
-@register("guided-backprop", "captum", "gradients with negative ReLU gradients zeroed (Springenberg et al. 2015)")
+@register("guided-backprop", "captum", "gradients with negative ReLU gradients zeroed (Springenberg et al. 2015)",
+          hooks_every_relu=True)  # fmt: skip
 def _guided_backprop(a: Inputs):
     return _captum("GuidedBackprop")(a.unshared).attribute(a.x, target=a.targets).abs()
 
 
-@register("deconvolution", "captum", "gradients through ReLUs applied to the gradient (Zeiler and Fergus 2014)")
+@register("deconvolution", "captum", "gradients through ReLUs applied to the gradient (Zeiler and Fergus 2014)",
+          hooks_every_relu=True)  # fmt: skip
 def _deconvolution(a: Inputs):
     return _captum("Deconvolution")(a.unshared).attribute(a.x, target=a.targets).abs()
 
@@ -216,13 +219,10 @@ _register_cams()
 
 
 @register("guided-gradcam", "grad-cam", "guided backprop times the Grad-CAM map (Selvaraju et al. 2017)",
-          needs_layer=True)  # fmt: skip
+          needs_layer=True, signed=True, hooks_every_relu=True)  # fmt: skip
 def _guided_gradcam(a: Inputs):
     guided = _guided_backprop(a).sum(1)
     return guided * torch.as_tensor(_cam("gradcam")(a), device=guided.device)
-
-
-_HOOKS_EVERY_RELU = {"deeplift", "guided-backprop", "deconvolution", "guided-gradcam"}
 
 
 # -- running them -------------------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ def to_map(raw: torch.Tensor | np.ndarray, method: Method) -> np.ndarray:
     out = torch.as_tensor(np.asarray(raw.detach().cpu() if isinstance(raw, torch.Tensor) else raw), dtype=torch.float32)
     if out.ndim == 4:
         out = out.sum(1)
-    if method.signed or method.name == "guided-gradcam":
+    if method.signed:
         out = out.clamp(min=0)
     return out.abs().numpy()
 
@@ -304,7 +304,7 @@ def attribute_maps(model: nn.Module, x: torch.Tensor, targets: list[int], method
     check_methods(methods)
     caps = capabilities or guess_capabilities(model, x.shape[-1])
     plain = without_inplace(model)
-    unshared = hook_safe(model) if any(METHODS[m].name in _HOOKS_EVERY_RELU for m in methods) else plain
+    unshared = hook_safe(model) if any(METHODS[m].hooks_every_relu for m in methods) else plain
     inputs = Inputs(plain, unshared, x, list(targets), baseline_images(x, baseline, mean, std), caps, target_layer, seed)
     results = {}
     for name in methods:
