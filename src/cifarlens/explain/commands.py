@@ -280,12 +280,6 @@ def filters_command(
     _wrote(out / f"{_safe(name)}.png", out / f"{_safe(name)}.json")
 
 
-def _chosen_images(run: Path, spec, images: list[Path] | None, index: str | None, split: str, data_dir):
-    from cifarlens.explain.images import choose_images
-
-    return choose_images(run, images, index, split, data_dir)
-
-
 @app.command("feature-maps")
 @user_errors
 def feature_maps_command(
@@ -301,14 +295,14 @@ def feature_maps_command(
     import torch
 
     from cifarlens.explain.filters import feature_map_stats
-    from cifarlens.explain.images import model_input
+    from cifarlens.explain.images import choose_images, model_input
     from cifarlens.evaluation.predict import Predictor
     from cifarlens.explain.plots import plot_tiles
     from cifarlens.models.layers import FeatureExtractor, LayerError, list_layers
     from cifarlens.run import write_json
 
     model, spec, _ = _load(run)
-    imgs, labels, tags = _chosen_images(run, spec, [image] if image else None, index, split, data_dir)
+    imgs, labels, tags = choose_images(run, [image] if image else None, index, split, data_dir)
     imgs, tag = imgs[:1], tags[0]
     infos = {i.name: i for i in list_layers(model, spec.image_size)}
     stages = spec.capabilities(model).probe_stages
@@ -432,14 +426,14 @@ def cam_command(
 
     from cifarlens.explain.cam import CamExplainer
     from cifarlens.explain.faithfulness import DeletionInsertion
-    from cifarlens.explain.images import denormalize, model_input
+    from cifarlens.explain.images import choose_images, denormalize, model_input
     from cifarlens.explain.plots import plot_cams
 
     from cifarlens.evaluation.predict import Predictor
 
     model, spec, _ = _load(run)
     methods = _methods(method)
-    imgs, labels, tags = _chosen_images(run, spec, images, index, split, data_dir)
+    imgs, labels, tags = choose_images(run, images, index, split, data_dir)
     x = model_input(imgs, spec)
     probs = Predictor(model, spec).probabilities(imgs)
     caps = spec.capabilities(model)
