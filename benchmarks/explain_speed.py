@@ -12,6 +12,12 @@ Three measurements on the test split, through the same code the commands run:
     python benchmarks/explain_speed.py --run runs/airnet-...            # full: 10,000 images
     python benchmarks/explain_speed.py --run runs/airnet-... --quick    # 500 images, checks it works
 
+``--rank`` instead runs ``explain rank`` (every attribution method on ``--rank-n`` seeded test images: deletion,
+insertion, ROAD, randomisation sanity, ms per image) and ``explain rank --methods cams`` once per
+``--cam-layers`` entry (the old and the new default CAM layer), and prints both tables:
+
+    python benchmarks/explain_speed.py --rank --run runs/airnet-... --rank-n 500 --cam-layers blocks,blocks.block2
+
 Without ``--run`` an untrained ``--model`` is timed (the t-SNE numbers then describe random
 features). Results go to ``--out`` as JSON and are printed as Markdown for BENCHMARKS.md.
 """
@@ -89,6 +95,40 @@ def time_cams(model, spec, images, methods, batch: int = 16) -> list[dict]:
     return rows
 
 
+def rank_tables(args) -> None:
+    """``explain rank`` of every method, then of the CAM methods at each of ``--cam-layers``; JSON + markdown."""
+    from cifarlens.explain.ranking import RankSettings, rank
+    from cifarlens.run import RunDir
+
+    spec = RunDir(args.run).read_spec()
+    t0 = time.perf_counter()
+    ranked = rank(args.run, methods=args.methods_rank, n=args.rank_n, data_dir=args.data_dir, device="cpu",
+                  settings=RankSettings(seed=args.seed, sanity_n=args.sanity_n))  # fmt: skip
+    result = {"date": date.today().isoformat(), "machine": cpu_name(), "threads": torch.get_num_threads(),
+              "run": str(args.run), "model": spec.name, "images": len(ranked.indices), "sanity_n": args.sanity_n,
+              "seconds": time.perf_counter() - t0, "rows": ranked.rows, "notes": ranked.notes, "cam_layers": {}}  # fmt: skip
+    print(f"\n{ranked.title()}, {result['seconds']:.0f} s in all\n\n{ranked.markdown()}")
+    for note in ranked.notes:
+        print(f"note: {note}")
+    for layer in [x for x in (args.cam_layers or "").split(",") if x]:
+        cams = rank(args.run, methods="cams", n=args.rank_n, data_dir=args.data_dir, device="cpu",
+                    settings=RankSettings(seed=args.seed, sanity_n=args.sanity_n, target_layer=layer))  # fmt: skip
+        result["cam_layers"][layer] = cams.rows
+        print(f"\nCAM methods at {layer}:\n\n{cams.markdown()}")
+    out = Path(args.out or f"benchmarks/results/rank_{spec.name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), which platform.processor() leaves empty on Linux."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="trained run directory (default: an untrained --model)")
@@ -101,6 +141,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch and t-SNE threads (0: all cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="500 images, 8 CAM images: checks the script works")
+    parser.add_argument("--rank", action="store_true", help="time and score explain rank instead (needs --run)")
+    parser.add_argument("--rank-n", type=int, default=500, help="seeded test images of --rank")
+    parser.add_argument("--sanity-n", type=int, default=0, help="images of those the randomisation check runs on (0: all)")
+    parser.add_argument("--methods-rank", default="all", help="methods of --rank: all, cams or a list")
+    parser.add_argument("--cam-layers", default="", help="--rank: also rank the CAM methods at each of these layers")
     parser.add_argument("--out", default=None, help="JSON results (default: benchmarks/results/explain_speed[_quick].json)")
     args = parser.parse_args()
     if args.quick:
@@ -108,6 +153,10 @@ def main() -> None:
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore", message=".*official CIFAR-10 MD5")
+    if args.rank:
+        if not args.run:
+            parser.error("--rank needs --run (a trained run)")
+        return rank_tables(args)
 
     model, spec, data, source = load(args)
     layer = args.layer or default_stages(list_layers(model, spec.image_size))[-1]

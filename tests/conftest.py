@@ -6,10 +6,17 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
+
+from cifarlens.config import build_config
+from cifarlens.run import ModelSpec
+from cifarlens.training import TrainConfig, recipe_options, train
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -96,3 +103,81 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment in result.stderr.replace("\n", " "), result.stderr
+
+
+# -- a trained run, and a model whose right answer is known (the explain tests) ------------------------------------
+SQUARE = 6  # side of the planted square
+
+
+@pytest.fixture(scope="module")
+def run_dir(cifar_root, tmp_path_factory):
+    """The tutorial net trained for 2 epochs on the synthetic CIFAR-10 (500 train, 100 test images)."""
+    out = tmp_path_factory.mktemp("explain") / "tutorial"
+    options = {
+        "model": "tutorial", "epochs": 2, "batch_size": 25, "optimizer": "sgd", "lr": 0.05, "schedule": "cosine",
+        "augment": "flip", "data_dir": str(cifar_root), "download": False, "out": str(out), "precision": "fp32",
+        "evaluate": False, "channels_last": False, "threads": 1,
+    }  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(build_config(TrainConfig, recipe_options("seed"), options))
+    return out
+
+
+def square_images(n: int, rng: np.random.Generator, with_square: np.ndarray, at=None) -> torch.Tensor:
+    """uint8 (n, 3, 32, 32) dim noise; a bright SQUARE x SQUARE square where ``with_square``, at ``at`` or at random."""
+    images = rng.integers(0, 90, size=(n, 3, 32, 32)).astype(np.uint8)
+    for i in np.flatnonzero(with_square):
+        y, x = at if at is not None else rng.integers(0, 32 - SQUARE, size=2)
+        images[i, :, y : y + SQUARE, x : x + SQUARE] = 255
+    return torch.from_numpy(images)
+
+
+class SquareNet(nn.Module):
+    """conv-relu-pool-conv-relu, global average pool, linear: the shape the original CAM needs."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.pool(self.features(x))))
+
+
+SQUARE_SPEC = ModelSpec("square", {}, 2, ("empty", "square"), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    from cifarlens.explain.images import model_input
+
+    return model_input(images, SQUARE_SPEC)
+
+
+@pytest.fixture(scope="module")
+def square_net():
+    """SquareNet trained to tell images with a bright square (class 1) from images without (class 0)."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    labels = np.arange(512) % 2
+    x, y = to_input(square_images(512, rng, labels == 1)), torch.from_numpy(labels)
+    model = SquareNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with torch.random.fork_rng():
+        for step in range(150):
+            idx = torch.randint(0, 512, (32,))
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    test = np.arange(200) % 2
+    xt = to_input(square_images(200, np.random.default_rng(1), test == 1))
+    with torch.no_grad():
+        acc = (model(xt).argmax(1).numpy() == test).mean()
+    assert acc > 0.95, f"the square detector did not learn ({acc:.0%})"
+    return model

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +21,16 @@ from torch import nn
 from typer.testing import CliRunner
 
 from cifarlens.cli import app
-from cifarlens.config import build_config
 from cifarlens.errors import CifarlensError
+from cifarlens.explain import activation_max_run, cam_run, feature_maps_run, filters_run, layers_run, probe_run
 from cifarlens.explain.activation_max import ActivationMaximiser, FourierImage
 from cifarlens.explain.cam import METHODS, CamExplainer, classic_cam_layers
 from cifarlens.explain.attribution import METHODS as ATTRIBUTION_METHODS
 from cifarlens.explain.attribution import attribute_maps, hook_safe
 from cifarlens.explain.faithfulness import DeletionInsertion
+from cifarlens.explain.dataset_examples import overlays, top_activations
 from cifarlens.explain.features import extract_features
-from cifarlens.explain.images import ImageFileError, load_image_files
+from cifarlens.explain.images import ImageFileError, load_image_files, model_input
 from cifarlens.models.layers import (
     FeatureExtractor,
     LayerError,
@@ -43,88 +43,12 @@ from cifarlens.models.layers import (
 from cifarlens.explain.probe import fit_knn_probe, fit_linear_probe
 from cifarlens.explain.projection import Projector, map_quality
 from cifarlens.models import create_model, guess_capabilities, list_models, model_capabilities
-from cifarlens.run import ModelSpec, RunDir
-from cifarlens.training import TrainConfig, recipe_options, train
+from cifarlens.run import RunDir
+
+from conftest import SQUARE, SQUARE_SPEC, square_images, to_input
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*differ from the official CIFAR-10 MD5")
 runner = CliRunner()
-SQUARE = 6  # side of the planted square
-
-
-@pytest.fixture(scope="module")
-def run_dir(cifar_root, tmp_path_factory):
-    """The tutorial net trained for 2 epochs on the synthetic CIFAR-10 (500 train, 100 test images)."""
-    out = tmp_path_factory.mktemp("explain") / "tutorial"
-    options = {
-        "model": "tutorial", "epochs": 2, "batch_size": 25, "optimizer": "sgd", "lr": 0.05, "schedule": "cosine",
-        "augment": "flip", "data_dir": str(cifar_root), "download": False, "out": str(out), "precision": "fp32",
-        "evaluate": False, "channels_last": False, "threads": 1,
-    }  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        train(build_config(TrainConfig, recipe_options("seed"), options))
-    return out
-
-
-def square_images(n: int, rng: np.random.Generator, with_square: np.ndarray, at=None) -> torch.Tensor:
-    """uint8 (n, 3, 32, 32) dim noise; a bright SQUARE x SQUARE square where ``with_square``, at ``at`` or at random."""
-    images = rng.integers(0, 90, size=(n, 3, 32, 32)).astype(np.uint8)
-    for i in np.flatnonzero(with_square):
-        y, x = at if at is not None else rng.integers(0, 32 - SQUARE, size=2)
-        images[i, :, y : y + SQUARE, x : x + SQUARE] = 255
-    return torch.from_numpy(images)
-
-
-class SquareNet(nn.Module):
-    """conv-relu-pool-conv-relu, global average pool, linear: the shape the original CAM needs."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(16, 2)
-
-    def forward(self, x):
-        return self.fc(self.flatten(self.pool(self.features(x))))
-
-
-SQUARE_SPEC = ModelSpec("square", {}, 2, ("empty", "square"), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-
-
-def to_input(images: torch.Tensor) -> torch.Tensor:
-    from cifarlens.explain.images import model_input
-
-    return model_input(images, SQUARE_SPEC)
-
-
-@pytest.fixture(scope="module")
-def square_net():
-    """SquareNet trained to tell images with a bright square (class 1) from images without (class 0)."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    labels = np.arange(512) % 2
-    x, y = to_input(square_images(512, rng, labels == 1)), torch.from_numpy(labels)
-    model = SquareNet()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    with torch.random.fork_rng():
-        for step in range(150):
-            idx = torch.randint(0, 512, (32,))
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    test = np.arange(200) % 2
-    xt = to_input(square_images(200, np.random.default_rng(1), test == 1))
-    with torch.no_grad():
-        acc = (model(xt).argmax(1).numpy() == test).mean()
-    assert acc > 0.95, f"the square detector did not learn ({acc:.0%})"
-    return model
-
-
 # ----------------------------------------------------------------------------- layers and features
 
 
@@ -288,18 +212,24 @@ def test_attribution_points_at_the_planted_square(square_net, method):
     assert pointing_hits(maps, corners) >= 0.75 > chance + 0.5, (method, pointing_hits(maps, corners), chance)
 
 
-def test_every_attribution_method_maps_every_pixel_of_real_architectures():
+# timm's resnet10t at 64 px (as --image-size 64): at 32 px its last features are 1x1, where a CAM is one number
+@pytest.mark.parametrize("name, kwargs, size", [("airnet", {"width": 8, "wide": 16}, 32), ("tutorial", {}, 32),
+                                                ("resnet18", {}, 32), ("mobilenet_v2", {}, 32), ("timm:resnet10t", {}, 64)])  # fmt: skip
+def test_every_attribution_method_maps_every_pixel_of_real_architectures(name, kwargs, size):
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 32, 32)
-    for name, kwargs in (("airnet", {"width": 8, "wide": 16}), ("tutorial", {}), ("resnet18", {})):
-        model = create_model(name, **kwargs).eval()
-        before = {k: v.clone() for k, v in model.state_dict().items()}
-        methods = [m for m in ATTRIBUTION_METHODS if not (m == "cam" and name != "resnet18")]  # cam: GAP heads only
-        found = attribute_maps(model, x, [1, 2], methods, capabilities=model_capabilities(name))
-        for method, result in found.items():
-            assert result.maps.shape == (2, 32, 32) and np.isfinite(result.maps).all(), (name, method)
-            assert result.maps.min() >= 0 and result.maps.max() > 0, (name, method)
-        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the run's model untouched
+    x = torch.randn(2, 3, size, size)
+    model = create_model(name, **kwargs).eval()
+    caps = model_capabilities(name, model, image_size=size)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    methods = [m for m, method in ATTRIBUTION_METHODS.items() if method.applies_to(caps)]  # cam: GAP heads only
+    assert ("cam" in methods) == (name in ("resnet18", "mobilenet_v2", "timm:resnet10t"))
+    with torch.no_grad():  # the predicted class, as --target pred: an untrained net's other logits can be < 0
+        predicted = model(x).argmax(1).tolist()  # everywhere, and then so is a CAM of them
+    found = attribute_maps(model, x, predicted, methods, capabilities=caps)
+    for method, result in found.items():
+        assert result.maps.shape == (2, size, size) and np.isfinite(result.maps).all(), (name, method)
+        assert result.maps.min() >= 0 and result.maps.max() > 0, (name, method)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the run's model untouched
 
 
 def test_hook_safe_unshares_a_relu_called_twice_and_keeps_the_function():
@@ -405,11 +335,6 @@ def test_cli_commands_write_pictures_and_numbers(run_dir, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["method"] for r in rows] == ["saliency"] * 2 + ["deeplift"] * 2 + ["gradcam"] * 2
     assert all(r["explained_class"] == r["label"] and 0 <= float(r["deletion_auc"]) <= 1 for r in rows)
-    result = invoke("compare-cam", run_dir, "--methods", "gradcam,layercam", "--n", 6, "--steps", 4)
-    assert result.exit_code == 0, result.output
-    compare = json.loads((out / "compare-cam/compare.json").read_text())
-    assert {r["method"] for r in compare["methods"]} == {"gradcam", "layercam", "random"}
-
     result = invoke("activation-max", run_dir, "--layer", "features.relu2", "--channels", "0-3", "--steps", 6)
     assert result.exit_code == 0, result.output
     units = json.loads((out / "activation-max/features.relu2.json").read_text())["units"]
@@ -429,3 +354,154 @@ def test_cli_bad_input_is_one_line(run_dir, tmp_path):
     assert_user_error(invoke("projection", run_dir, "--method", "mds"), "choose one of: pca, tsne, umap")
     assert_user_error(invoke("feature-maps", run_dir, "--index", "5000"), "out of range")
     assert_user_error(invoke("layers", tmp_path), "not a cifarlens run directory")
+
+
+# ----------------------------------------------------------------------------- the library behind the commands
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_probe_run_returns_the_accuracies_the_cli_writes(run_dir):
+    layers = ["features.pool2", "classifier.relu2"]
+    result = invoke("probe", run_dir, "--layers", ",".join(layers), "--train-limit", 200, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    written = read_csv(run_dir / "explain/probe/probe.csv")
+    found = probe_run(run_dir, layers=layers, train_limit=200, device="cpu")
+    assert (found.train_images, found.test_images, found.chance) == (200, 100, pytest.approx(0.1))
+    assert [r["layer"] for r in found.rows] == layers == [r["layer"] for r in written]
+    for row, line in zip(found.rows, written):  # same seed, same order of operations: the same numbers
+        for key in ("linear_accuracy", "knn_accuracy"):
+            assert row[key] == float(line[key]), key
+    assert found.rows[-1]["dims"] == 84 and found.rows[-1]["linear_accuracy"] > found.chance + 0.4
+
+
+def test_cam_run_maps_are_unit_range_per_image_and_explain_the_class_asked_for(run_dir, tmp_path):
+    found = cam_run(run_dir, methods=["gradcam", "eigencam"], index="0-2", device="cpu")
+    assert list(found.maps) == ["gradcam", "eigencam"] and found.images.shape == (3, 32, 32, 3)
+    for maps in found.maps.values():  # each image's map is scaled to [0, 1] on its own
+        assert maps.shape == (3, 32, 32) and maps.min() == 0
+        np.testing.assert_allclose(maps.reshape(3, -1).max(1), 1, atol=1e-6)
+    predicted = [found.classes[t] for t in found.targets]
+    assert [r["explained_class"] for r in found.rows] == predicted * 2 and (found.probabilities > 0.5).all()
+    paths = found.write(tmp_path)
+    assert [p.name for p in paths] == ["gradcam_eigencam.png", "gradcam_eigencam.csv"]
+    assert [float(r["deletion_auc"]) for r in read_csv(paths[1])] == [r["deletion_auc"] for r in found.rows]
+    cat = cam_run(run_dir, methods=["gradcam"], index="0-2", target_class="cat", device="cpu")
+    assert cat.targets == [3] * 3 and {r["explained_class"] for r in cat.rows} == {"cat"}
+    assert np.abs(cat.maps["gradcam"] - found.maps["gradcam"]).max() > 0.5  # another class, another map
+    with pytest.raises(CifarlensError, match="unknown class 'unicorn'; give a name or number: airplane"):
+        cam_run(run_dir, index="0", target_class="unicorn")
+
+
+def test_cli_layers_filters_and_cam_take_a_device_and_write_what_the_library_returns(run_dir):
+    out = run_dir / "explain"
+    assert invoke("layers", run_dir, "--device", "cpu").exit_code == 0
+    layers = layers_run(run_dir, device="cpu")
+    assert json.loads((out / "layers/layers.json").read_text())["layers"] == layers.rows
+    assert (layers.cam_layer, layers.cam_map_size) == ("features.relu2", (10, 10))
+    assert [r["name"] for r in layers.rows if r["stage"]][-1] == "classifier.relu2"
+
+    assert invoke("filters", run_dir, "--layer", "features.conv2", "--max-filters", 4, "--device", "cpu").exit_code == 0
+    filters = filters_run(run_dir, layer="features.conv2", max_filters=4, device="cpu")
+    assert json.loads((out / "filters/features.conv2.json").read_text()) == {"layer": "features.conv2", **filters.stats}
+    assert filters.tiles.shape == (4 * 6, 5, 5) and filters.columns == 6  # 4 filters x 6 input channels
+    assert 1 <= filters.stats["effective_rank"] <= filters.stats["max_rank"] == 16
+
+    result = invoke("cam", run_dir, "--index", "4", "--method", "eigencam", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    written = read_csv(out / "cam/eigencam.csv")
+    row = cam_run(run_dir, methods=["eigencam"], index="4", device="cpu").rows[0]
+    assert (written[0]["image"], float(written[0]["deletion_auc"])) == ("test4", row["deletion_auc"])
+    assert_user_error(invoke("filters", run_dir, "--device", "tpu"), "unknown device 'tpu'; use --device auto, cpu")
+
+
+def test_feature_maps_and_activation_max_runs_return_their_numbers(run_dir):
+    seen = feature_maps_run(run_dir, index="3", layers=["features.relu2"], channels=4, device="cpu")
+    maps = seen.maps["features.relu2"]
+    assert maps.shape == (16, 10, 10) and seen.label == seen.predicted == "cat"
+    assert seen.stats["features.relu2"]["active_fraction"] == pytest.approx(float((maps > 0).float().mean()))
+    assert seen.stats["features.relu2"]["dead_channels"] == int((maps.flatten(1).amax(1) <= 0).sum())
+
+    first = activation_max_run(run_dir, layer="features.relu2", channels="0,2", steps=3, device="cpu")
+    again = activation_max_run(run_dir, layer="features.relu2", channels="0,2", steps=3, device="cpu")
+    assert first.images.shape == (2, 32, 32, 3) and np.array_equal(first.images, again.images)  # seeded
+    assert [r["unit"] for r in first.rows] == [0, 2] and first.real_images == 100
+    for row in first.rows:
+        assert row["ratio_to_best_real"] == pytest.approx(row["activation"] / row["best_real_activation"])
+    with pytest.raises(CifarlensError, match="not both"):
+        activation_max_run(run_dir, layer="features.relu2", classes="all")
+
+
+# ----------------------------------------------------------------------------- top images (dataset examples)
+
+
+class BrightnessNet(nn.Module):
+    """A 5x5 conv whose channel 0 sums the brightness around each pixel (it fires on the planted square)
+    and channel 1 the darkness; a linear head so the model classifies like any other."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 5, padding=2, bias=False)
+        with torch.no_grad():
+            self.conv.weight[0] = 1.0
+            self.conv.weight[1] = -1.0
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(2 * 32 * 32, 2)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.conv(x)))
+
+
+def test_top_images_are_the_planted_squares_and_the_overlay_peaks_on_them():
+    images = square_images(40, np.random.default_rng(3), np.zeros(40, bool))
+    corners = {7: (3, 20), 23: (20, 5)}
+    for i, (y, x) in corners.items():
+        images[i, :, y : y + SQUARE, x : x + SQUARE] = 255
+    model = BrightnessNet().eval()
+    found = top_activations(model, SQUARE_SPEC, images, "conv", [0, 1], k=3, batch_size=7)
+    # both squares fill a 5x5 window with 255 (2.0 after normalising): the same score 3*25*2, kept in index order
+    assert found.indices[0, :2].tolist() == [7, 23] and found.scores[0, :2].tolist() == [150.0, 150.0]
+    maps = overlays(found, (32, 32))
+    assert maps.shape == (2, 3, 32, 32) and maps.min() >= 0 and maps.max() == 1
+    for rank, (y, x) in enumerate(corners.values()):
+        py, px = np.unravel_index(maps[0, rank].argmax(), (32, 32))
+        assert y <= py < y + SQUARE and x <= px < x + SQUARE, (rank, (py, px))
+    with torch.no_grad():  # the running top k over batches of 7 is the top k of all 40 at once
+        every = model.conv(to_input(images)).amax(dim=(2, 3)).T
+    torch.testing.assert_close(found.scores, every.sort(dim=1, descending=True).values[:, :3])
+    with pytest.raises(CifarlensError, match="--k 41 must be between 1 and the 40 images scanned"):
+        top_activations(model, SQUARE_SPEC, images, "conv", [0], k=41)
+
+
+def test_cli_top_images_writes_k_sorted_examples_per_channel(run_dir):
+    result = invoke("top-images", run_dir, "--layer", "features.relu2", "--channels", "0-2", "--k", 4, "--limit", 60,
+                    "--steps", 4)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = run_dir / "explain/top-images"
+    assert (out / "features.relu2.png").is_file() and "features.relu2 ch0: best" in result.output
+    found = json.loads((out / "features.relu2.json").read_text())
+    assert (found["layer"], found["k"], found["split"], found["images_scanned"]) == ("features.relu2", 4, "test", 60)
+    assert [c["channel"] for c in found["channels"]] == [0, 1, 2]
+    model, spec = RunDir(run_dir).load_model()
+    test = RunDir(run_dir).load_data().test
+    with torch.no_grad():
+        maps = FeatureExtractor(model, ["features.relu2"])(model_input(test.images[:60], spec))["features.relu2"]
+    scores = maps.amax(dim=(2, 3))
+    for c in found["channels"]:
+        top = c["top"]
+        assert len(top) == 4 and [t["score"] for t in top] == sorted((t["score"] for t in top), reverse=True)
+        assert all(t["label"] == int(test.labels[t["index"]]) for t in top)
+        expected = scores[:, c["channel"]].sort(descending=True).values[:4]
+        np.testing.assert_allclose([t["score"] for t in top], expected.numpy(), rtol=1e-5)
+        assert np.isfinite(c["optimised_activation"]) and np.isfinite(c["optimised_score"])
+
+
+def test_cli_top_images_bad_layer_or_channel_is_one_line(run_dir):
+    assert_user_error(invoke("top-images", run_dir, "--layer", "flatten"),
+                      "layer 'flatten' outputs (400,), not (C, H, W) maps; pick a layer with spatial maps: "
+                      "features.conv1, features.relu1")  # fmt: skip
+    assert_user_error(invoke("top-images", run_dir, "--layer", "features.relu2", "--channels", "3,99"),
+                      "channel 99 is out of range: features.relu2 has 16 channels (0-15)")  # fmt: skip

@@ -109,3 +109,22 @@ def test_report_renders_in_headless_chromium_without_errors(runs, tmp_path):
                 page.close()
         finally:
             browser.close()
+
+
+def test_report_shows_the_ranking_of_attribution_methods_and_their_maps(runs, tmp_path):
+    from cifarlens.explain.attribution import attribute
+    from cifarlens.explain.ranking import RankSettings, rank
+    from cifarlens.run import RunDir
+
+    a = runs[0]
+    ranked = rank(a, methods="saliency,gradcam", n=4, device="cpu", settings=RankSettings(steps=4))
+    ranked.write(RunDir(a).explain_dir("rank"))
+    attribute(a, methods=["saliency", "gradcam"], index="0-1", device="cpu").write(RunDir(a).explain_dir("attribute"))
+    page = write_report([a], tmp_path / "ranked.html").read_text()
+    assert "Attribution methods, ranked" in page and "Attribution maps" in page
+    table = page[page.index('<table class="rank">') :]
+    table = table[: table.index("</table>")]
+    assert table.count("<tr>") == 1 + 4  # header, two methods and the two references
+    assert f"<td>{ranked.rows[0]['method']}</td>" in table and "<td>centre</td>" in table
+    assert "rank.json" not in page  # the numbers behind the table are not dumped again
+    assert page.count("attribute/saliency_gradcam.png") == 2  # once, as alt text and caption

@@ -22,7 +22,10 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError("--device cuda asked for but no CUDA GPU is visible; use --device cpu or auto")
     if name == "mps" and not mps_ok:
         raise ConfigError("--device mps asked for but MPS is not available; use --device cpu or auto")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:  # torch's message lists twenty device types cifarlens does not run on
+        raise ConfigError(f"unknown device {name!r}; use --device auto, cpu, cuda or mps") from None
 
 
 def _cpuinfo() -> str:

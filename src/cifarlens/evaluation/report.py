@@ -186,15 +186,69 @@ def _run_section(run: Path, label: str, anchor: str) -> str:
     return "\n".join(parts)
 
 
+RANK_COLUMNS = {"rank": "#", "method": "method", "deletion_auc": "deletion AUC (low)", "insertion_auc": "insertion AUC (high)",
+                "road_morf": "ROAD MoRF (low)", "road_lerf": "ROAD LeRF (high)", "randomisation_corr_head": "rand. corr: head",
+                "randomisation_corr_all": "rand. corr: all", "ms_per_image": "ms / image", "verdict": "verdict"}  # fmt: skip
+
+
+def _rank_section(run: RunDir) -> tuple[str, set[Path]]:
+    """The rankings of attribution methods (``explain rank``, ``explain compare-cam``) and the attribution figures
+    (``explain attribute``), first among the explanations; returns the HTML and the files it showed."""
+    root = run.path / run.EXPLAIN
+    parts, shown = [], set()
+    for command, heading in (("rank", "Attribution methods, ranked"), ("compare-cam", "CAM methods, ranked")):
+        html_part, files = _ranking(root / command, heading)
+        parts.append(html_part)
+        shown |= files
+    figures = sorted((root / "attribute").glob("*.png")) if (root / "attribute").is_dir() else []
+    if figures:
+        parts.append("<h3>Attribution maps</h3>" + "".join(_img(p, f"attribute/{p.name}") for p in figures))
+        shown |= set(figures)
+    return "".join(parts), shown
+
+
+def _ranking(folder: Path, heading: str) -> tuple[str, set[Path]]:
+    from cifarlens.explain.ranking import RANK_FILES
+
+    table = folder / RANK_FILES["table"]
+    if not table.is_file():
+        return "", set()
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    cells = [[_rank_cell(key, r.get(key, "")) for key in RANK_COLUMNS] for r in rows]
+    marks = [["worst" if key == "verdict" and r.get("passes_sanity") == "False" else "" for key in RANK_COLUMNS]
+             for r in rows]  # fmt: skip
+    parts = [f'<h3>{_esc(heading)}</h3><div class="scroll">', _table(list(RANK_COLUMNS.values()), cells, marks, css="rank"),
+             "</div>"]  # fmt: skip
+    numbers = folder / RANK_FILES["numbers"]
+    if numbers.is_file():
+        saved = json.loads(numbers.read_text())
+        parts.append(f'<p class="muted">{len(saved.get("indices", []))} seeded {_esc(saved.get("split", ""))} images '
+                     f'on {_esc(saved.get("device", ""))}</p>')  # fmt: skip
+        parts += [f'<p class="muted">note: {_esc(note)}</p>' for note in saved.get("notes", [])]
+    chart = folder / RANK_FILES["chart"]
+    if chart.is_file():
+        parts.append(_img(chart, f"{folder.name}: faithfulness, sanity and cost of each method"))
+    return "".join(parts), {folder / name for name in RANK_FILES.values()}
+
+
+def _rank_cell(key: str, value: str) -> str:
+    if key in ("method", "verdict", "rank") or value == "":
+        return value
+    return f"{float(value):.1f}" if key == "ms_per_image" else f"{float(value):.3f}"
+
+
 def _explain_section(run: RunDir) -> str:
-    """Every PNG, JSON and CSV under RUN/explain, grouped by the folder (explain command) that holds it."""
+    """The ranking first, then every other PNG, JSON and CSV under RUN/explain, grouped by the folder (explain
+    command) that holds it."""
     files = run.explain_files()
     if not files:
         return ""
     root = run.path / run.EXPLAIN
-    parts = ['<h3>Explanations</h3><div class="explain">']
+    ranking, shown = _rank_section(run)
+    parts = ['<h3>Explanations</h3><div class="explain">', ranking]
     current = None
-    for path in files:
+    for path in [p for p in files if p not in shown]:
         group = str(path.parent.relative_to(root))
         if group != current:
             parts.append(f"<h4>{_esc(group if group != '.' else 'explain')}</h4>")

@@ -19,7 +19,9 @@ All channels (or classes) are optimised at once, one image each, in a single bat
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -109,14 +111,15 @@ class ActivationMaximiser:
     def __init__(self, model: nn.Module, spec: ModelSpec, layer: str, *, colour_sqrt: torch.Tensor | None = None,
                  steps: int = 256, lr: float = 0.05, seed: int = 0, transforms: bool = True):  # fmt: skip
         self.model, self.spec, self.layer = model.eval(), spec, layer
+        self.device = next(model.parameters()).device
         self.extractor = None if layer == LOGITS else FeatureExtractor(model, [layer])
         self.colour = colour_sqrt if colour_sqrt is not None else torch.eye(3)
         self.steps, self.lr, self.seed, self.transforms = steps, lr, seed, transforms
 
     def unit_activations(self, images01: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) in [0, 1] -> (B, units): each unit's mean activation (or the logits)."""
-        mean = torch.tensor(self.spec.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.spec.std).view(1, 3, 1, 1)
+        """(B, 3, S, S) in [0, 1] -> (B, units): each unit's mean activation (or the logits), on the images' device."""
+        mean = torch.tensor(self.spec.mean, device=images01.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.std, device=images01.device).view(1, 3, 1, 1)
         x = (images01 - mean) / std
         if self.extractor is None:
             return self.model(x)
@@ -128,11 +131,11 @@ class ActivationMaximiser:
         raise CifarlensError(f"layer {self.layer!r} outputs shape {tuple(out.shape)}; pick a conv or linear layer")
 
     def __call__(self, units: list[int]) -> MaximisedImages:
-        gen = torch.Generator().manual_seed(self.seed)
-        image = FourierImage(len(units), self.spec.image_size, self.colour, generator=gen)
+        gen = torch.Generator().manual_seed(self.seed)  # on the CPU: the same images on every device
+        image = FourierImage(len(units), self.spec.image_size, self.colour, generator=gen).to(self.device)
         opt = torch.optim.Adam(image.parameters(), lr=self.lr)
-        idx = torch.arange(len(units))
-        target = torch.tensor(units)
+        idx = torch.arange(len(units), device=self.device)
+        target = torch.tensor(units, device=self.device)
         losses = []
         for _ in range(self.steps):
             x = image()
@@ -144,5 +147,85 @@ class ActivationMaximiser:
             losses.append(float(loss.detach()))
         with torch.no_grad():
             final = image()
-            acts = self.unit_activations(final)[idx, target].numpy()
-        return MaximisedImages(final.detach(), list(units), acts, losses)
+            acts = self.unit_activations(final)[idx, target].cpu().numpy()
+        return MaximisedImages(final.detach().cpu(), list(units), acts, losses)
+
+
+@dataclass
+class ActivationMaxResult:
+    """What ``activation_max_run`` made: one image per unit, with its activation against the best real image's."""
+
+    model_name: str
+    layer: str  # a layer name, or LOGITS
+    images: np.ndarray  # float (B, S, S, 3) in [0, 1]
+    rows: list[dict]  # per unit: activation, best_real_activation, ratio_to_best_real (and probability for logits)
+    tile_labels: list[str]
+    median_ratio: float  # median over units of activation / best_real_activation
+    real_images: int  # test images the activations are compared with
+    steps: int
+    lr: float
+    seed: int
+    seconds: float
+
+    @property
+    def title(self) -> str:
+        return (f"{self.model_name} {self.layer}: {len(self.rows)} images, {self.steps} steps ({self.seconds:.0f}s); "
+                f"median activation {self.median_ratio:.1f}x the strongest of {self.real_images} test images")
+
+    def write(self, folder: str | Path) -> list[Path]:
+        """``<layer>.png`` (the images) and ``<layer>.json`` (settings and per-unit numbers) into ``folder``."""
+        from cifarlens.explain.plots import plot_tiles
+        from cifarlens.explain.runs import file_stem
+        from cifarlens.run import write_json
+
+        folder, stem = Path(folder), file_stem(self.layer)
+        paths = [folder / f"{stem}.png", folder / f"{stem}.json"]
+        plot_tiles(self.images, paths[0], labels=self.tile_labels, title=self.title, tile_inches=1.1)
+        write_json(paths[1], {"layer": self.layer, "steps": self.steps, "lr": self.lr, "seed": self.seed,
+                              "seconds": self.seconds, "median_ratio_to_best_real": self.median_ratio,
+                              "units": self.rows})  # fmt: skip
+        return paths
+
+
+def activation_max_run(run: str | Path, *, layer: str | None = None, channels: str = "0-15", classes: str | None = None,
+                       steps: int = 256, lr: float = 0.05, seed: int = 0, data_dir: str | None = None,
+                       device: str = "cpu") -> ActivationMaxResult:  # fmt: skip
+    """Images that maximise ``channels`` of ``layer`` (default: the deepest probe stage), e.g. "0-15" or "0,3", or
+    with ``classes`` ("all" or e.g. "0,3") the class logits instead, optimised on ``device``. Each activation is
+    compared with the strongest one among the run's first 500 test images."""
+    from cifarlens.explain.images import denormalize, model_input, parse_indices
+    from cifarlens.explain.runs import last_stage, load_run_model
+    from cifarlens.run import RunDir
+
+    model, spec, dev = load_run_model(run, device)
+    if classes is not None and layer is not None:
+        raise CifarlensError("give --layer (channels) or --classes (logits), not both")
+    data = RunDir(run).load_data(data_dir)
+    name = LOGITS if classes is not None else layer or last_stage(model, spec)
+    maximiser = ActivationMaximiser(model, spec, name, colour_sqrt=colour_correlation_sqrt(data.train.images[:2000]),
+                                    steps=steps, lr=lr, seed=seed)  # fmt: skip
+    real = data.test.images[:500]
+    with torch.no_grad():  # real images resized to the model's input size, in [0, 1] like the optimised ones
+        real_acts = maximiser.unit_activations(denormalize(model_input(real.to(dev), spec), spec)).cpu()
+    if classes is None:
+        units = parse_indices(channels, real_acts.shape[1])
+    else:
+        units = list(range(spec.num_classes)) if classes == "all" else parse_indices(classes, spec.num_classes)
+    t0 = time.perf_counter()
+    result = maximiser(units)
+    seconds = time.perf_counter() - t0
+    best_real = real_acts[:, units].amax(0).numpy()
+    ratio = result.activations / np.where(np.abs(best_real) > 1e-9, best_real, np.nan)
+    rows = [{"unit": u, "activation": float(a), "best_real_activation": float(b), "ratio_to_best_real": float(r)}
+            for u, a, b, r in zip(units, result.activations, best_real, ratio)]  # fmt: skip
+    if name == LOGITS:
+        with torch.no_grad():
+            probs = maximiser.unit_activations(result.images.to(dev)).softmax(1).cpu()
+        for i, (row, u) in enumerate(zip(rows, units)):
+            row["probability"] = float(probs[i, u])
+        labels = [f"{spec.classes[u]} p={r['probability']:.2f}" for u, r in zip(units, rows)]
+    else:
+        labels = [f"ch{u} x{r['ratio_to_best_real']:.1f}" for u, r in zip(units, rows)]
+    images = result.images.permute(0, 2, 3, 1).numpy()
+    median = float(np.nanmedian(ratio))
+    return ActivationMaxResult(spec.name, name, images, rows, labels, median, len(real), steps, lr, seed, seconds)

@@ -60,6 +60,11 @@ class Method:
     signed: bool = False  # the positive part is the evidence for the class (else magnitudes count)
     per_image: bool = False  # the library takes one image per call
     hooks_every_relu: bool = False  # hooks every ReLU module: runs on hook_safe(model), shared modules unshared
+    gap_head_only: bool = False  # defined only for a global-average-pool + linear head (the original CAM)
+
+    def applies_to(self, capabilities: Capabilities) -> bool:
+        """Whether the method is defined for a model with these capabilities."""
+        return not self.gap_head_only or capabilities.gap_features is not None
 
 
 METHODS: dict[str, Method] = {}
@@ -212,7 +217,7 @@ def _register_cams() -> None:
 
     for name, (_, summary) in GRAD_CAM_CLASSES.items():
         register(name, "grad-cam", summary, needs_layer=name != "fullgrad")(_cam(name))
-    register("cam", "grad-cam", CLASSIC_CAM, needs_layer=True)(_cam("cam"))
+    register("cam", "grad-cam", CLASSIC_CAM, needs_layer=True, gap_head_only=True)(_cam("cam"))
 
 
 _register_cams()
@@ -306,6 +311,7 @@ def attribute_maps(model: nn.Module, x: torch.Tensor, targets: list[int], method
     plain = without_inplace(model)
     unshared = hook_safe(model) if any(METHODS[m].hooks_every_relu for m in methods) else plain
     inputs = Inputs(plain, unshared, x, list(targets), baseline_images(x, baseline, mean, std), caps, target_layer, seed)
+    _import_libraries({METHODS[m].library for m in methods})  # so that no method's time includes an import
     results = {}
     for name in methods:
         method = METHODS[name]
@@ -326,6 +332,13 @@ def attribute_maps(model: nn.Module, x: torch.Tensor, targets: list[int], method
     return results
 
 
+def _import_libraries(libraries: set[str]) -> None:
+    if "captum" in libraries:
+        import captum.attr  # noqa: F401
+    if "grad-cam" in libraries:
+        import pytorch_grad_cam  # noqa: F401
+
+
 def _run(method: Method, inputs: Inputs):
     if not method.per_image:
         return method.run(inputs)
@@ -335,6 +348,28 @@ def _run(method: Method, inputs: Inputs):
                      inputs.capabilities, inputs.target_layer, inputs.seed)  # fmt: skip
         parts.append(torch.as_tensor(method.run(one)))
     return torch.cat(parts)
+
+
+# Activation modules DeepLIFT needs a rule for (Captum's are in deep_lift.SUPPORTED_NON_LINEAR).
+ACTIVATIONS = {nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.GELU, nn.SiLU, nn.Hardswish,
+               nn.Hardsigmoid, nn.Mish, nn.ReLU6, nn.PReLU, nn.SELU, nn.CELU}  # fmt: skip
+
+
+def method_notes(model: nn.Module, methods: list[str]) -> list[str]:
+    """Where a method's rules do not reach this model's layers, so its map means less than its name says."""
+    kind, found = type(model).__name__, []
+    relu_rules = [m for m in methods if METHODS[m].hooks_every_relu and m != "deeplift"]
+    if relu_rules and not any(isinstance(m, nn.ReLU) for m in model.modules()):
+        found.append(f"{', '.join(relu_rules)}: {kind} has no ReLU modules, so Captum's ReLU rules never apply and the "
+                     "guided gradient is the plain gradient (guided-gradcam: gradient x Grad-CAM)")  # fmt: skip
+    if "deeplift" in methods:
+        from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
+
+        skipped = sorted({type(m).__name__ for m in model.modules() if type(m) in ACTIVATIONS - SUPPORTED_NON_LINEAR.keys()})
+        if skipped:
+            found.append(f"deeplift: Captum has no DeepLIFT rule for {', '.join(skipped)} in {kind}; it passes their "
+                         "plain gradient")  # fmt: skip
+    return found
 
 
 # -- on a run ----------------------------------------------------------------------------------------------
@@ -350,17 +385,17 @@ class AttributeResult:
     probabilities: np.ndarray  # (N,) of the explained class
     attributions: dict[str, Attribution]
     rows: list[dict]  # one per image and method: faithfulness and cost
+    notes: list[str]  # where a method's rules do not reach the model (method_notes)
 
     def write(self, folder) -> list:
         """figure PNG, raw maps (safetensors) and the per-image CSV into ``folder``; returns their paths."""
-        import csv
-        import io
         from pathlib import Path
 
         from safetensors.numpy import save_file
 
         from cifarlens.explain.plots import plot_cams
-        from cifarlens.io import atomic_path, atomic_write_text
+        from cifarlens.explain.runs import write_csv
+        from cifarlens.io import atomic_path
 
         folder = Path(folder)
         stem = "_".join(m.replace("+", "p") for m in self.attributions)
@@ -374,11 +409,7 @@ class AttributeResult:
         with atomic_path(folder / f"{stem}.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"format": "cifarlens-attributions", "images": ",".join(self.tags),
                                                    "targets": ",".join(map(str, self.targets))})  # fmt: skip
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(self.rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_text(folder / f"{stem}.csv", buf.getvalue())
+        write_csv(folder / f"{stem}.csv", self.rows)
         return [figure, folder / f"{stem}.safetensors", folder / f"{stem}.csv"]
 
 
@@ -388,15 +419,13 @@ def attribute(run, *, methods: list[str], images=None, index: str | None = None,
     """Attribution maps of ``methods`` for a run's model on image files or ``index`` of ``split``, explaining
     the predicted class (``target="pred"``), the label (``"true"``) or a class name/number, each map scored
     by deletion and insertion (the probability as its most-attributed pixels go, or come back)."""
-    from cifarlens.device import resolve_device
     from cifarlens.evaluation.predict import Predictor
     from cifarlens.explain.faithfulness import DeletionInsertion
     from cifarlens.explain.images import choose_images, denormalize, model_input
-    from cifarlens.run import RunDir
+    from cifarlens.explain.runs import load_run_model
 
     check_methods(methods)
-    dev = resolve_device(device)
-    model, spec = RunDir(run).require_weights().load_model(dev)
+    model, spec, dev = load_run_model(run, device)
     imgs, labels, tags = choose_images(run, images, index, split, data_dir)
     probs = Predictor(model, spec, device=dev).probabilities(imgs)
     targets = explained_classes(target, probs, labels, spec.classes)
@@ -415,7 +444,7 @@ def attribute(run, *, methods: list[str], images=None, index: str | None = None,
                          **curves.auc(), "ms_per_image": 1000 * result.seconds_per_image})  # fmt: skip
     shown = denormalize(x, spec).permute(0, 2, 3, 1).cpu().numpy()
     chosen = probs[torch.arange(len(targets)), torch.tensor(targets)].numpy()
-    return AttributeResult(spec.name, shown, tags, targets, spec.classes, chosen, found, rows)
+    return AttributeResult(spec.name, shown, tags, targets, spec.classes, chosen, found, rows, method_notes(model, methods))
 
 
 def explained_classes(target: str, probs: torch.Tensor, labels: list[int] | None, classes: tuple[str, ...]) -> list[int]:

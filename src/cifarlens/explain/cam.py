@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -132,3 +134,86 @@ class CamExplainer:
             np.random.set_state(state)
         self.time_per_image = (time.perf_counter() - t0) / max(len(x), 1)
         return np.asarray(maps, dtype=np.float32)
+
+
+@dataclass
+class CamResult:
+    """What ``cam_run`` computed: per method the heat maps (N, H, W) in [0, 1], per image and method the numbers."""
+
+    model_name: str
+    images: np.ndarray  # float (N, H, W, 3) in [0, 1], as shown
+    tags: list[str]
+    targets: list[int]  # the class each map explains
+    classes: tuple[str, ...]
+    probabilities: np.ndarray  # (N,) of the explained class
+    maps: dict[str, np.ndarray]  # method -> (N, H, W)
+    rows: list[dict]  # per method and image: target layer, peak, deletion/insertion AUCs, seconds
+
+    @property
+    def title(self) -> str:
+        by_method = {m: np.mean([r["deletion_auc"] for r in self.rows if r["method"] == m]) for m in self.maps}
+        layers = sorted({f"{r['target_layer']} ({r['map_size']} maps)" for r in self.rows})
+        return (f"{self.model_name} at {', '.join(layers)}, deletion AUC (lower: more faithful): "
+                + ", ".join(f"{m} {v:.3f}" for m, v in by_method.items()))  # fmt: skip
+
+    def write(self, folder: str | Path) -> list[Path]:
+        """The figure (PNG: a row per image, a heat map per method) and the per-image CSV into ``folder``."""
+        from cifarlens.explain.plots import plot_cams
+        from cifarlens.explain.runs import write_csv
+
+        folder = Path(folder)
+        stem = "_".join(m.replace("+", "p") for m in self.maps)
+        paths = [folder / f"{stem}.png", folder / f"{stem}.csv"]
+        captions = [f"{t}: {self.classes[c]} {p:.0%}" for t, c, p in zip(self.tags, self.targets, self.probabilities)]
+        plot_cams(self.images, self.maps, paths[0], captions=captions, title=self.title)
+        write_csv(paths[1], self.rows)
+        return paths
+
+
+def cam_run(run: str | Path, *, methods: list[str] | tuple[str, ...] = ("gradcam",), images=None,
+            index: str | None = None, target_layer: str | None = None, target_class: str | int | None = None,
+            split: str = "test", data_dir: str | None = None, device: str = "cpu") -> CamResult:  # fmt: skip
+    """Heat maps of ``methods`` (``METHODS`` names) for image files or the ``index`` (``0-7``, ``0,3``) of the run's
+    ``split``, explaining ``target_class`` (a class name or number; default: the predicted class), each map
+    scored by deletion and insertion, computed on ``device``."""
+    from cifarlens.evaluation.predict import Predictor
+    from cifarlens.explain.faithfulness import DeletionInsertion
+    from cifarlens.explain.images import choose_images, denormalize, model_input
+    from cifarlens.explain.runs import load_run_model
+
+    model, spec, dev = load_run_model(run, device)
+    imgs, labels, tags = choose_images(run, images, index, split, data_dir)
+    x = model_input(imgs.to(dev), spec)
+    probs = Predictor(model, spec, device=dev).probabilities(imgs)
+    if target_class is None:
+        targets = probs.argmax(1).tolist()
+    else:
+        targets = [class_index(str(target_class), spec.classes)] * len(x)
+    caps = spec.capabilities(model)
+    metric = DeletionInsertion(model, steps=10)
+    maps, rows = {}, []
+    for method in methods:
+        explainer = CamExplainer(model, method, capabilities=caps, target_layer=target_layer,
+                                 image_size=spec.image_size)  # fmt: skip
+        maps[method] = found = explainer(x, targets)
+        for i in range(len(x)):
+            curves = metric(x[i : i + 1], found[i : i + 1], [targets[i]])
+            peak = np.unravel_index(int(found[i].argmax()), found[i].shape)
+            rows.append({"image": tags[i], "method": method, "target_layer": explainer.target_layer,
+                         "map_size": "x".join(map(str, explainer.map_size)),
+                         "label": spec.classes[labels[i]] if labels else "",
+                         "explained_class": spec.classes[targets[i]],
+                         "probability": float(probs[i, targets[i]]), "peak_row": int(peak[0]), "peak_col": int(peak[1]),
+                         **curves.auc(), "seconds_per_image": explainer.time_per_image})  # fmt: skip
+    shown = denormalize(x, spec).permute(0, 2, 3, 1).cpu().numpy()
+    chosen = probs[torch.arange(len(targets)), torch.tensor(targets)].numpy()
+    return CamResult(spec.name, shown, tags, targets, spec.classes, chosen, maps, rows)
+
+
+def class_index(text: str, classes: tuple[str, ...]) -> int:
+    """The number of a class given by name or number; anything else lists the classes."""
+    if text in classes:
+        return classes.index(text)
+    if text.isdigit() and int(text) < len(classes):
+        return int(text)
+    raise CifarlensError(f"unknown class {text!r}; give a name or number: {', '.join(classes)}")

@@ -57,15 +57,15 @@ class DeletionInsertion:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, saliency: np.ndarray | torch.Tensor, targets: list[int]) -> CurveResult:
-        sal = torch.as_tensor(np.asarray(saliency), dtype=torch.float32)
-        fractions = torch.linspace(0, 1, self.steps + 1)
+        sal = torch.as_tensor(np.asarray(saliency), dtype=torch.float32, device=x.device)
+        fractions = torch.linspace(0, 1, self.steps + 1, device=x.device)
         n, _, h, w = x.shape
         blurred = _blur(x, self.blur_sigma)
         rows = {k: [] for k in ("del", "ins", "del_acc", "ins_acc")}
         for i in range(n):
             order = torch.argsort(sal[i].flatten(), descending=True, stable=True)
-            rank = torch.empty(h * w, dtype=torch.long)
-            rank[order] = torch.arange(h * w)
+            rank = torch.empty(h * w, dtype=torch.long, device=x.device)
+            rank[order] = torch.arange(h * w, device=x.device)
             masks = (rank.view(1, h, w) < (fractions * h * w).round().view(-1, 1, 1)).unsqueeze(1)  # (S+1, 1, H, W)
             deleted = torch.where(masks, torch.zeros_like(x[i]), x[i])
             inserted = torch.where(masks, x[i], blurred[i])
@@ -73,5 +73,5 @@ class DeletionInsertion:
                 logits = self.model(batch).float()
                 rows[key].append(logits.softmax(1)[:, targets[i]])
                 rows[key + "_acc"].append((logits.argmax(1) == targets[i]).float())
-        mean = {k: torch.stack(v).mean(0).numpy() for k, v in rows.items()}
-        return CurveResult(fractions.numpy(), mean["del"], mean["ins"], mean["del_acc"], mean["ins_acc"])
+        mean = {k: torch.stack(v).mean(0).cpu().numpy() for k, v in rows.items()}
+        return CurveResult(fractions.cpu().numpy(), mean["del"], mean["ins"], mean["del_acc"], mean["ins_acc"])

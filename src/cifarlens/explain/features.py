@@ -7,6 +7,7 @@ so memory is ``batch_size`` x the largest map plus N x the pooled widths.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +19,10 @@ from torch import nn
 
 from cifarlens.errors import CifarlensError
 from cifarlens.explain.images import model_input
+from cifarlens.explain.runs import load_run_model
 from cifarlens.models.layers import FeatureExtractor, pool_features
 from cifarlens.io import atomic_path
-from cifarlens.run import ModelSpec
+from cifarlens.run import ModelSpec, RunDir, write_json
 
 
 @dataclass
@@ -96,3 +98,39 @@ def extract_features(
     else:
         layers_out = pooler(images[:n])
     return Features(layers_out, labels[:n].numpy().astype(np.int64), np.arange(n), split, pool)
+
+
+@dataclass
+class FeaturesResult:
+    """What ``features_run`` extracted: the pooled ``features`` of a split and the seconds it took."""
+
+    features: Features
+    seconds: float
+
+    def info(self) -> dict:
+        """Split, image count, pooling, speed and each layer's (N, C) shape."""
+        n = len(self.features.labels)
+        return {"split": self.features.split, "images": n, "pool": self.features.pool, "seconds": self.seconds,
+                "images_per_s": n / max(self.seconds, 1e-9),
+                "layers": {name: list(x.shape) for name, x in self.features.layers.items()}}  # fmt: skip
+
+    def write(self, folder: str | Path) -> list[Path]:
+        """``<split>.safetensors`` (see ``Features.save``) and ``<split>.json`` (``info``) into ``folder``."""
+        folder = Path(folder)
+        paths = [folder / f"{self.features.split}.safetensors", folder / f"{self.features.split}.json"]
+        self.features.save(paths[0])
+        write_json(paths[1], self.info())
+        return paths
+
+
+def features_run(run: str | Path, *, layers: list[str], split: str = "test", limit: int = 0, pool: str = "avg",
+                 batch_size: int = 500, data_dir: str | None = None, device: str = "cpu",
+                 show_progress: bool = False) -> FeaturesResult:  # fmt: skip
+    """Pooled activations (N, C) of ``layers`` for the first ``limit`` images (0: all) of the run's ``split``,
+    extracted on ``device`` (see ``extract_features``)."""
+    model, spec, dev = load_run_model(run, device)
+    chosen = RunDir(run).load_data(data_dir).split(split)
+    t0 = time.perf_counter()
+    feats = extract_features(model, spec, chosen.images, chosen.labels, layers, split=split, limit=limit, pool=pool,
+                             batch_size=batch_size, device=dev, show_progress=show_progress)  # fmt: skip
+    return FeaturesResult(feats, time.perf_counter() - t0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -71,3 +74,118 @@ def feature_map_stats(maps: torch.Tensor) -> dict:
         "active_fraction": float((flat > 0).float().mean()),
         "dead_channels": int((flat.amax(1) <= 0).sum()),
     }
+
+
+@dataclass
+class FiltersResult:
+    """What ``filters_run`` found for one conv layer: its statistics and its kernels as tiles."""
+
+    model_name: str
+    layer: str
+    stats: dict  # filter_stats
+    tiles: np.ndarray  # RGB (O, k, k, 3) for a first layer, else grayscale (O*I, k, k); in [0, 1]
+    tile_labels: list[str]
+    columns: int  # 0 for RGB tiles (a square grid), else one row per filter
+
+    @property
+    def title(self) -> str:
+        s = self.stats
+        return (f"{self.model_name} {self.layer}: {s['filters']} filters {'x'.join(map(str, s['filter_size']))}, "
+                f"effective rank {s['effective_rank']:.1f} of {s['max_rank']}, dead {s['dead_fraction']:.0%}")
+
+    def write(self, folder: str | Path) -> list[Path]:
+        """``<layer>.png`` (the kernels) and ``<layer>.json`` (the statistics) into ``folder``."""
+        from cifarlens.explain.plots import plot_tiles
+        from cifarlens.explain.runs import file_stem
+        from cifarlens.run import write_json
+
+        folder, stem = Path(folder), file_stem(self.layer)
+        paths = [folder / f"{stem}.png", folder / f"{stem}.json"]
+        plot_tiles(self.tiles, paths[0], labels=self.tile_labels, title=self.title, columns=self.columns, cmap="gray",
+                   tile_inches=0.5 if self.columns else 0.7)  # fmt: skip
+        write_json(paths[1], {"layer": self.layer, **self.stats})
+        return paths
+
+
+def filters_run(run: str | Path, *, layer: str | None = None, max_filters: int = 64,
+                device: str = "cpu") -> FiltersResult:  # fmt: skip
+    """The kernels (O, I, k, k) of conv ``layer`` (default: the first) of the run's model: their norms and effective
+    rank, and up to ``max_filters`` of them as tiles (at most 16 for a layer that does not see RGB, each shown per
+    input channel, up to 16 channels)."""
+    from cifarlens.explain.runs import load_run_model
+
+    model, spec, _ = load_run_model(run, device)
+    name, conv = pick_conv(model, layer)
+    in_channels = conv.weight.shape[1]
+    rgb = in_channels == 3
+    tiles, labels = filter_tiles(conv.weight, max_out=max_filters if rgb else min(max_filters, 16))
+    return FiltersResult(spec.name, name, filter_stats(conv.weight), tiles, labels, 0 if rgb else min(in_channels, 16))
+
+
+@dataclass
+class FeatureMapsResult:
+    """What ``feature_maps_run`` saw for one image: the model's prediction and per layer its maps and statistics."""
+
+    tag: str  # the image's name: its file name, or split and index (test3)
+    label: str | None  # None for an image file
+    predicted: str
+    probability: float
+    maps: dict[str, torch.Tensor]  # layer -> (C, H, W) on the CPU
+    stats: dict[str, dict]  # layer -> feature_map_stats
+    channels: int  # channels drawn per layer, the highest mean first
+
+    def title(self, layer: str) -> str:
+        s = self.stats[layer]
+        return (f"{self.tag} {layer}: {s['channels']} channels {s['size'][0]}x{s['size'][1]}, "
+                f"{s['active_fraction']:.0%} of units > 0, {s['dead_channels']} dead channels")  # fmt: skip
+
+    def write(self, folder: str | Path) -> list[Path]:
+        """``<tag>_<layer>.png`` per layer (the strongest channels) and ``<tag>.json`` (the numbers) into ``folder``."""
+        from cifarlens.explain.plots import plot_tiles
+        from cifarlens.explain.runs import file_stem
+        from cifarlens.run import write_json
+
+        folder = Path(folder)
+        paths = []
+        for layer, maps in self.maps.items():
+            order = maps.flatten(1).mean(1).argsort(descending=True)[: self.channels]
+            path = folder / f"{self.tag}_{file_stem(layer)}.png"
+            plot_tiles(maps[order].numpy(), path, labels=[f"ch{int(c)}" for c in order], title=self.title(layer),
+                       tile_inches=0.8)  # fmt: skip
+            paths.append(path)
+        paths.append(folder / f"{self.tag}.json")
+        write_json(paths[-1], {"image": self.tag, "label": self.label, "predicted": self.predicted,
+                               "probability": self.probability, "layers": self.stats})  # fmt: skip
+        return paths
+
+
+def feature_maps_run(run: str | Path, *, image: str | Path | None = None, index: str | None = None,
+                     layers: list[str] | None = None, channels: int = 32, split: str = "test",
+                     data_dir: str | None = None, device: str = "cpu") -> FeatureMapsResult:  # fmt: skip
+    """Activations (C, H, W) of ``layers`` (default: the spatial probe stages) for one image, an image file or
+    the ``index`` of the run's ``split``, computed on ``device``."""
+    from cifarlens.evaluation.predict import Predictor
+    from cifarlens.explain.images import choose_images, model_input
+    from cifarlens.explain.runs import load_run_model
+    from cifarlens.models.layers import FeatureExtractor, list_layers
+
+    model, spec, dev = load_run_model(run, device)
+    imgs, labels, tags = choose_images(run, [image] if image else None, index, split, data_dir)
+    imgs = imgs[:1]
+    if not layers:
+        shapes = {i.name: i.shape for i in list_layers(model, spec.image_size)}
+        layers = [n for n in spec.capabilities(model).probe_stages if len(shapes[n]) == 3]
+    with torch.no_grad():
+        outputs = FeatureExtractor(model, layers)(model_input(imgs.to(dev), spec))
+    maps = {name: _spatial(outputs[name], name)[0].cpu() for name in layers}
+    probs = Predictor(model, spec, device=dev).probabilities(imgs)[0]
+    pred = int(probs.argmax())
+    label = spec.classes[labels[0]] if labels else None
+    stats = {name: feature_map_stats(m) for name, m in maps.items()}
+    return FeatureMapsResult(tags[0], label, spec.classes[pred], float(probs[pred]), maps, stats, channels)
+
+
+def _spatial(output: torch.Tensor, name: str) -> torch.Tensor:
+    if output.ndim != 4:
+        raise LayerError(f"layer {name!r} outputs shape {tuple(output.shape)}, not (C, H, W) maps; pick a conv layer")
+    return output

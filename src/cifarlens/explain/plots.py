@@ -131,3 +131,68 @@ def plot_curves(fractions: np.ndarray, curves: dict[str, dict[str, np.ndarray]],
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_rank(rows: list[dict], path: str | Path, *, title: str = "", threshold: float = 0.5) -> Path:
+    """The ranking as four bar panels, one bar per row (best first): faithfulness (insertion - deletion AUC,
+    ROAD LeRF - MoRF; higher is better), randomisation correlation with all weights random (lower is saner;
+    ``threshold`` dashed) and milliseconds per image (log scale). References are grey, sanity failures hatched."""
+    names = [r["method"] for r in rows]
+    y = np.arange(len(rows))
+    colours = ["0.6" if r["library"] == "reference" else "tab:blue" if r["passes_sanity"] else "tab:red" for r in rows]
+    hatches = ["" if r["passes_sanity"] else "//" for r in rows]
+    panels = [
+        ("insertion - deletion AUC (higher: more faithful)", [r["insertion_auc"] - r["deletion_auc"] for r in rows]),
+        ("ROAD LeRF - MoRF (higher: more faithful)", [r["road_lerf"] - r["road_morf"] for r in rows]),
+        ("Spearman corr. with all weights random (lower: saner)", [r["randomisation_corr_all"] for r in rows]),
+        ("ms per image (log)", [max(r["ms_per_image"], 1e-3) for r in rows]),
+    ]
+    fig = _new_figure(15, 0.3 * len(rows) + 1.6)
+    for k, (label, values) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, len(panels), k)
+        bars = ax.barh(y, values, color=colours)
+        for bar, hatch in zip(bars, hatches):
+            bar.set_hatch(hatch)
+        ax.set_yticks(y, names if k == 1 else [""] * len(names), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(label, fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=7)
+        if k == 3:
+            ax.axvline(threshold, color="k", ls="--", lw=0.8)
+        if k == 4:
+            ax.set_xscale("log")
+    fig.suptitle(textwrap.fill(title, 160), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_top_images(optimised: np.ndarray, images: np.ndarray, overlays: np.ndarray, path: str | Path, *,
+                    optimised_titles: Sequence[str], titles: Sequence[Sequence[str]], title: str = "") -> Path:
+    """One row per channel: its optimised image, a gap, then its top images with the activation overlaid.
+
+    optimised: float (C, S, S, 3) in [0, 1]; images: uint8 (C, k, H, W, 3); overlays: (C, k, H, W) in [0, 1],
+    drawn as a spotlight: a black veil, more opaque where the channel is silent, so what it fires on stays lit
+    whatever the image's colours.
+    """
+    from matplotlib.gridspec import GridSpec
+
+    rows, k = images.shape[:2]
+    fig = _new_figure(1.1 * (k + 1.25) + 0.3, 1.2 * rows + 0.6)
+    grid = GridSpec(rows, k + 2, figure=fig, width_ratios=[1, 0.25] + [1] * k)
+    for r in range(rows):
+        ax = fig.add_subplot(grid[r, 0])
+        ax.imshow(optimised[r], interpolation="nearest")
+        ax.set_title(optimised_titles[r], fontsize=6, pad=2)
+        _bare(ax)
+        for j in range(k):
+            ax = fig.add_subplot(grid[r, j + 2])
+            ax.imshow(images[r, j], interpolation="nearest")  # nearest: the 32 px image stays pixel-sharp
+            veil = np.zeros((*overlays.shape[2:], 4))
+            veil[..., 3] = 0.75 * (1 - overlays[r, j])
+            ax.imshow(veil, interpolation="bilinear")
+            ax.set_title(titles[r][j], fontsize=6, pad=2)
+            _bare(ax)
+    fig.suptitle(textwrap.fill(title, int(1.1 * (k + 1.25) * 15)), fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -128,3 +129,70 @@ def map_quality(features: np.ndarray, points: np.ndarray, labels: np.ndarray, *,
         "knn_accuracy_features": knn_accuracy(features, labels, k),
         "knn_k": k,
     }
+
+
+@dataclass
+class ProjectionResult:
+    """What ``projection_run`` made: a layer's 2-D map of a split, its quality and what the figure needs."""
+
+    model_name: str
+    layer: str
+    split: str
+    projection: Projection  # points (N, 2)
+    labels: np.ndarray  # (N,)
+    classes: tuple[str, ...]
+    quality: dict  # map_quality's numbers
+    thumbnails: int = 0  # images drawn on the map
+    images: np.ndarray | None = None  # uint8 (N, 3, H, W) when thumbnails are drawn
+
+    @property
+    def stem(self) -> str:
+        from cifarlens.explain.runs import file_stem
+
+        return f"{file_stem(self.layer)}_{self.projection.method}"
+
+    @property
+    def title(self) -> str:
+        q, p = self.quality, self.projection
+        return (f"{self.model_name} {self.layer}, {p.method} ({p.backend}), {len(p.points)} {self.split} images: "
+                f"trustworthiness {q['trustworthiness']:.3f} (on {q['trustworthiness_points']}), "
+                f"{q['knn_k']}-NN acc. in map {q['knn_accuracy_2d']:.1%} "
+                f"vs features {q['knn_accuracy_features']:.1%}")  # fmt: skip
+
+    def write(self, folder: str | Path) -> list[Path]:
+        """The map (PNG), its numbers (JSON) and the points (``<stem>_points.npy``) into ``folder``."""
+        from cifarlens.explain.plots import plot_projection
+        from cifarlens.run import write_json
+
+        folder, p = Path(folder), self.projection
+        paths = [folder / f"{self.stem}.png", folder / f"{self.stem}.json", folder / f"{self.stem}_points.npy"]
+        plot_projection(p.points, self.labels, self.classes, paths[0], title=self.title, thumbnails=self.images,
+                        n_thumbnails=self.thumbnails, seed=p.settings["seed"])  # fmt: skip
+        np.save(paths[2], p.points)
+        write_json(paths[1], {"layer": self.layer, "method": p.method, "backend": p.backend, "split": self.split,
+                              "images": int(len(p.points)), "seconds": p.seconds,
+                              **p.settings, **self.quality})  # fmt: skip
+        return paths
+
+
+def projection_run(run: str | Path, *, layer: str | None = None, method: str = "tsne", split: str = "test",
+                   limit: int = 0, seed: int = 0, thumbnails: int = 0, sample: int = 2000, data_dir: str | None = None,
+                   device: str = "cpu", show_progress: bool = False) -> ProjectionResult:  # fmt: skip
+    """2-D map (``method``: pca, tsne or umap) of the pooled features (N, D) of ``layer`` (default: the deepest
+    probe stage) for the first ``limit`` images (0: all) of the run's ``split``, extracted on ``device``, with
+    trustworthiness on ``sample`` points and kNN accuracy in the map and in feature space."""
+    from cifarlens.explain.features import extract_features
+    from cifarlens.explain.runs import last_stage, load_run_model
+    from cifarlens.run import RunDir
+
+    model, spec, dev = load_run_model(run, device)
+    chosen = RunDir(run).load_data(data_dir).split(split)
+    projector = Projector(method, seed=seed)
+    layer = layer or last_stage(model, spec)
+    feats = extract_features(model, spec, chosen.images, chosen.labels, [layer], split=split, limit=limit,
+                             device=dev, show_progress=show_progress)  # fmt: skip
+    x, labels = feats.layers[layer], feats.labels
+    proj = projector(x)
+    quality = map_quality(x, proj.points, labels, sample=sample, seed=seed)
+    images = chosen.images[: len(x)].numpy() if thumbnails else None
+    return ProjectionResult(spec.name, layer, split, proj, labels, spec.classes, quality, thumbnails, images)
