@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="500 images, 8 CAM images: checks the script works")
     parser.add_argument("--rank", action="store_true", help="time and score explain rank instead (needs --run)")
     parser.add_argument("--rank-n", type=int, default=500, help="seeded test images of --rank")
-    parser.add_argument("--sanity-n", type=int, default=0, help="images of those the randomisation check runs on (0: all)")
+    parser.add_argument("--sanity-n", type=int, default=100, help="images of those the randomisation check runs on (0: all)")
     parser.add_argument("--methods-rank", default="all", help="methods of --rank: all, cams or a list")
     parser.add_argument("--cam-layers", default="", help="--rank: also rank the CAM methods at each of these layers")
     parser.add_argument("--out", default=None, help="JSON results (default: benchmarks/results/explain_speed[_quick].json)")

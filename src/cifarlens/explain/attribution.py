@@ -360,8 +360,9 @@ def method_notes(model: nn.Module, methods: list[str]) -> list[str]:
     kind, found = type(model).__name__, []
     relu_rules = [m for m in methods if METHODS[m].hooks_every_relu and m != "deeplift"]
     if relu_rules and not any(isinstance(m, nn.ReLU) for m in model.modules()):
+        also = " (guided-gradcam: gradient x Grad-CAM)" if "guided-gradcam" in relu_rules else ""
         found.append(f"{', '.join(relu_rules)}: {kind} has no ReLU modules, so Captum's ReLU rules never apply and the "
-                     "guided gradient is the plain gradient (guided-gradcam: gradient x Grad-CAM)")  # fmt: skip
+                     f"guided gradient is the plain gradient{also}")  # fmt: skip
     if "deeplift" in methods:
         from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 

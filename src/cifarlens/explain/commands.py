@@ -319,7 +319,7 @@ def rank_command(
     n: RankNOpt = 500,
     split: SplitOpt = "test",
     steps: Annotated[int, typer.Option(help="points on each deletion/insertion curve")] = 16,
-    sanity_n: Annotated[int, typer.Option(help="images of the N the randomisation check runs on (0: all)")] = 0,
+    sanity_n: Annotated[int, typer.Option(help="images of the N the randomisation check runs on (0: all)")] = 100,
     sanity_threshold: Annotated[float, typer.Option(help="randomisation correlation at or above which a method "
                                                     "fails the sanity check")] = 0.5,  # fmt: skip
     baseline: Annotated[str, typer.Option(help="reference image of the baseline methods: black, blur or mean")] = "black",

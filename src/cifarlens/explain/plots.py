@@ -162,8 +162,13 @@ def plot_rank(rows: list[dict], path: str | Path, *, title: str = "", threshold:
             ax.axvline(threshold, color="k", ls="--", lw=0.8)
         if k == 4:
             ax.set_xscale("log")
+    from matplotlib.patches import Patch
+
+    legend = [Patch(color="tab:blue", label="passes sanity"), Patch(facecolor="tab:red", hatch="//", label="fails sanity"),
+              Patch(color="0.6", label="reference map")]  # fmt: skip
+    fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(textwrap.fill(title, 160), fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path)
 
 

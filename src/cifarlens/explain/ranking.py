@@ -55,7 +55,7 @@ class RankSettings:
     steps: int = 16  # points on each deletion/insertion curve
     road_percentiles: tuple[int, ...] = ROAD_PERCENTILES  # share of pixels ROAD imputes, averaged over
     sanity_threshold: float = 0.5  # randomisation_corr_all at or above this fails the sanity check
-    sanity_n: int = 0  # images the randomisation check runs on (the first of the N; 0: all)
+    sanity_n: int = 100  # images the randomisation check runs on (the first of the N; 0: all): it costs two more maps each
     batch_size: int = 32  # images per attribution call: bounds the memory of perturbation methods
     baseline: str = "black"  # integrated-gradients, deeplift, occlusion ... (see explain attribute)
     target_layer: str | None = None  # CAM methods and the random reference (None: the model's declared layer)
