@@ -505,3 +505,21 @@ def test_cli_top_images_bad_layer_or_channel_is_one_line(run_dir):
                       "features.conv1, features.relu1")  # fmt: skip
     assert_user_error(invoke("top-images", run_dir, "--layer", "features.relu2", "--channels", "3,99"),
                       "channel 99 is out of range: features.relu2 has 16 channels (0-15)")  # fmt: skip
+
+
+def test_features_write_an_embedding_projector_log_tensorboard_reads(run_dir, tmp_path):
+    result = invoke("features", run_dir, "--layers", "classifier.relu2", "--limit", 40, "--tensorboard", tmp_path / "tb")
+    assert result.exit_code == 0, result.output
+    config = next((tmp_path / "tb").rglob("projector_config.pbtxt")).read_text()
+    assert "classifier.relu2" in config and "sprite" in config and "metadata_path" in config
+    folder = next(p.parent for p in (tmp_path / "tb").rglob("metadata.tsv"))
+    rows = (folder / "metadata.tsv").read_text().splitlines()
+    assert rows[0] == "label\tprediction\tcorrect" and len(rows) == 41
+    labels = RunDir(run_dir).load_data().test.labels[:40].tolist()
+    classes = RunDir(run_dir).load_data().classes
+    assert [r.split("\t")[0] for r in rows[1:]] == [classes[y] for y in labels]
+    assert all(r.split("\t")[2] == str(r.split("\t")[0] == r.split("\t")[1]) for r in rows[1:])
+    tensors = np.loadtxt(folder / "tensors.tsv", delimiter="\t")
+    assert tensors.shape == (40, 84)
+    with Image.open(folder / "sprite.png") as sprite:  # 40 thumbnails: a 7x7 grid of 32-pixel images
+        assert sprite.size == (7 * 32, 7 * 32)

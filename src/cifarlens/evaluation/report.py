@@ -35,6 +35,7 @@ pre { background: #f7f7f7; padding: .6rem; overflow-x: auto; font-size: .8rem; m
 .muted { color: #777; font-size: .85rem; } .worst { color: #b00; font-weight: bold; }
 nav a { margin-right: 1rem; } .scroll { overflow-x: auto; }
 table.facts td { text-align: left; } table.facts td:first-child { font-weight: bold; background: #f8f8f8; }
+table.rank td:nth-child(2), table.rank td:last-child, table.rank th:nth-child(2), table.rank th:last-child { text-align: left; }
 """
 
 

@@ -78,6 +78,8 @@ def features_command(
     limit: LimitOpt = 0,
     pool: Annotated[str, typer.Option(help="global pooling of (C, H, W) maps: avg or max")] = "avg",
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 500,
+    tensorboard: Annotated[Optional[Path], typer.Option(help="also write a TensorBoard Embedding Projector log here "
+                                                        "(features, label/prediction/correct, image sprite)")] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -85,12 +87,15 @@ def features_command(
     from cifarlens.explain.features import features_run
 
     result = features_run(run, layers=_names(layers), split=split, limit=limit, pool=pool, batch_size=batch_size,
-                          data_dir=data_dir, device=device, show_progress=True)  # fmt: skip
+                          data_dir=data_dir, device=device, show_progress=True,
+                          with_predictions=tensorboard is not None)  # fmt: skip
     info = result.info()
     widths = ", ".join(f"{name} {shape[1]}-d" for name, shape in info["layers"].items())
     console.print(f"{info['images']} images, {len(info['layers'])} layers in {info['seconds']:.1f}s "
                   f"({info['images_per_s']:.0f} img/s): {widths}")  # fmt: skip
     _wrote(*result.write(_out(run, "features")))
+    if tensorboard is not None:
+        console.print(escape(f"projector log in {result.write_projector(tensorboard)}: tensorboard --logdir {tensorboard}"))
 
 
 @app.command("projection")

@@ -102,10 +102,29 @@ def extract_features(
 
 @dataclass
 class FeaturesResult:
-    """What ``features_run`` extracted: the pooled ``features`` of a split and the seconds it took."""
+    """What ``features_run`` extracted: the pooled ``features`` of a split and the seconds it took; with
+    ``with_predictions``, also the images (uint8 (N, 3, H, W)) and the model's predicted classes (N,)."""
 
     features: Features
     seconds: float
+    classes: tuple[str, ...] = ()
+    images: torch.Tensor | None = None
+    predictions: np.ndarray | None = None
+
+    def write_projector(self, log_dir: str | Path) -> Path:
+        """A TensorBoard Embedding Projector log in ``log_dir``, one embedding per layer: the features, metadata
+        (label, prediction, correct) and a sprite of the images (``tensorboard --logdir log_dir`` shows it)."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise CifarlensError("--tensorboard needs the tensorboard package: pip install 'cifarlens[tensorboard]'") from None
+        labels = self.features.labels.tolist()
+        rows = [[self.classes[y], self.classes[p], str(y == p)] for y, p in zip(labels, self.predictions.tolist())]
+        with SummaryWriter(str(log_dir)) as writer:
+            for name, x in self.features.layers.items():
+                writer.add_embedding(torch.as_tensor(x), metadata=rows, metadata_header=["label", "prediction", "correct"],
+                                     label_img=self.images.float() / 255, tag=name)  # fmt: skip
+        return Path(log_dir)
 
     def info(self) -> dict:
         """Split, image count, pooling, speed and each layer's (N, C) shape."""
@@ -124,13 +143,20 @@ class FeaturesResult:
 
 
 def features_run(run: str | Path, *, layers: list[str], split: str = "test", limit: int = 0, pool: str = "avg",
-                 batch_size: int = 500, data_dir: str | None = None, device: str = "cpu",
-                 show_progress: bool = False) -> FeaturesResult:  # fmt: skip
+                 batch_size: int = 500, data_dir: str | None = None, device: str = "cpu", show_progress: bool = False,
+                 with_predictions: bool = False) -> FeaturesResult:  # fmt: skip
     """Pooled activations (N, C) of ``layers`` for the first ``limit`` images (0: all) of the run's ``split``,
-    extracted on ``device`` (see ``extract_features``)."""
+    extracted on ``device`` (see ``extract_features``); ``with_predictions`` keeps the images and the model's
+    predictions too (for ``FeaturesResult.write_projector``)."""
     model, spec, dev = load_run_model(run, device)
     chosen = RunDir(run).load_data(data_dir).split(split)
     t0 = time.perf_counter()
     feats = extract_features(model, spec, chosen.images, chosen.labels, layers, split=split, limit=limit, pool=pool,
                              batch_size=batch_size, device=dev, show_progress=show_progress)  # fmt: skip
-    return FeaturesResult(feats, time.perf_counter() - t0)
+    result = FeaturesResult(feats, time.perf_counter() - t0, tuple(spec.classes))
+    if with_predictions:
+        from cifarlens.evaluation.predict import Predictor
+
+        result.images = chosen.images[: len(feats.labels)]
+        result.predictions = Predictor(model, spec, device=dev).logits(result.images).argmax(1).cpu().numpy()
+    return result
