@@ -149,7 +149,9 @@ def test_cli_rank_bad_input_is_one_line(run_dir):
     for args, fragment in ((("--methods", "saliency,magic"), "unknown attribution method magic"),
                            (("--n", 0), "--n must be at least 1"),
                            (("--methods", "cam"), "global-average-pool"),
-                           (("--baseline", "grey"), "unknown baseline 'grey'")):  # fmt: skip
+                           (("--baseline", "grey"), "unknown baseline 'grey'"),
+                           (("--methods", "gradcam", "--target-layer", "nope"), "unknown module 'nope'; valid target layers: "
+                            "features, features.conv1")):  # fmt: skip
         result = invoke("rank", run_dir, *args)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert fragment in result.output.replace("\n", " "), result.output
