@@ -168,3 +168,17 @@ def test_the_library_names_are_functions_even_after_their_modules_load():
     for name in ("rank", "attribute", "top_images", "cam_run", "probe_run"):
         found = getattr(cifarlens.explain, name)
         assert callable(found) and not isinstance(found, type(cifarlens)), name  # a function, not a module
+
+
+def test_randomised_redraws_parameters_of_modules_without_reset_parameters():
+    class Scale(torch.nn.Module):  # like timm's LayerScale: a parameter, no reset_parameters
+        def __init__(self):
+            super().__init__()
+            self.gamma = torch.nn.Parameter(torch.linspace(0.5, 1.5, 8))
+            self.constant = torch.nn.Parameter(torch.full((8,), 1e-6))
+
+    model = torch.nn.Sequential(Scale())
+    random = randomised(model, ["0"], seed=0)
+    assert not torch.equal(random[0].gamma, model[0].gamma)
+    assert abs(float(random[0].gamma.std()) - float(model[0].gamma.std())) < 0.5  # the same spread, new values
+    assert torch.equal(random[0].constant, model[0].constant)  # a constant has no spread to draw from

@@ -94,8 +94,9 @@ def randomised(model: nn.Module, modules: Sequence[str], seed: int) -> nn.Module
     """A copy of ``model`` whose ``modules`` (names) have every parameter re-initialised, seeded.
 
     Each layer's own ``reset_parameters`` draws the weights (as at construction; BatchNorm's running
-    statistics are reset too); a module with parameters but no ``reset_parameters`` gets each of its
-    own parameters redrawn from a normal with that parameter's standard deviation."""
+    statistics are reset too); a module with parameters but no ``reset_parameters`` (timm's layer scales ...)
+    gets each of its own parameters redrawn from a zero-mean normal with that parameter's standard deviation
+    (a constant one, such as a freshly initialised scale, is kept)."""
     copied = copy.deepcopy(model).eval()
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
@@ -105,7 +106,9 @@ def randomised(model: nn.Module, modules: Sequence[str], seed: int) -> nn.Module
                     module.reset_parameters()
                 else:
                     for p in module.parameters(recurse=False):
-                        p.normal_(0.0, float(p.std()) if p.numel() > 1 else 1.0)
+                        spread = float(p.std()) if p.numel() > 1 else 0.0
+                        if spread > 0:
+                            p.normal_(0.0, spread)
     return copied
 
 
