@@ -18,6 +18,7 @@ from cifarlens.explain.ranking import (
     RankSettings,
     centre_maps,
     randomised,
+    rank,
     rank_maps,
     resolve_methods,
     seeded_indices,
@@ -182,3 +183,18 @@ def test_randomised_redraws_parameters_of_modules_without_reset_parameters():
     assert not torch.equal(random[0].gamma, model[0].gamma)
     assert abs(float(random[0].gamma.detach().std()) - float(model[0].gamma.detach().std())) < 0.5  # same spread
     assert torch.equal(random[0].constant, model[0].constant)  # a constant has no spread to draw from
+
+
+def test_a_ranking_stopped_half_way_keeps_the_images_it_finished(run_dir, tmp_path):
+    def stop_after_the_first_batch(done, total):
+        if done < total:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rank(run_dir, methods="saliency", n=6, device="cpu", settings=RankSettings(batch_size=2, steps=4),
+             partial_to=tmp_path / "partial", on_batch=stop_after_the_first_batch)  # fmt: skip
+    saved = json.loads((tmp_path / "partial/rank.json").read_text())
+    assert len(saved["indices"]) == 2 and saved["planned"] == 6 and len(saved["rows"]) == 3
+    assert "PARTIAL: the first 2 of 6 images" in (tmp_path / "partial/rank.md").read_text()
+    done = rank(run_dir, methods="saliency", n=6, device="cpu", settings=RankSettings(batch_size=2, steps=4))
+    assert done.planned == 0 and len(done.indices) == 6 and done.indices[:2] == saved["indices"]

@@ -291,11 +291,12 @@ def attribute_command(
 
 def _rank_and_print(run: Path, folder: str, methods: str, n: int, split: str, data_dir, device: str, settings) -> None:
     from cifarlens.explain.ranking import rank
+    from cifarlens.run import RunDir
 
     with console.status("ranking attribution methods") as status:
         progress = lambda done, total: status.update(f"ranking attribution methods: {done} of {total} images")  # noqa: E731
         result = rank(run, methods=methods, n=n, split=split, data_dir=data_dir, device=device, settings=settings,
-                      on_batch=progress)  # fmt: skip
+                      partial_to=RunDir(run).explain_dir(folder, make=False), on_batch=progress)  # fmt: skip
     table = Table(title=result.title() + " (best first)", title_justify="left")
     for col in ("#", "method", "del AUC", "ins AUC", "ROAD MoRF", "ROAD LeRF", "rand. corr head", "all", "ms/img", "verdict"):
         table.add_column(col, justify="left" if col in ("method", "verdict") else "right", no_wrap=col == "method")

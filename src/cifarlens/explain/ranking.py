@@ -31,6 +31,7 @@ import copy
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -190,6 +191,7 @@ class RankResult:
     curves: dict[str, dict[str, list[float]]]  # method -> deletion/insertion: the mean curve
     device: str
     notes: list[str] = field(default_factory=list)  # what a reader of the table should know (methods left out ...)
+    planned: int = 0  # images the ranking set out to score, when it is a partial table of fewer (else 0)
 
     def markdown(self) -> str:
         """The table as GitHub markdown (what rank.md holds)."""
@@ -205,13 +207,12 @@ class RankResult:
 
     def title(self) -> str:
         sanity = f"{self.settings.sanity_n} of them" if 0 < self.settings.sanity_n < len(self.indices) else "all"
+        partial = f", PARTIAL: the first {len(self.indices)} of {self.planned} images" if self.planned else ""
         return (f"{self.model_name}: attribution methods on {len(self.indices)} seeded {self.split} images "
-                f"(seed {self.settings.seed}; sanity on {sanity}; {self.device})")  # fmt: skip
+                f"(seed {self.settings.seed}; sanity on {sanity}; {self.device}{partial})")  # fmt: skip
 
     def write(self, folder) -> list:
         """rank.md, rank.csv (first column: the method), rank.png (the chart) and rank.json into ``folder``."""
-        from pathlib import Path
-
         from cifarlens.explain.plots import plot_rank
         from cifarlens.explain.runs import write_csv
         from cifarlens.io import atomic_write_text
@@ -224,8 +225,9 @@ class RankResult:
         write_csv(paths["table"], self.rows)
         plot_rank(self.rows, paths["chart"], title=self.title(), threshold=self.settings.sanity_threshold)
         write_json(paths["numbers"], {"model": self.model_name, "split": self.split, "indices": self.indices,
-                                          "device": self.device, "settings": self.settings.__dict__, "rows": self.rows,
-                                          "notes": self.notes, "curves": self.curves})  # fmt: skip
+                                      "planned": self.planned or len(self.indices), "device": self.device,
+                                      "settings": self.settings.__dict__, "rows": self.rows, "notes": self.notes,
+                                      "curves": self.curves})  # fmt: skip
         return list(paths.values())
 
 
@@ -233,9 +235,10 @@ class RankResult:
 def rank_maps(model: nn.Module, x: torch.Tensor, targets: list[int], methods: list[str], *,
               capabilities: Capabilities, mean: tuple[float, ...], std: tuple[float, ...],
               settings: RankSettings | None = None,
-              on_batch: Callable[[int, int], None] | None = None) -> tuple[list[dict], dict]:  # fmt: skip
+              on_batch: Callable[[int, int, list[dict], dict], None] | None = None) -> tuple[list[dict], dict]:  # fmt: skip
     """Score ``methods`` and the references on normalised x (N, 3, H, W) explaining ``targets``: (rows best
-    first, mean deletion/insertion curves per method). ``on_batch(done, total)`` reports progress."""
+    first, mean deletion/insertion curves per method). ``on_batch(done, total, rows, curves)`` gets the table of
+    the first ``done`` images after each batch."""
     from cifarlens.explain.faithfulness import DeletionInsertion
 
     settings = settings or RankSettings()
@@ -258,7 +261,11 @@ def rank_maps(model: nn.Module, x: torch.Tensor, targets: list[int], methods: li
         for name, m in maps.items():
             _faithfulness(scores[name], metric, model, xb, m, tb, settings)
         if on_batch:
-            on_batch(min(start + settings.batch_size, len(x)), len(x))
+            on_batch(min(start + settings.batch_size, len(x)), len(x), *_table(scores, settings))
+    return _table(scores, settings)
+
+
+def _table(scores: dict[str, MethodScores], settings: RankSettings) -> tuple[list[dict], dict]:
     rows = order([s.row() for s in scores.values()], settings.sanity_threshold)
     curves = {name: {k: np.mean(v, axis=0).tolist() for k, v in s.curves.items()} for name, s in scores.items()}
     return rows, curves
@@ -356,10 +363,12 @@ def resolve_methods(text: str | Sequence[str], capabilities: Capabilities) -> li
 
 
 def rank(run, *, methods: str | Sequence[str] = "all", n: int = 500, split: str = "test", data_dir: str | None = None,
-         device: str = "auto", settings: RankSettings | None = None,
+         device: str = "auto", settings: RankSettings | None = None, partial_to: str | Path | None = None,
          on_batch: Callable[[int, int], None] | None = None) -> RankResult:  # fmt: skip
     """Rank ``methods`` (``all``, ``cams`` or names) on ``n`` seeded images of the run's ``split``, explaining
-    the predicted class of each (see the module doc for the columns)."""
+    the predicted class of each (see the module doc for the columns). With ``partial_to``, the table of the
+    images done so far is written there after every batch, so a long ranking stopped half-way keeps them;
+    ``on_batch(done, total)`` reports progress."""
     from cifarlens.evaluation.predict import Predictor
     from cifarlens.explain.images import model_input
     from cifarlens.explain.runs import load_run_model
@@ -374,9 +383,18 @@ def rank(run, *, methods: str | Sequence[str] = "all", n: int = 500, split: str 
     images = chosen.images[indices]
     targets = Predictor(model, spec, device=dev).probabilities(images).argmax(1).tolist()
     x = model_input(images, spec).to(dev)
+    found = notes(model, names, methods, caps)
+
+    def after_batch(done: int, total: int, rows: list[dict], curves: dict) -> None:
+        if partial_to is not None and done < total:
+            RankResult(spec.name, split, indices[:done], settings, rows, curves, str(dev), found,
+                       planned=total).write(partial_to)  # fmt: skip
+        if on_batch:
+            on_batch(done, total)
+
     rows, curves = rank_maps(model, x, targets, names, capabilities=caps, mean=spec.mean, std=spec.std,
-                             settings=settings, on_batch=on_batch)  # fmt: skip
-    return RankResult(spec.name, split, indices, settings, rows, curves, str(dev), notes(model, names, methods, caps))
+                             settings=settings, on_batch=after_batch)  # fmt: skip
+    return RankResult(spec.name, split, indices, settings, rows, curves, str(dev), found)
 
 
 def notes(model: nn.Module, names: list[str], asked: str | Sequence[str], capabilities: Capabilities) -> list[str]:

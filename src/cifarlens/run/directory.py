@@ -118,10 +118,11 @@ class RunDir:
     def confusion_file(self, key: str) -> Path:
         return self.path / f"confusion_{key}.csv"
 
-    def explain_dir(self, command: str) -> Path:
-        """``explain/COMMAND/``, made if missing: where one explain command writes."""
+    def explain_dir(self, command: str, *, make: bool = True) -> Path:
+        """``explain/COMMAND/``, made if missing (unless ``make`` is False): where one explain command writes."""
         folder = self.path / self.EXPLAIN / command
-        folder.mkdir(parents=True, exist_ok=True)
+        if make:
+            folder.mkdir(parents=True, exist_ok=True)
         return folder
 
     def explain_files(self) -> list[Path]:
