@@ -102,8 +102,10 @@ def rank_tables(args) -> None:
 
     spec = RunDir(args.run).read_spec()
     t0 = time.perf_counter()
+    out = Path(args.out or f"benchmarks/results/rank_{spec.name}.json")
     ranked = rank(args.run, methods=args.methods_rank, n=args.rank_n, data_dir=args.data_dir, device="cpu",
-                  settings=RankSettings(seed=args.seed, sanity_n=args.sanity_n))  # fmt: skip
+                  settings=RankSettings(seed=args.seed, sanity_n=args.sanity_n),
+                  partial_to=out.with_suffix(".partial"))  # the table so far, kept if the run is stopped  # fmt: skip
     result = {"date": date.today().isoformat(), "machine": cpu_name(), "threads": torch.get_num_threads(),
               "run": str(args.run), "model": spec.name, "images": len(ranked.indices), "sanity_n": args.sanity_n,
               "seconds": time.perf_counter() - t0, "rows": ranked.rows, "notes": ranked.notes, "cam_layers": {}}  # fmt: skip
@@ -115,7 +117,6 @@ def rank_tables(args) -> None:
                     settings=RankSettings(seed=args.seed, sanity_n=args.sanity_n, target_layer=layer))  # fmt: skip
         result["cam_layers"][layer] = cams.rows
         print(f"\nCAM methods at {layer}:\n\n{cams.markdown()}")
-    out = Path(args.out or f"benchmarks/results/rank_{spec.name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out}")
