@@ -51,7 +51,7 @@ CENTRE_SIGMA = 0.25  # the centre reference's Gaussian: standard deviation as a 
 
 @dataclass
 class RankSettings:
-    """How ``rank_maps`` scores; every field is one ``explain rank`` option."""
+    """How ``rank_maps`` scores; every field but ``road_percentiles`` is an ``explain rank`` option."""
 
     steps: int = 16  # points on each deletion/insertion curve
     road_percentiles: tuple[int, ...] = ROAD_PERCENTILES  # share of pixels ROAD imputes, averaged over
@@ -138,7 +138,8 @@ def road_scores(model: nn.Module, x: torch.Tensor, maps: np.ndarray, targets: li
     wanted = [ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
     scaled = maps / np.maximum(maps.reshape(len(maps), -1).max(1), 1e-12)[:, None, None]  # LeRF inverts 1 - map
     with torch.no_grad():  # the probability before imputation, once (grad-cam's own averager redoes it per percentile)
-        before = model(x).softmax(1)[torch.arange(len(x)), torch.as_tensor(targets)].cpu().numpy()
+        picked = torch.arange(len(x), device=x.device), torch.as_tensor(targets, device=x.device)
+        before = model(x).softmax(1)[picked].cpu().numpy()
     scores = {}
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(seed)  # the imputer's noise comes from torch's global generator
