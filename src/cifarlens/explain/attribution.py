@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from cifarlens.errors import CifarlensError
+from cifarlens.explain.cam import class_index
 from cifarlens.models.registry import Capabilities, guess_capabilities
 
 BASELINES = ("black", "blur", "mean")
@@ -456,8 +457,9 @@ def explained_classes(target: str, probs: torch.Tensor, labels: list[int] | None
         if labels is None:
             raise CifarlensError("--target true needs labelled images: use --index (image files have no label)")
         return list(labels)
-    if target in classes:
-        return [classes.index(target)] * len(probs)
-    if target.isdigit() and int(target) < len(classes):
-        return [int(target)] * len(probs)
-    raise CifarlensError(f"unknown --target {target!r}; use pred, true, or a class name or number: {', '.join(classes)}")
+    try:
+        return [class_index(target, classes)] * len(probs)
+    except CifarlensError:
+        raise CifarlensError(
+            f"unknown --target {target!r}; use pred, true, or a class name or number: {', '.join(classes)}"
+        ) from None
