@@ -19,6 +19,7 @@ from cifarlens.console import console, err_console, user_errors, with_config_opt
 from cifarlens.errors import CifarlensError
 from cifarlens.explain.commands import app as explain_app
 from cifarlens.experiments import commands as _experiments  # light modules: heavy imports stay inside the commands
+from cifarlens.explore import commands as _explore
 from cifarlens.export import commands as _deploy
 from cifarlens.training.config import TrainConfig
 
@@ -184,6 +185,7 @@ app.command()(_deploy.export)
 app.command()(_deploy.predict)
 app.command()(_deploy.bench)
 app.command()(_deploy.serve)
+app.command()(_explore.explore)
 app.add_typer(explain_app, name="explain")
 
 

@@ -88,6 +88,16 @@ def _pct(value: Any) -> str:
     return f"{float(value):.2%}" if value not in (None, "") else "n/a"
 
 
+def _headline(run: RunDir) -> str:
+    """The run's headline accuracy (``RunDir.headline``: TTA when scored) with the plain one beside it."""
+    best = run.headline()
+    if best is None:
+        return "n/a"
+    if best["key"] == "test":
+        return _pct(best["accuracy"])
+    return f"{_pct(best['accuracy'])} ({best['label']}); plain {_pct(best['plain'])}"
+
+
 def _torch_version(provenance: dict[str, Any]) -> str:
     return str((provenance.get("packages") or {}).get("torch", "n/a"))
 
@@ -106,7 +116,7 @@ def _run_section(run: Path, label: str, anchor: str) -> str:
     parts = [f'<section id="{anchor}"><h2>{_esc(label)}</h2>']
     facts = [
         ("model", f"{rec.config.get('model')} {json.dumps(rec.config.get('model_args') or {})}"),
-        ("test accuracy", _pct(res["test_acc"])),
+        ("test accuracy", _headline(rec)),
         ("validation accuracy", _pct(res["val_acc"])),
         ("epochs", train.get("epochs", len(rec.metrics))),
         ("parameters", f"{res['params']:,}" if res["params"] is not None else "n/a"),

@@ -41,8 +41,9 @@ def plot_projection(points: np.ndarray, labels: np.ndarray, classes: Sequence[st
     if thumbnails is not None and n_thumbnails:
         rng = np.random.default_rng(seed)
         for i in rng.choice(len(points), size=min(n_thumbnails, len(points)), replace=False):
-            box = AnnotationBbox(OffsetImage(thumbnails[i].transpose(1, 2, 0), zoom=0.7), points[i], frameon=True,
-                                 pad=0.05, bboxprops={"edgecolor": colours[int(labels[i])]})  # fmt: skip
+            thumbnail = OffsetImage(thumbnails[i].transpose(1, 2, 0), zoom=0.7, interpolation="nearest")  # sharp pixels
+            box = AnnotationBbox(thumbnail, points[i], frameon=True, pad=0.05,
+                                 bboxprops={"edgecolor": colours[int(labels[i])]})  # fmt: skip
             ax.add_artist(box)
     ax.legend(markerscale=max(1.0, 6 / math.sqrt(size)), loc="best", fontsize=8, framealpha=0.8)
     ax.set_title(textwrap.fill(title, 110), fontsize=10)

@@ -47,21 +47,7 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request, top_k: int = Query(3, ge=1, le=len(classifier.classes))) -> dict[str, Any]:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type == "multipart/form-data":
-            data = await _multipart_file(request, max_bytes)
-        elif content_type.startswith("image/") or content_type in RAW_TYPES:
-            data = await _bounded_body(request, max_bytes)
-        else:
-            raise HTTPException(
-                415,
-                f"unsupported content type {content_type or '(none)'!r}; send the image file with Content-Type "
-                "image/jpeg, image/png ... or as multipart/form-data field 'file'",
-            )
-        try:
-            image = await run_in_threadpool(load_image, data, max_pixels=max_pixels, name="image")
-        except ImageFileError as err:
-            raise HTTPException(400, str(err)) from None
+        image = await read_image_upload(request, max_bytes=max_bytes, max_pixels=max_pixels)
 
         def classify() -> list[tuple[str, float]]:
             with lock:
@@ -75,6 +61,26 @@ def create_app(
         }
 
     return app
+
+
+async def read_image_upload(request: Request, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """The image a request uploads (its body, Content-Type image/* or octet-stream, or multipart field "file"),
+    read as ``cifarlens predict`` reads files: uint8 (3, 32, 32). HTTP errors 400, 411, 413 and 415 as above."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        data = await _multipart_file(request, max_bytes)
+    elif content_type.startswith("image/") or content_type in RAW_TYPES:
+        data = await _bounded_body(request, max_bytes)
+    else:
+        raise HTTPException(
+            415,
+            f"unsupported content type {content_type or '(none)'!r}; send the image file with Content-Type "
+            "image/jpeg, image/png ... or as multipart/form-data field 'file'",
+        )
+    try:
+        return await run_in_threadpool(load_image, data, max_pixels=max_pixels, name="image")
+    except ImageFileError as err:
+        raise HTTPException(400, str(err)) from None
 
 
 def _declared_length(request: Request, max_bytes: int) -> int | None:

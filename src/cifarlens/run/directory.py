@@ -13,6 +13,7 @@ Layout::
     RUN/checkpoint/          resumable state (cifarlens.run.checkpoint)
     RUN/explain/COMMAND/     what each explain command wrote
     RUN/export/              ONNX graphs and their sidecars
+    RUN/explore/             what ``cifarlens explore`` computed once and keeps (predictions, channel images)
     RUN/report.html          the static HTML report
 
 Train, evaluate, explain, export, compare, report and sweep read and write a run only through
@@ -65,7 +66,9 @@ class RunDir:
     CHECKPOINT = "checkpoint"
     EXPLAIN = "explain"
     EXPORT = "export"
+    EXPLORE = "explore"
     REPORT = "report.html"
+    HEADLINE_KEYS = ("test_tta_translate", "test_tta", "test")  # the fullest scored test evaluation first
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -131,6 +134,12 @@ class RunDir:
         if not root.is_dir():
             return []
         return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".png", ".json", ".csv"))
+
+    def explore_file(self, name: str) -> Path:
+        """``explore/NAME``, its folder made if missing: a cache of ``cifarlens explore``."""
+        folder = self.path / self.EXPLORE
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
 
     @property
     def export_dir(self) -> Path:
@@ -249,6 +258,19 @@ class RunDir:
         if "test" in self.summary:
             return float(self.summary["test"]["accuracy"])
         return self.summary.get("train", {}).get("final_test_acc")
+
+    def headline(self) -> dict[str, Any] | None:
+        """The accuracy to show first: the fullest scored test evaluation (TTA with shifts, then TTA, then plain),
+        with the plain one beside it. ``{"key", "label", "accuracy", "plain"}``; None when the test split was
+        never scored."""
+        labels = {"test_tta_translate": "test, TTA + shifts", "test_tta": "test, TTA", "test": "test"}
+        for key in self.HEADLINE_KEYS:
+            if key in self.summary:
+                return {"key": key, "label": labels[key], "accuracy": float(self.summary[key]["accuracy"]),
+                        "plain": self.test_acc}  # fmt: skip
+        if self.test_acc is None:
+            return None
+        return {"key": "test", "label": "test", "accuracy": float(self.test_acc), "plain": self.test_acc}
 
     @property
     def val_acc(self) -> float | None:
