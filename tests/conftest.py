@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -93,6 +94,16 @@ def cifarlens(*args, env=None, cwd=None, timeout=600) -> subprocess.CompletedPro
         timeout=timeout,
         cwd=cwd,
     )
+
+
+def roll_back_to_epoch(run: Path, epoch: int) -> None:
+    """Make a finished run look killed right after ``epoch``: its checkpoint of that epoch is the latest, the
+    next epoch's and the final weights are gone (``resume`` must then redo the rest)."""
+    ckpt = run / "checkpoint"
+    (ckpt / "latest.json").write_text(json.dumps(
+        {"epoch": epoch, "weights": f"epoch-{epoch:04d}.safetensors", "state": f"epoch-{epoch:04d}.state.pt"}))
+    (ckpt / f"epoch-{epoch + 1:04d}.safetensors").unlink()
+    (run / "model.safetensors").unlink()
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import write_cifar
+from conftest import roll_back_to_epoch, write_cifar
 from safetensors.torch import load_file
 
 from cifarlens.config import build_config, read_yaml
@@ -90,13 +90,7 @@ def test_resume_matches_uninterrupted_run(cifar_root, tmp_path, data):
     full = train(quick_config(cifar_root, tmp_path / "full", epochs=3, model="seed_bn8", optimizer="adam", lr=1e-3), data=data)
     part = tmp_path / "part"
     train(quick_config(cifar_root, part, epochs=3, model="seed_bn8", optimizer="adam", lr=1e-3), data=data)
-    # Simulate a kill after epoch 2: roll the run back to its epoch-2 checkpoint.
-    ckpt = part / "checkpoint"
-    (ckpt / "latest.json").write_text(
-        json.dumps({"epoch": 2, "weights": "epoch-0002.safetensors", "state": "epoch-0002.state.pt"})
-    )
-    (ckpt / "epoch-0003.safetensors").unlink()
-    (part / "model.safetensors").unlink()
+    roll_back_to_epoch(part, 2)  # a kill after epoch 2
     resume(part, data=data)
     wf, wp = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
     assert all(torch.equal(wf[k], wp[k]) for k in wf)

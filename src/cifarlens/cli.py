@@ -91,12 +91,22 @@ def evaluate(
     ] = False,
     data_dir: Annotated[Optional[str], typer.Option(help="folder holding cifar-10-batches-py (default: the run's)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+    preprocess: Annotated[
+        str, typer.Option(help="MODEL.keras only: its input scaling, scale (x/255), tf, torch, caffe or raw (0-255)")
+    ] = "scale",
+    trust_code: Annotated[bool, typer.Option(help="MODEL.keras only: allow Lambda layers (code) in a file you trust")] = False,
 ) -> None:
-    """Score a trained run: accuracy, per-class table, confusion matrix, curves, misclassified images."""
+    """Score a trained run (or a Keras MODEL.keras file): accuracy, per-class table, confusion matrix, curves, mistakes."""
     from cifarlens.device import resolve_device
     from cifarlens.evaluation import evaluate_run
     from cifarlens.run import RunDir
 
+    if str(run).endswith(".keras"):
+        from cifarlens.evaluation.keras_file import evaluate_keras_file
+
+        evaluate_keras_file(run, preprocess=preprocess, trust_code=trust_code, data_dir=data_dir,
+                            device=str(resolve_device(device)), console=console)  # fmt: skip
+        return
     if split not in ("test", "val"):
         raise CifarlensError(f"unknown split {split!r}; choose test or val")
     RunDir(run).require_weights()

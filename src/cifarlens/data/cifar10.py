@@ -73,13 +73,26 @@ def default_data_dir() -> Path:
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> tuple[Path, str]:
-    """The data folder and where its value came from: ``--data-dir`` > env > cache dir."""
+    """The data folder and where its value came from: ``--data-dir`` > env > cache dir, or Keras's dataset
+    cache when the cache dir holds no data and Keras's does."""
     if data_dir:
         return Path(data_dir).expanduser(), "--data-dir"
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         return Path(env).expanduser(), DATA_DIR_ENV
+    if find_batches_dir(default_data_dir()) is None:
+        for folder in keras_dataset_dirs():
+            if find_batches_dir(folder) is not None:
+                return folder, "Keras's dataset cache"
     return default_data_dir(), "the default cache dir"
+
+
+def keras_dataset_dirs() -> list[Path]:
+    """Where ``keras.datasets.cifar10.load_data()`` leaves the batches: ``$KERAS_HOME/datasets`` (default
+    ``~/.keras/datasets``), in ``cifar-10-batches-py-target/`` since Keras 3.6 and directly before."""
+    home = Path(os.environ["KERAS_HOME"]).expanduser() if os.environ.get("KERAS_HOME") else Path.home() / ".keras"
+    datasets = home / "datasets"
+    return [datasets / "cifar-10-batches-py-target", datasets]
 
 
 def find_batches_dir(root: Path) -> Path | None:

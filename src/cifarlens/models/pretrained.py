@@ -107,8 +107,14 @@ def create_timm_model(name: str, num_classes: int = 10, pretrained: bool = False
     except (OSError, RuntimeError, ValueError) as err:
         if not pretrained:
             raise
-        repo, cache = _timm_source(timm, arch)
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        url = _timm_url(timm, arch)
+        if url:
+            raise WeightsUnavailable(
+                f"could not get pretrained weights for timm model {arch!r} from {url}: {reason}; "
+                f"save it into {Path(torch.hub.get_dir()) / 'checkpoints'}"
+            ) from None
+        repo, cache = _timm_source(timm, arch)
         raise WeightsUnavailable(
             f"could not get pretrained weights for timm model {arch!r} from Hugging Face repo {repo}: {reason}; "
             f"run `huggingface-cli download {repo}` online, or copy its model.safetensors into the hub cache {cache}"
@@ -138,10 +144,32 @@ def _timm_source(timm, arch: str) -> tuple[str, str]:
     return repo, hf_hub_cache()
 
 
+def _timm_url(timm, arch: str) -> str | None:
+    """The download URL of weights that timm takes from a URL instead of the Hugging Face hub (legacy_xception)."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    return cfg.url if cfg is not None and not cfg.hf_hub_id and cfg.url else None
+
+
+def _timm_url_cached_file(arch: str, url: str) -> str | None:
+    """timm caches URL weights as torch.hub does: ``$TORCH_HOME/hub/checkpoints/<file name of the URL>``."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+    if path.is_file():
+        return str(path)
+    if offline():
+        raise WeightsUnavailable(
+            f"pretrained weights {path.name} (timm model {arch!r}) are not cached and downloads are off; "
+            f"save {url} as {path} (the folder is $TORCH_HOME/hub/checkpoints)"
+        )
+    return None
+
+
 def _timm_cached_file(timm, arch: str) -> str | None:
     """The cached ``model.safetensors`` of ``arch``'s hub repo; None when absent and downloads are allowed."""
     from huggingface_hub import try_to_load_from_cache
 
+    url = _timm_url(timm, arch)
+    if url:
+        return _timm_url_cached_file(arch, url)
     repo, cache = _timm_source(timm, arch)
     filename = "model.safetensors"
     found = try_to_load_from_cache(repo, filename, cache_dir=cache)

@@ -2,7 +2,8 @@
 
 ``create_model(name, num_classes=10, **kwargs)`` builds it by name, so a run
 directory that stores the name and kwargs can always rebuild its model. Names
-``timm:<arch>`` build ``timm.create_model(arch, num_classes=..., **kwargs)``.
+``timm:<arch>`` build ``timm.create_model(arch, num_classes=..., **kwargs)``; ``keras:<Application>`` and
+``keras:<file>.keras`` build Keras models on the torch backend (``cifarlens.models.keras_models``).
 
 The decorator also declares the model's ``Capabilities`` (as timm declares a ``pretrained_cfg`` with
 each model): its classifier, CAM and probe layers, input normalisation and size, a data-dependent
@@ -22,6 +23,8 @@ from torch import nn
 
 from cifarlens.data.augment import CIFAR10_MEAN, CIFAR10_STD
 from cifarlens.errors import ConfigError
+from cifarlens.models.keras_models import capabilities as keras_capabilities
+from cifarlens.models.keras_models import create_keras_model, is_keras, keras_kwargs
 from cifarlens.models.pretrained import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -85,6 +88,10 @@ def register_model(**capabilities) -> Callable[[Callable[..., nn.Module]], Calla
 
 def model_capabilities(name: str, model: nn.Module | None = None, image_size: int = 32) -> Capabilities:
     """The declared capabilities of model ``name``; for ``timm:`` models guessed from the built ``model``."""
+    if is_keras(name):
+        if model is None:
+            raise ValueError("keras: models declare their capabilities when built: pass the built model")
+        return keras_capabilities(model, image_size)
     if is_timm(name):
         if model is None:
             raise ValueError("timm models declare no capabilities: pass the built model to guess them from")
@@ -139,6 +146,8 @@ def model_kwargs(name: str) -> dict[str, object]:
     if is_timm(name):
         check_timm_name(name)
         return {"pretrained": False}
+    if is_keras(name):
+        return keras_kwargs(name)
     sig = inspect.signature(_get(name).build)
     return {
         p.name: p.default
@@ -151,6 +160,8 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     """Build the registered model ``name``; unknown names or arguments raise ``ConfigError``."""
     if is_timm(name):
         return create_timm_model(name, num_classes=num_classes, **kwargs)
+    if is_keras(name):
+        return create_keras_model(name, num_classes=num_classes, **kwargs)
     fn = _get(name).build
     accepted = model_kwargs(name)
     unknown = sorted(set(kwargs) - set(accepted))
@@ -168,5 +179,5 @@ def _get(name: str) -> _Entry:
     except KeyError:
         raise ConfigError(
             f"unknown model {name!r}; valid models: {', '.join(list_models())} "
-            "(run `cifarlens models` to see them), or timm:<name> for a timm model"
+            "(run `cifarlens models` to see them), timm:<name> for a timm model, or keras:<name> for a Keras one"
         ) from None

@@ -60,6 +60,7 @@ class TrainConfig:
     tta: bool = True  # the final evaluation also scores flip test-time augmentation
     tta_translate: bool = True  # with --tta, also average one-pixel shifts of the image and its mirror (6 views, airbench's TTA level 2)
     pretrained: bool = False  # start from ImageNet weights (models with a pretrained argument, timm:<name>); inputs get ImageNet mean/std
+    trust_code: bool = False  # keras:FILE.keras models: allow Lambda layers, Python code that runs when the file is loaded (only for files you trust)
     freeze: str = "none"  # none; backbone (train the head only); or until:LAYER (freeze modules up to and including LAYER, e.g. until:layer2)
     backbone_lr: float = 0.0  # learning rate of all but the head (the top-level module holding the last Linear) (0: same rules as the head)
     image_size: int = 32  # side the 32x32 images are resized to, per batch after augmentation (e.g. 64, 96, 224 for pretrained backbones)
@@ -133,10 +134,12 @@ class TrainConfig:
         unknown = sorted(set(self.model_args) - set(accepted))
         if "pretrained" in self.model_args:
             raise ConfigError("pass --pretrained, not pretrained in --model-args (runs are rebuilt without hub weights)")
+        if "trust_code" in self.model_args:
+            raise ConfigError("pass --trust-code, not trust_code in --model-args (a run never trusts code by itself)")
         if self.pretrained and "pretrained" not in accepted:
             have = [name for name in list_models() if "pretrained" in model_kwargs(name)]
             raise ConfigError(
-                f"model {self.model!r} has no pretrained weights; use one of {', '.join(have)} or timm:<name>"
+                f"model {self.model!r} has no pretrained weights; use one of {', '.join(have)}, timm:<name> or keras:<name>"
             )
         if unknown and not is_timm(self.model):
             raise ConfigError(

@@ -11,6 +11,7 @@ from torch import nn
 
 from cifarlens.errors import ConfigError
 from cifarlens.models import Capabilities, model_kwargs
+from cifarlens.models.keras_models import is_keras_file, keras_path, read_keras_config
 from cifarlens.training.config import TrainConfig, parse_freeze
 
 def model_arguments(cfg: TrainConfig) -> tuple[dict, dict]:
@@ -20,6 +21,9 @@ def model_arguments(cfg: TrainConfig) -> tuple[dict, dict]:
     kwargs say so explicitly and never include ``pretrained``, so the run rebuilds without hub weights.
     """
     stored = dict(cfg.model_args)
+    if is_keras_file(cfg.model):  # the run keeps the file's architecture; the build reads its weights too
+        config = stored.get("config") or read_keras_config(keras_path(cfg.model))
+        return stored | {"config": config}, {k: v for k, v in stored.items() if k != "config"} | {"trust_code": cfg.trust_code}
     if cfg.pretrained and "cifar_stem" in model_kwargs(cfg.model):
         stored.setdefault("cifar_stem", False)
     return stored, stored | ({"pretrained": True} if cfg.pretrained else {})
