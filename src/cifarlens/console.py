@@ -15,6 +15,7 @@ from typing import Annotated, Any, Callable, Literal, Optional, get_origin
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cifarlens.errors import CifarlensError, TrainingInterrupted
 
@@ -37,7 +38,7 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except CifarlensError as err:
             label = "[yellow]interrupted:[/]" if isinstance(err, TrainingInterrupted) else "[bold red]error:[/]"
-            err_console.print(f"{label} {err}", highlight=False)
+            err_console.print(f"{label} {escape(str(err))}", highlight=False)  # "[tf]" in a message is not markup
             raise typer.Exit(err.exit_code) from None
 
     return wrapper

@@ -7,6 +7,8 @@ whole batch at once (the airbench approach), seeded by an explicit ``torch.Gener
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -30,9 +32,24 @@ def normalize(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float (N, 3, H, W) with per-channel ``(x/255 - mean) / std``."""
-    m = torch.tensor(mean, device=images.device, dtype=dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=images.device, dtype=dtype).view(1, -1, 1, 1)
+    m = channel_values(tuple(mean), images.device, dtype)
+    s = channel_values(tuple(std), images.device, dtype)
     return (images.to(dtype) / 255 - m) / s
+
+
+def channel_values(values: tuple[float, ...], device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``values`` as a (1, C, 1, 1) tensor on ``device``. On a GPU it is made once and shared (read-only): built
+    from a Python list it is a copy from the host that waits for the device, once per batch otherwise. Never
+    cached while torch.compile, torch.export or the ONNX exporter traces: a traced tensor must not outlive it."""
+    if torch.device(device).type != "cuda" or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return torch.tensor(values, device=device, dtype=dtype).view(1, -1, 1, 1)
+    return _cached_channel_values(values, torch.device(device), dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_channel_values(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False):  # so that input gradients through ``normalize`` (explain) can use it later
+        return torch.tensor(values, device=device, dtype=dtype).view(1, -1, 1, 1)
 
 
 def model_input(
@@ -71,8 +88,8 @@ def random_crop(
     if padding > 0:
         padded = F.pad(images.float() if images.dtype == torch.uint8 else images, (padding,) * 4, mode="reflect")
         padded = padded.to(images.dtype)
-    dy = torch.randint(0, h + 2 * padding - out_h + 1, (n,), generator=generator).to(images.device)
-    dx = torch.randint(0, w + 2 * padding - out_w + 1, (n,), generator=generator).to(images.device)
+    dy = torch.randint(0, h + 2 * padding - out_h + 1, (n,), generator=generator, device=generator.device).to(images.device)
+    dx = torch.randint(0, w + 2 * padding - out_w + 1, (n,), generator=generator, device=generator.device).to(images.device)
     rows = (dy[:, None] + torch.arange(out_h, device=images.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(out_w, device=images.device))[:, None, None, :]
     batch = torch.arange(n, device=images.device)[:, None, None, None]
@@ -82,7 +99,7 @@ def random_crop(
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2. images: (N, C, H, W)."""
-    flip = (torch.rand(len(images), generator=generator) < 0.5).to(images.device)
+    flip = (torch.rand(len(images), generator=generator, device=generator.device) < 0.5).to(images.device)
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
@@ -91,8 +108,8 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch
     if size <= 0:
         return images
     n, _, h, w = images.shape
-    cy = torch.randint(0, h, (n,), generator=generator).to(images.device)
-    cx = torch.randint(0, w, (n,), generator=generator).to(images.device)
+    cy = torch.randint(0, h, (n,), generator=generator, device=generator.device).to(images.device)
+    cx = torch.randint(0, w, (n,), generator=generator, device=generator.device).to(images.device)
     ys = torch.arange(h, device=images.device)[None, :]
     xs = torch.arange(w, device=images.device)[None, :]
     half = size // 2
@@ -109,9 +126,10 @@ def color_jitter(images: torch.Tensor, brightness: float, contrast: float, gener
     images: (N, C, H, W) uint8 -> (N, C, H, W) uint8, rounded and clipped to 0..255.
     """
     n = len(images)
-    scale = (1 + contrast * (2 * torch.rand(n, generator=generator) - 1)).to(images.device).view(-1, 1, 1, 1)
-    shift = (255 * brightness * (2 * torch.rand(n, generator=generator) - 1)).to(images.device).view(-1, 1, 1, 1)
-    mean = 255 * torch.tensor(CIFAR10_MEAN, device=images.device).view(1, -1, 1, 1)
+    draw = functools.partial(torch.rand, n, generator=generator, device=generator.device)
+    scale = (1 + contrast * (2 * draw() - 1)).to(images.device).view(-1, 1, 1, 1)
+    shift = (255 * brightness * (2 * draw() - 1)).to(images.device).view(-1, 1, 1, 1)
+    mean = 255 * channel_values(CIFAR10_MEAN, images.device)
     jittered = (images.float() - mean) * scale + mean + shift
     return jittered.round_().clamp_(0, 255).to(torch.uint8)
 
@@ -154,7 +172,7 @@ class EpochImages:
         """(N, 3, H, W) uint8 images for ``epoch`` (0-based); ``generator`` draws the JPEG choice."""
         images = self.images
         if self.jpeg is not None:
-            use_jpeg = (torch.rand(len(images), generator=generator) < 0.5).to(images.device)
+            use_jpeg = (torch.rand(len(images), generator=generator, device=generator.device) < 0.5).to(images.device)
             images = torch.where(use_jpeg[:, None, None, None], self.jpeg, images)
         if self.flip_half is not None:
             flip = self.flip_half if epoch % 2 == 0 else ~self.flip_half

@@ -19,12 +19,14 @@ def iterate_batches(
     start: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images uint8 (B, 3, 32, 32), labels int64 (B,)) views of ``split``, from batch ``start`` on.
+    The order is drawn on ``generator``'s device, so a split kept on a GPU is batched there without the host.
 
     With ``shuffle``, the order is drawn from ``generator`` when this is called (not at the first batch),
     so a seeded epoch is reproducible and a resumed one can restore the generator right after it.
     """
     n = len(split)
-    order = torch.randperm(n, generator=generator) if shuffle else None
+    device = generator.device if generator is not None else "cpu"
+    order = torch.randperm(n, generator=generator, device=device) if shuffle else None
     stop = n - n % batch_size if drop_last else n
     return _batches(split, order, range(start * batch_size, stop, batch_size), batch_size)
 

@@ -115,6 +115,8 @@ class Explorer:
         self.device = resolve_device(device)
         self._models: dict[int, tuple] = {}
         self._probabilities: dict[int, np.ndarray] = {}
+        self._layers: dict[int, dict[str, Any]] = {}  # list_layers runs the model: once per run
+        self._extractors: dict[tuple[int, str], Any] = {}
         self._lock = threading.RLock()
 
     # -- runs and models ------------------------------------------------------------------------------------
@@ -155,14 +157,17 @@ class Explorer:
         """The probe stages (features for the map), the spatial ones (feature maps, channels) and the CAM layer."""
         from cifarlens.models.layers import list_layers
 
+        if r in self._layers:
+            return self._layers[r]
         model, spec = self.model(r)
         caps = spec.capabilities(model)
         shapes = {info.name: list(info.shape) for info in list_layers(model, spec.image_size)}
         stages = list(caps.probe_stages)
         spatial = [s for s in stages if len(shapes.get(s, ())) == 3]
         fine = [s for s in spatial if min(shapes[s][1:]) >= 7]  # maps a person can read, as the CAM layer's
-        return {"probe": stages, "spatial": spatial, "shapes": {s: shapes.get(s) for s in stages},
-                "feature_maps": (fine or spatial or [None])[-1], "cam_layer": caps.cam_layer}  # fmt: skip
+        self._layers[r] = {"probe": stages, "spatial": spatial, "shapes": {s: shapes.get(s) for s in stages},
+                           "feature_maps": (fine or spatial or [None])[-1], "cam_layer": caps.cam_layer}  # fmt: skip
+        return self._layers[r]
 
     # -- predictions --------------------------------------------------------------------------------------------
     def probabilities(self, r: int) -> np.ndarray:
@@ -294,7 +299,9 @@ class Explorer:
             found = attribute_maps(model, x, [target], methods, capabilities=spec.capabilities(model),
                                    mean=spec.mean, std=spec.std, seed=0) if methods else {}  # fmt: skip
             seconds = time.perf_counter() - t0
-            outputs = FeatureExtractor(model, [layer])(x)[layer][0].detach().float().cpu()
+            if (r, layer) not in self._extractors:  # building one traces the model: once per run and layer
+                self._extractors[r, layer] = FeatureExtractor(model, [layer])
+            outputs = self._extractors[r, layer](x)[layer][0].detach().float().cpu()
         pixels = image.permute(1, 2, 0).numpy()
         top = probs.argsort(descending=True)[:5].tolist()
         result = {

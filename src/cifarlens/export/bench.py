@@ -65,15 +65,22 @@ def model_flops(model: torch.nn.Module, spec: ModelSpec) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_peak_gflops(seconds: float = 2.0, n: int = 4096, dtype: torch.dtype = torch.float32) -> float:
-    """Best matmul GFLOP/s on the current torch threads: the machine's practical peak.
+def matmul_peak_gflops(seconds: float = 2.0, n: int = 4096, dtype: torch.dtype = torch.float32,
+                       device: str = "cpu") -> float:  # fmt: skip
+    """Best matmul GFLOP/s on the current torch threads (or on the GPU ``device`` names): the practical peak.
 
     ``n`` = 4096: a smaller product is too short to reach the steady clock on 2 cores
     (BENCHMARKS.md, "Machine peak and precision on this CPU"; benchmarks/cpu_peak.py measures the same).
     """
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    best = min(timed_calls(lambda: torch.mm(a, b), seconds, min_calls=3))
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+
+    def product() -> None:
+        torch.mm(a, b)
+        if a.is_cuda:  # kernels run asynchronously: time the product, not its launch
+            torch.cuda.synchronize(a.device)
+
+    product()
+    best = min(timed_calls(product, seconds, min_calls=3))
     return 2 * n**3 / best / 1e9
 
 

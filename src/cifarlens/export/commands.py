@@ -17,7 +17,7 @@ from cifarlens.console import console, err_console, user_errors
 from cifarlens.errors import ConfigError
 
 ModelSource = Annotated[
-    Path, typer.Argument(help="run directory, cifarlens .safetensors, or .onnx from cifarlens export")
+    Path, typer.Argument(help="run directory, cifarlens .safetensors, or .onnx / .tflite / SavedModel from export")
 ]
 TrustPickle = Annotated[
     bool, typer.Option("--trust-pickle", help="allow a .pt/.pth/.pkl state dict (read with weights_only=True)")
@@ -57,8 +57,11 @@ def export(
     trust_pickle: TrustPickle = False,
     model: ModelName = None,
     model_args: ModelArgs = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="onnx, or tflite / savedmodel (TensorFlow; pip install 'cifarlens[tf]')")
+    ] = "onnx",
 ) -> None:
-    """Export to ONNX (preprocessing inside the graph) and verify it with onnxruntime on real test images."""
+    """Export to ONNX, TFLite or a SavedModel (preprocessing inside) and verify it on real test images."""
     from cifarlens.export.onnx_export import export_run, load_eval_images
     from cifarlens.export.runtime import int8_path
     from cifarlens.run import RunDir
@@ -67,6 +70,10 @@ def export(
         raise ConfigError(f"{source} is already an ONNX file; pass the run directory or .safetensors it came from")
     if source.suffix != ".safetensors":
         RunDir(source).require_weights()  # a missing run is named before the data it would be scored on is looked for
+    if fmt != "onnx":
+        tf_options = {"opset": opset, "dynamic_batch": dynamic_batch, "trust_pickle": trust_pickle, "model_name": model}
+        _export_tf(source, fmt, out, quantize, test_images, data_dir, _model_args(model_args), **tf_options)
+        return
     out = out or default_onnx_path(source)
     data = load_eval_images(source, data_dir, test_images=test_images, calibration_images=calibration_images)
     result = export_run(
@@ -87,6 +94,43 @@ def export(
     console.print(table)
     graphs = [str(out)] + ([str(int8_out)] if result["int8"] else [])
     console.print(escape(f"wrote {', '.join(graphs)} and {out.with_suffix('.json')} (classes, input contract)"))
+
+
+def default_tf_path(source: Path, fmt: str) -> Path:
+    """RUN/export/model.tflite or RUN/export/saved_model; next to a weights file otherwise."""
+    from cifarlens.run import RunDir
+
+    if source.is_dir():
+        return RunDir(source).export_dir / ("model.tflite" if fmt == "tflite" else "saved_model")
+    return source.with_suffix(".tflite") if fmt == "tflite" else source.with_name(f"{source.stem}_saved_model")
+
+
+def _export_tf(
+    source: Path, fmt: str, out: Path | None, quantize: str, test_images: int, data_dir: str | None,
+    model_args: dict[str, Any], **options: Any,
+) -> None:  # fmt: skip
+    from cifarlens.export.onnx_export import load_eval_images
+    from cifarlens.export.tf_export import TF_FORMATS, export_tf_run, import_onnx2tf
+    from cifarlens.export.tf_runtime import tf_sidecar_path
+
+    if fmt not in TF_FORMATS:
+        raise ConfigError(f"unknown --format {fmt!r}; choose onnx, tflite or savedmodel")
+    if quantize != "none":
+        raise ConfigError(f"--quantize {quantize} is for --format onnx; the {fmt} export is float32")
+    import_onnx2tf()  # a missing extra is named before the test images are loaded
+    out = out or default_tf_path(source, fmt)
+    data = load_eval_images(source, data_dir, test_images=test_images, calibration_images=0)
+    info = export_tf_run(source, data, out=out, fmt=fmt, model_args=model_args, **options)
+    v = info["verification"]
+    table = Table(title=f"{info['route']} of {escape(str(source))} (verified on {v['images']} test images)")
+    for column in ("model", "max |logit diff|", "top-1 agreement", "accuracy", "vs"):
+        table.add_column(column, justify="left" if column in ("model", "vs") else "right")
+    table.add_row(
+        escape(out.name), f"{v['max_abs_logit_diff']:.2e}", f"{v['top1_agreement']:.2%}", f"{v['accuracy']:.2f}%",
+        f"{v['against']} {v['reference_accuracy']:.2f}%",
+    )  # fmt: skip
+    console.print(table)
+    console.print(escape(f"wrote {out} and {tf_sidecar_path(out)} (classes, input contract: uint8 NHWC)"))
 
 
 @user_errors
@@ -150,10 +194,12 @@ def bench(
     test_images: Annotated[int, typer.Option(help="test images for accuracy (0: the run's whole test split)")] = 0,
     data_dir: DataDir = None,
     out: Annotated[Path | None, typer.Option(help="JSON results (default RUN/export/bench.json)")] = None,
+    device: Annotated[str, typer.Option(help="cpu, or cuda: torch on the GPU, onnxruntime with its CUDA provider if it has one")] = "cpu",
 ) -> None:
-    """Latency (p50/p99 at batch 1), throughput and accuracy of each backend on this CPU, same images and threads."""
+    """Latency (p50/p99 at batch 1), throughput and accuracy of each backend on this CPU (or GPU), same images and threads."""
     import torch
 
+    from cifarlens.device import resolve_device
     from cifarlens.export.bench import BACKENDS, bench_backend, matmul_peak_gflops, model_flops, parse_list
     from cifarlens.export.onnx_export import export_run, load_eval_images
     from cifarlens.export.runtime import OnnxClassifier, TorchClassifier, int8_path, load_torch
@@ -165,6 +211,9 @@ def bench(
         raise ConfigError(f"--seconds must be positive, got {seconds}")
     if threads < 0:
         raise ConfigError(f"--threads must be 0 (default) or more, got {threads}")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    resolve_device(device)  # no GPU visible: one line
     if source.suffix == ".onnx":
         raise ConfigError("bench compares against PyTorch; pass the run directory or .safetensors, not the .onnx")
     if threads:
@@ -177,9 +226,9 @@ def bench(
     if any(b in chosen and not wanted[b].is_file() for b in wanted):
         console.print(f"exporting {escape(str(onnx_path))} first (cifarlens export --quantize int8)")
         export_run(source, data, out=onnx_path, quantize="int8" if "onnxruntime-int8" in chosen else "none")
-    base = TorchClassifier(model, spec, str(source))
+    base = TorchClassifier(model, spec, str(source), device=device)
     flops = model_flops(model, spec)
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(device=device)
     console.print(
         f"{spec.name}: {flops / 1e6:.1f} MFLOP/image; {threads} threads; fp32 matmul peak {peak:.0f} GFLOP/s; "
         f"{len(data.test_labels)} test images"
@@ -187,9 +236,11 @@ def bench(
     results = []
     for name in chosen:
         if name.startswith("onnxruntime"):
-            classifier = OnnxClassifier(wanted[name], threads=threads)
+            classifier = OnnxClassifier(wanted[name], threads=threads, device=device)
+            if classifier.provider != "CPUExecutionProvider":
+                console.print(f"{name} runs on {classifier.provider}")
         else:
-            classifier = base if name == "torch" else TorchClassifier(model, spec, str(source), compile=True)
+            classifier = base if name == "torch" else TorchClassifier(model, spec, str(source), compile=True, device=device)
         console.print(f"measuring {name} ...")
         results.append(
             bench_backend(
@@ -203,7 +254,8 @@ def bench(
             )
         )
     ref = next((r for r in results if r.backend == "torch"), results[0])
-    table = Table(title=f"inference on this CPU: {escape(str(source))} ({spec.name}, {threads} threads)")
+    where = "this CPU" if device == "cpu" else torch.cuda.get_device_name()
+    table = Table(title=f"inference on {where}: {escape(str(source))} ({spec.name}, {threads} threads)")
     table.add_column("backend", style="bold")
     table.add_column("accuracy", justify="right")
     table.add_column("p50 / p99 ms (b=1)", justify="right")
@@ -227,6 +279,7 @@ def bench(
             "model": spec.name,
             "model_args": spec.kwargs,
             "threads": threads,
+            "device": device if device == "cpu" else torch.cuda.get_device_name(),
             "seconds_per_measurement": seconds,
             "test_images": len(data.test_labels),
             "flops_per_image": flops,

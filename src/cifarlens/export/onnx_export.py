@@ -109,6 +109,23 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) ->
     }
 
 
+
+def model_info(fmt: str, source: str | Path, spec: ModelSpec, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What the sidecar JSON of any exported model starts with: format, model, classes, normalisation, I/O."""
+    return {
+        "format": fmt,
+        "cifarlens_version": __version__,
+        "source": str(source),
+        "model": spec.name,
+        "model_args": spec.kwargs,
+        "classes": list(spec.classes),
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "image_size": spec.image_size,
+        "input": inputs,
+        "output": {"name": OUTPUT, "meaning": "logits (softmax for probabilities)", "shape": ["batch", spec.num_classes]},
+    }
+
 def export_run(
     source: str | Path,
     data: EvalImages,
@@ -142,21 +159,7 @@ def export_run(
     model, spec = load_torch(source, trust_pickle=trust_pickle, model=model_name, model_args=model_args)
     reference = TorchClassifier(model, spec, str(source)).logits(data.test_images, batch_size)
     base = {
-        "format": ONNX_FORMAT,
-        "cifarlens_version": __version__,
-        "source": str(source),
-        "model": spec.name,
-        "model_args": spec.kwargs,
-        "classes": list(spec.classes),
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "image_size": spec.image_size,
-        "input": input_contract(spec, dynamic_batch),
-        "output": {
-            "name": OUTPUT,
-            "meaning": "logits (softmax for probabilities)",
-            "shape": ["batch", spec.num_classes],
-        },
+        **model_info(ONNX_FORMAT, source, spec, input_contract(spec, dynamic_batch)),
         "opset": opset,
         "dynamic_batch": dynamic_batch,
         "torch_version": torch.__version__,

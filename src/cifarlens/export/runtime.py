@@ -25,6 +25,7 @@ from torch import nn
 
 from cifarlens.data import model_input
 from cifarlens.errors import CifarlensError, RunDirError
+from cifarlens.export.classifier import Classifier  # noqa: F401  (also imported from here)
 from cifarlens.evaluation.predict import Predictor
 from cifarlens.run import ModelSpec, RunDir, load_state_checked, load_weights
 
@@ -48,45 +49,17 @@ class Preprocessed(nn.Module):
         return self.model(model_input(images, self.mean, self.std, self.image_size))  # the training pipeline's own
 
 
-class Classifier:
-    """uint8 RGB images (N, 3, 32, 32) -> float32 logits (N, C); ``classes`` names the columns."""
-
-    classes: tuple[str, ...]
-    backend: str
-    source: str
-    info: dict[str, Any]
-    fixed_batch: int | None = None  # an ONNX graph exported without a dynamic batch takes only this many
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Logits for any number of images, ``batch_size`` at a time (padded for a fixed-batch graph)."""
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected uint8 images (N, 3, H, W), got {images.dtype} {images.shape}")
-        step = self.fixed_batch or batch_size
-        out = []
-        for start in range(0, len(images), step):
-            chunk = images[start : start + step]
-            n = len(chunk)
-            if self.fixed_batch and n < step:
-                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), np.uint8)])
-            out.append(self.run(np.ascontiguousarray(chunk))[:n])
-        if not out:
-            return np.zeros((0, len(self.classes)), np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
-
-
 class TorchClassifier(Classifier):
-    """A PyTorch model (eval mode, CPU, channels-last, fp32) scored through the ``Predictor``."""
+    """A PyTorch model (eval mode, channels-last, fp32; on the CPU unless ``device`` says otherwise) scored
+    through the ``Predictor``."""
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, source: str, compile: bool = False):
+    def __init__(self, model: nn.Module, spec: ModelSpec, source: str, compile: bool = False, device: str = "cpu"):
         self.spec = spec
         self.classes = tuple(spec.classes)
         self.backend = "torch-compile" if compile else "torch"
         self.source = source
         self.info = {"model": spec.name, "model_args": spec.kwargs, "image_size": spec.image_size}
-        self.predictor = Predictor(model.eval().to(memory_format=torch.channels_last), spec, compile=compile)
+        self.predictor = Predictor(model.eval().to(memory_format=torch.channels_last), spec, compile=compile, device=device)
 
     def run(self, images: np.ndarray) -> np.ndarray:
         self.predictor.batch_size = max(len(images), 1)  # Classifier.logits has batched already
@@ -94,9 +67,10 @@ class TorchClassifier(Classifier):
 
 
 class OnnxClassifier(Classifier):
-    """An exported ONNX graph (uint8 input, preprocessing inside) run by onnxruntime on the CPU."""
+    """An exported ONNX graph (uint8 input, preprocessing inside) run by onnxruntime on the CPU, or with
+    ``device="cuda"`` through its CUDA provider when this onnxruntime build has one (``provider`` says which ran)."""
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu"):
         import onnxruntime as ort
 
         path = Path(path)
@@ -108,12 +82,18 @@ class OnnxClassifier(Classifier):
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
             raise RunDirError(
                 f"{path} is not a loadable ONNX model ({str(err).splitlines()[0]}); export it again"
             ) from None
+        self.provider = self.session.get_providers()[0]
+        if self.provider == "CUDAExecutionProvider":
+            self.backend += "-cuda"
         node = self.session.get_inputs()[0]
         self.input_name = node.name
         batch = node.shape[0]
@@ -210,9 +190,13 @@ def open_classifier(
     model_args: dict[str, Any] | None = None,
     threads: int | None = None,
 ) -> Classifier:
-    """A ``Classifier`` for a run directory, .safetensors, exported .onnx or (trusted) pickle file."""
+    """A ``Classifier`` for a run directory, .safetensors, exported .onnx / .tflite / SavedModel or (trusted) pickle."""
     path = Path(source)
     if path.suffix.lower() == ".onnx":
         return OnnxClassifier(path, threads=threads)
+    if path.suffix.lower() == ".tflite" or (path / "saved_model.pb").is_file():
+        from cifarlens.export.tf_runtime import SavedModelClassifier, TfliteClassifier
+
+        return TfliteClassifier(path, threads=threads) if path.suffix.lower() == ".tflite" else SavedModelClassifier(path)
     net, spec = load_torch(path, trust_pickle=trust_pickle, model=model, model_args=model_args)
     return TorchClassifier(net, spec, str(path))

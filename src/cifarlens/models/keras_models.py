@@ -184,22 +184,22 @@ def _single_output(layer):
     return None if isinstance(out, (list, tuple)) else out
 
 
-def capabilities(model: KerasNet, image_size: int):
-    """The Capabilities a KerasNet declares: its Linear head, taps for CAMs and probes, its preprocessing."""
+def capability_fields(model: KerasNet, image_size: int) -> dict:
+    """What a KerasNet declares, as ``Capabilities`` fields (the registry builds them): its Linear head, taps for
+    CAMs and probes, its preprocessing."""
     from cifarlens.models.layers import default_stages, default_target_layer, list_layers
-    from cifarlens.models.registry import Capabilities
 
     mean, std = PREPROCESSING[model.preprocess]
-    return Capabilities(
-        classifier="classifier",
-        cam_layer=default_target_layer(model, image_size),
-        probe_stages=tuple(default_stages(list_layers(model, image_size))),
-        gap_features="features" if isinstance(model.pool, nn.AdaptiveAvgPool2d) else None,
-        mean=mean,
-        std=std,
-        pretrained_mean=mean,
-        pretrained_std=std,
-    )
+    return {
+        "classifier": "classifier",
+        "cam_layer": default_target_layer(model, image_size),
+        "probe_stages": tuple(default_stages(list_layers(model, image_size))),
+        "gap_features": "features" if isinstance(model.pool, nn.AdaptiveAvgPool2d) else None,
+        "mean": mean,
+        "std": std,
+        "pretrained_mean": mean,
+        "pretrained_std": std,
+    }
 
 
 # ---- building ---------------------------------------------------------------------------------------------------

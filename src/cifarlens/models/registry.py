@@ -23,7 +23,7 @@ from torch import nn
 
 from cifarlens.data.augment import CIFAR10_MEAN, CIFAR10_STD
 from cifarlens.errors import ConfigError
-from cifarlens.models.keras_models import capabilities as keras_capabilities
+from cifarlens.models.keras_models import capability_fields as keras_capability_fields
 from cifarlens.models.keras_models import create_keras_model, is_keras, keras_kwargs
 from cifarlens.models.pretrained import (
     IMAGENET_MEAN,
@@ -91,7 +91,7 @@ def model_capabilities(name: str, model: nn.Module | None = None, image_size: in
     if is_keras(name):
         if model is None:
             raise ValueError("keras: models declare their capabilities when built: pass the built model")
-        return keras_capabilities(model, image_size)
+        return Capabilities(**keras_capability_fields(model, image_size))
     if is_timm(name):
         if model is None:
             raise ValueError("timm models declare no capabilities: pass the built model to guess them from")

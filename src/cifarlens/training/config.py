@@ -52,8 +52,8 @@ class TrainConfig:
     data_dir: str = ""  # folder holding cifar-10-batches-py (default: $CIFARLENS_DATA_DIR, then the cache dir)
     download: bool = True  # download CIFAR-10 through torchvision when it is missing
     out: str = ""  # run directory (default: runs/MODEL-YYYYmmdd-HHMMSS)
-    checkpoint_every: float = 60.0  # seconds of training between recovery checkpoints inside an epoch, so a kill loses at most that much (0: at epoch ends only; cost: BENCHMARKS.md)
-    eval_test_every_epoch: bool = True  # score the test split after every epoch for the curves
+    checkpoint_every: float = 60.0  # seconds of training between recovery checkpoints inside an epoch, so a kill loses at most that much (0: at epoch ends only; cost: BENCHMARKS.md); on a CUDA GPU also between epoch-end checkpoints (the last epoch always has one)
+    eval_test_every_epoch: bool = True  # score the test split after every epoch for the curves (on CUDA the fast recipes default to off: their runs take seconds)
     tensorboard: bool = False  # also write TensorBoard logs to RUN/tensorboard
     evaluate: bool = True  # run `cifarlens evaluate` on the run when training ends (off together with --no-eval-test-every-epoch: the test split is never scored)
     report: bool = True  # write RUN/report.html (config, curves, per-class accuracy, confusion, mistakes) when training ends

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from cifarlens.errors import ConfigError
 from cifarlens.training.config import TrainConfig
 
@@ -129,6 +131,19 @@ RECIPES: dict[str, dict[str, object]] = {
     # VGG16 with BatchNorm from scratch: SGD 0.05, cosine, 30 epochs.
     "vgg16": {"model": "vgg16"} | _SGD_COSINE,
 }
+
+
+# Recipes whose runs take seconds on a GPU: scoring the test split after every epoch would be a large share of them.
+GPU_FAST_RECIPES = ("fast", "fast90", "fast95", "airbench94")
+
+
+def device_defaults(recipe: str, device: str) -> dict[str, object]:
+    """Options recipe ``recipe`` takes on ``device`` (the --device value), above its own and below the YAML
+    file and the flags: on CUDA the fast recipes score the test split at the end only
+    (``--eval-test-every-epoch`` turns the per-epoch curve back on). The resolved value is saved in the run."""
+    if recipe in GPU_FAST_RECIPES and device in ("auto", "cuda") and torch.cuda.is_available():
+        return {"eval_test_every_epoch": False}
+    return {}
 
 
 def recipe_for_model(model: str) -> str:

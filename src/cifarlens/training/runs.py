@@ -50,8 +50,10 @@ def load_run_config(run: str | Path) -> TrainConfig:
     return build_config(TrainConfig, run.read_config(), sources=(str(run.config_file),))
 
 
-def write_train_summary(run: RunDir, rows: list[dict], cfg: TrainConfig, device, precision: str) -> None:
-    """summary.json's ``train`` key: the last epoch's numbers, device and precision."""
+def write_train_summary(run: RunDir, rows: list[dict], cfg: TrainConfig, device, precision: str,
+                        clocks: dict[str, float] | None = None) -> None:  # fmt: skip
+    """summary.json's ``train`` key: the last epoch's numbers, device and precision, and ``clocks`` (the
+    trainer's ``train_s``: seconds of training steps alone; ``compile_s``: compiling ahead, apart from them)."""
     last = rows[-1]
     summary = {
         "model": cfg.model,
@@ -61,7 +63,7 @@ def write_train_summary(run: RunDir, rows: list[dict], cfg: TrainConfig, device,
         "final_train_acc": float(last["train_acc"]),
         "device": str(device),
         "precision": precision,
-    }
+    } | (clocks or {})
     for key in ("val_acc", "test_acc"):
         if last.get(key) not in (None, ""):
             summary[f"final_{key}"] = float(last[key])

@@ -5,6 +5,12 @@
 ``finish``. Data stays as uint8 tensors; each batch is augmented, normalised and moved to the
 device as a whole. Every epoch ends with an atomic checkpoint, so ``resume`` continues a killed
 run and, with the same seed, ends with the same numbers.
+
+On a CUDA GPU, where the fast recipes train in seconds, the loop keeps the host out of the way: the training
+images, their order and their augmentation live on the device (drawn from a generator there), metrics are
+read once per epoch, ``--compile`` compiles every batch shape before the clock starts, the epoch is timed
+with CUDA events, and epoch-end checkpoints are written every ``--checkpoint-every`` seconds and at the
+end, on a background thread.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from cifarlens.training.config import TrainConfig
 from cifarlens.training.optim import build_optimizer, build_scheduler, freeze_finished_groups
 from cifarlens.training.rng import rng_state, set_rng_state
 from cifarlens.training.runs import default_out, load_run_config, new_run_dir, run_config, start_run_dir, write_train_summary
+from cifarlens.training.saving import CheckpointWriter
 from cifarlens.training.stopping import StopRequest, stop_on_signals
 from cifarlens.training.transfer import freeze, model_arguments, train_mode
 
@@ -77,6 +84,10 @@ class TrainState:
     stop: StopRequest = field(default_factory=StopRequest)
     elapsed: float = 0.0  # seconds of finished epochs, evaluations included
     train_clock: float = 0.0  # seconds since the run started, without the per-epoch evaluations
+    train: Split | None = None  # the training split where it is batched: on a GPU, on the device
+    saver: CheckpointWriter | None = None
+    train_s: float = 0.0  # seconds of training steps only (CUDA events on a GPU), over all epochs
+    compile_s: float = 0.0  # seconds spent compiling the training step ahead (GPU with --compile), off the clocks
 
 
 @dataclass
@@ -108,8 +119,9 @@ def train(cfg: TrainConfig, *, console: Console | None = None, data: RunData | N
     ``cfg.features_from`` fits a linear probe instead (``cifarlens.training.features``); with
     ``cfg.distributed`` this is one process of a torchrun job (``cifarlens.training.distributed``).
     ``data`` skips reading the dataset (a sweep passes its cached splits). ``on_epoch_end(row)`` gets
-    each epoch's metrics row after its checkpoint is written; an exception it raises (e.g. a sweep
-    pruning the trial) stops training with that checkpoint kept.
+    each epoch's metrics row after its checkpoint is written (on a GPU: after the last checkpoint taken,
+    see ``_checkpoint_due``); an exception it raises (e.g. a sweep pruning the trial) stops training with
+    that checkpoint kept.
     """
     started = time.perf_counter()
     console = console or Console(soft_wrap=True)  # paths printed whole, as the CLI console does
@@ -155,16 +167,20 @@ def _run(cfg: TrainConfig, run: RunDir | None, moved: bool, console: Console, da
             state = setup(cfg, run=run, ctx=ctx, device=device, console=rank_console, data=data, moved=moved,
                           started=started)  # fmt: skip
             state.stop = stop
-            for epoch in range(state.start_epoch, cfg.epochs):
-                metrics = train_one_epoch(state, epoch)
-                if ctx.main:  # rank 0 evaluates and writes; the others go on to the next epoch's all-reduce
-                    row = evaluate_epoch(state, metrics)
-                    save_epoch(state, row)
-                    if on_epoch_end is not None:
-                        on_epoch_end(row)
-                if stop and epoch + 1 < cfg.epochs:
-                    raise _interrupted(state, f"after epoch {epoch + 1}")
-            return finish(state)
+            try:
+                for epoch in range(state.start_epoch, cfg.epochs):
+                    metrics = train_one_epoch(state, epoch)
+                    if ctx.main:  # rank 0 evaluates and writes; the others go on to the next epoch's all-reduce
+                        row = evaluate_epoch(state, metrics)
+                        save_epoch(state, row)
+                        if on_epoch_end is not None:
+                            on_epoch_end(row)
+                    if stop and epoch + 1 < cfg.epochs:
+                        state.saver.wait()
+                        raise _interrupted(state, f"after epoch {epoch + 1}")
+                return finish(state)
+            finally:
+                state.saver.close()
     finally:
         distributed.teardown(ctx)
 
@@ -284,6 +300,7 @@ def _restore(state: TrainState, moved: bool) -> None:
     set_rng_state(ckpt.state["rng"])
     state.start_epoch = ckpt.epoch
     state.partial = ckpt.state.get("partial") if ckpt.step else None
+    state.train_s = float(ckpt.state.get("train_s", 0.0))
     state.rows = [r for r in state.run.read_metrics() if r["epoch"] <= ckpt.epoch]
     where = f", {ckpt.step}/{state.steps_per_epoch} steps into epoch {ckpt.epoch + 1}" if ckpt.step else ""
     state.console.print(f"resuming {state.run} after epoch {ckpt.epoch}/{state.cfg.epochs}{where}")
@@ -306,18 +323,69 @@ def _announce(state: TrainState) -> None:
 def _prepare_loop(state: TrainState, started: float) -> None:
     """Augmentation, the DDP/compile wrapper, TensorBoard, and the clocks carried over from earlier epochs."""
     cfg = state.cfg
+    gpu = state.device.type == "cuda"
     state.augment = Augmenter(cfg.augment, cfg.crop_padding, cfg.cutout_size, cfg.color_brightness, cfg.color_contrast)
-    state.epoch_images = EpochImages(state.data.train.images, cfg.augment, cfg.seed)
+    train = state.data.train
+    state.train = Split(train.images.to(state.device), train.labels.to(state.device)) if gpu else train
+    state.epoch_images = EpochImages(state.train.images, cfg.augment, cfg.seed)
+    state.saver = CheckpointWriter(state.run, background=gpu)
+    if gpu:  # same seed, same weights: some of cuDNN's fastest convolution kernels add up in a racy order
+        torch.backends.cudnn.deterministic = True
     if cfg.compile and state.device.type == "cpu":
         # Inductor's C++ toolchain probe warns "No CUDA runtime is found" on every CPU-only machine.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     wrapped = distributed.wrap(state.model, state.ctx, state.device)
-    state.forward = torch.compile(wrapped) if cfg.compile else wrapped
+    # Static shapes on a GPU: each batch shape is compiled once, ahead of the clock (_compile_ahead).
+    state.forward = torch.compile(wrapped, **({"dynamic": False} if gpu else {})) if cfg.compile else wrapped
+    if cfg.compile and gpu and not state.ctx.active:
+        state.compile_s = _compile_ahead(state)
+        state.console.print(f"compiled the training step for {len(_step_shapes(state))} batch shapes in "
+                            f"{state.compile_s:.1f}s (not on the training clock)")  # fmt: skip
     state.writer = _tensorboard(state.run) if cfg.tensorboard and state.ctx.main else None
     last = state.rows[-1] if state.rows else {}
     state.elapsed = float(last.get("elapsed", 0.0))
-    state.train_clock = float(last.get("train_clock", 0.0)) + time.perf_counter() - started
+    state.train_clock = float(last.get("train_clock", 0.0)) + time.perf_counter() - started - state.compile_s
     state.last_save = time.perf_counter()
+
+
+def _step_shapes(state: TrainState) -> list[tuple[int, int, bool]]:
+    """Every (image side, batch size, spent groups frozen) a training step of the remaining epochs will see."""
+    cfg, spe = state.cfg, state.steps_per_epoch
+    batches = {state.batch_size}
+    if len(state.train) % state.batch_size and not state.drop_last:
+        batches.add(len(state.train) % state.batch_size)
+    stops = [max(1, round(g["stop_epoch"] * spe)) for g in state.optimizer.param_groups if "stop_epoch" in g]
+    shapes = set()
+    for epoch in range(state.start_epoch, cfg.epochs):
+        frozen = {False} if not stops else {epoch * spe >= min(stops), (epoch + 1) * spe > min(stops)}
+        shapes |= {(cfg.epoch_image_size(epoch), b, f) for b in batches for f in frozen}
+    return sorted(shapes)
+
+
+def _compile_ahead(state: TrainState) -> float:
+    """Run the compiled forward and backward once per shape of ``_step_shapes`` on zero images, so that
+    compilation happens before training; return its seconds. Weights, buffers, gradients, the global RNG and
+    which parameters take gradients are left as they were."""
+    started = time.perf_counter()
+    saved = {k: v.clone() for k, v in state.model.state_dict().items()}
+    spent = [p for g in state.optimizer.param_groups if "stop_epoch" in g for p in g["params"]]
+    wanted = [p.requires_grad for p in spent]
+    train_mode(state.model)
+    index = state.device.index if state.device.index is not None else torch.cuda.current_device()
+    with torch.random.fork_rng(devices=[index]):
+        for size, batch, frozen in _step_shapes(state):
+            for p, want in zip(spent, wanted):
+                p.requires_grad_(want and not frozen)
+            x = torch.zeros(batch, 3, size, size, device=state.device).contiguous(memory_format=state.memory_format)
+            with autocast(state.device, state.precision):
+                logits = state.forward(x)
+            F.cross_entropy(logits.float(), torch.zeros(batch, dtype=torch.long, device=state.device)).backward()
+    for p, want in zip(spent, wanted):
+        p.requires_grad_(want)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.model.load_state_dict(saved)
+    torch.cuda.synchronize(state.device)
+    return time.perf_counter() - started
 
 
 # -- one epoch ------------------------------------------------------------------------------------------
@@ -329,8 +397,9 @@ def train_one_epoch(state: TrainState, epoch: int) -> EpochMetrics:
     state.partial = None
     # Data order and augmentation draw from a per-epoch generator, so a resumed run
     # sees exactly the batches an uninterrupted one would.
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    gen = torch.Generator(state.train.images.device).manual_seed(cfg.seed * 1_000_003 + epoch)
     t0 = time.perf_counter() - (partial["seconds"] if partial else 0.0)
+    clock = _EpochClock(state.device, t0, partial["seconds"] if partial else 0.0)
     train_mode(state.model)
     totals, phases, first = _epoch_totals(state, partial)
     # Early epochs feed smaller images than the run's size: the net's global pooling takes any size.
@@ -339,7 +408,7 @@ def train_one_epoch(state: TrainState, epoch: int) -> EpochMetrics:
     with _progress(state.console) as progress:
         task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=state.steps_per_epoch, completed=first,
                                  loss=math.nan, acc=0.0, ips=0.0)  # fmt: skip
-        split = Split(state.epoch_images(epoch, gen), state.data.train.labels)
+        split = Split(state.epoch_images(epoch, gen), state.train.labels)
         batches = iterate_batches(split, state.batch_size, shuffle=True, generator=gen, drop_last=state.drop_last,
                                   start=first)  # fmt: skip
         if partial:  # the draws of the steps already done: restored, not replayed
@@ -349,9 +418,10 @@ def train_one_epoch(state: TrainState, epoch: int) -> EpochMetrics:
             tick = _train_step(state, images, labels, gen, window, size, phases, totals, tick)
             _report_step(state, progress, task, epoch, step, totals, t0)
             tick = _lap(phases, "step_s", tick)
-            _recovery_point(state, epoch, step + 1, gen, totals, phases, t0)
-    seconds = time.perf_counter() - t0
+            _recovery_point(state, epoch, step + 1, gen, totals, phases, clock)
+    seconds = clock.seconds()
     state.train_clock += seconds
+    state.train_s += seconds
     loss, correct, seen = distributed.sum_across([totals["loss"], totals["correct"], totals["seen"]], ctx, state.device)
     return EpochMetrics(
         epoch=epoch + 1, train_loss=loss / seen, train_acc=correct / seen, lr=state.optimizer.param_groups[0]["lr"],
@@ -375,7 +445,7 @@ def _epoch_totals(state: TrainState, partial: dict | None) -> tuple[dict, dict[s
 
 
 def _recovery_point(state: TrainState, epoch: int, steps_done: int, gen: torch.Generator, totals: dict,
-                    phases: dict[str, float], t0: float) -> None:  # fmt: skip
+                    phases: dict[str, float], clock: _EpochClock) -> None:  # fmt: skip
     """After a step: write a recovery checkpoint when ``--checkpoint-every`` seconds have passed or a stop
     was asked for (then stop). The epoch's last step is left to the epoch-end checkpoint."""
     if steps_done == state.steps_per_epoch:
@@ -386,11 +456,11 @@ def _recovery_point(state: TrainState, epoch: int, steps_done: int, gen: torch.G
     if state.ctx.main:
         partial = {"step": steps_done, "generator": gen.get_state(), "loss": totals["loss"].detach().cpu(),
                    "correct": totals["correct"].cpu(), "seen": totals["seen"], "phases": dict(phases),
-                   "seconds": time.perf_counter() - t0}  # fmt: skip
-        state.run.save_checkpoint(epoch, state.model, state.spec, _training_state(state) | {"partial": partial},
-                                  step=steps_done)  # fmt: skip
+                   "seconds": clock.seconds()}  # fmt: skip
+        state.saver.save(epoch, state.model, state.spec, _training_state(state) | {"partial": partial}, step=steps_done)
     state.last_save = time.perf_counter()
     if state.stop:
+        state.saver.wait()
         raise _interrupted(state, f"{steps_done}/{state.steps_per_epoch} steps into epoch {epoch + 1}")
 
 
@@ -427,10 +497,10 @@ def _train_step(state: TrainState, images, labels, gen, window, size, phases, to
 
 
 def _report_step(state: TrainState, progress: Progress, task, epoch: int, step: int, totals: dict, t0: float) -> None:
-    """Update the progress bar and stop on a non-finite loss. A sync per step costs nothing on CPU;
-    on GPU it happens every 20 steps."""
+    """Update the progress bar and stop on a non-finite loss. A sync per step costs nothing on CPU; on a GPU
+    the metrics are read at the epoch's last step, and every 20 steps only while a progress bar is shown."""
     last = step == state.steps_per_epoch - 1
-    if not (state.device.type == "cpu" or step % 20 == 0 or last):
+    if not (state.device.type == "cpu" or last or (step % 20 == 0 and state.console.is_terminal)):
         return
     seen = totals["seen"]
     mean_loss = totals["loss"].item() / seen
@@ -460,17 +530,28 @@ def evaluate_epoch(state: TrainState, metrics: EpochMetrics) -> dict[str, Any]:
 
 
 def save_epoch(state: TrainState, row: dict[str, Any]) -> None:
-    """Append ``row`` to metrics.csv, checkpoint the epoch, log and print it."""
+    """Append ``row`` to metrics.csv, checkpoint the epoch (``_checkpoint_due``), log and print it."""
     state.rows.append(row)
     # Metrics first: a kill between the two leaves a row that resume drops, never a checkpoint without its row.
     state.run.write_metrics(state.rows)
-    state.run.save_checkpoint(row["epoch"], state.model, state.spec, _training_state(state))
-    state.last_save = time.perf_counter()
+    if _checkpoint_due(state, row["epoch"]):
+        state.saver.save(row["epoch"], state.model, state.spec, _training_state(state))
+        state.last_save = time.perf_counter()
     if state.writer is not None:
         for key, value in row.items():
             if key != "epoch" and value != "":
                 state.writer.add_scalar(key, value, row["epoch"])
     state.console.print(_epoch_line(row, state.cfg.epochs))
+
+
+def _checkpoint_due(state: TrainState, epoch: int) -> bool:
+    """Whether finished epoch ``epoch`` (1-based) is checkpointed: every one on the CPU, where an epoch takes
+    minutes; on a GPU, where it takes a fraction of a second, the last one, one where a stop was asked for,
+    and one ``--checkpoint-every`` seconds after the last checkpoint (0: every one)."""
+    every = state.cfg.checkpoint_every
+    if state.device.type != "cuda" or not every or epoch == state.cfg.epochs or state.stop:
+        return True
+    return time.perf_counter() - state.last_save >= every
 
 
 def _training_state(state: TrainState) -> dict[str, Any]:
@@ -480,6 +561,7 @@ def _training_state(state: TrainState) -> dict[str, Any]:
         "scheduler": state.scheduler.state_dict(),
         "scaler": state.scaler.state_dict(),
         "rng": rng_state(),
+        "train_s": state.train_s,
     }
 
 
@@ -490,8 +572,10 @@ def finish(state: TrainState) -> Path:
     run, cfg = state.run, state.cfg
     if not state.ctx.main:
         return run.path
+    state.saver.wait()
     run.save_model(state.model, state.spec)
-    write_train_summary(run, state.rows, cfg, state.device, state.precision)
+    write_train_summary(run, state.rows, cfg, state.device, state.precision,
+                        {"train_s": state.train_s, "compile_s": state.compile_s})  # fmt: skip
     if cfg.evaluate:
         from cifarlens.evaluation import evaluate_run
 
@@ -528,6 +612,28 @@ def _score(state: TrainState, split: Split) -> tuple[float, float]:
     acc = (logits.argmax(1) == split.labels).float().mean().item()
     train_mode(state.model)
     return loss, acc
+
+
+class _EpochClock:
+    """Seconds of training in an epoch, ``already`` of them before a resume: on a GPU what the device spent,
+    between two CUDA events (read with one sync); elsewhere the wall clock since ``t0``."""
+
+    def __init__(self, device: torch.device, t0: float, already: float):
+        self.t0, self.already = t0, already
+        self.start = _recorded_event() if device.type == "cuda" else None
+
+    def seconds(self) -> float:
+        if self.start is None:
+            return time.perf_counter() - self.t0
+        end = _recorded_event()
+        end.synchronize()
+        return self.already + self.start.elapsed_time(end) / 1000
+
+
+def _recorded_event() -> torch.cuda.Event:
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
 
 
 def _lap(phases: dict[str, float], name: str, since: float) -> float:

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The whole GPU validation of issue 24 in one command, on a machine whose python3 has PyTorch and no
+# package registry (README, "The GPU path"): the tests marked cuda, then benchmarks/gpu_check.py (fast x 5
+# seeds and airbench94 x 2 on the packed subset, full-size epochs timed, cifarlens bench), one JSON and one
+# markdown table into $OUT (default ./gpu_check_out).
+#
+#   bash benchmarks/gpu_check.sh            # on the GPU machine, from the checkout root, gpu_data/ carried along
+#   bash benchmarks/gpu_check.sh --dry-run  # the same steps on the CPU, on a tiny subset packed from $CIFARLENS_DATA_DIR
+#
+# The project runs from src/ through PYTHONPATH, not installed. Pure-Python wheels it needs and python3 lacks
+# go in .whl/ (git-ignored) and are installed to a scratch folder first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dry=()
+case "${1:-}" in
+  "") ;;
+  --dry-run) dry=(--dry-run) ;;
+  *) echo "error: unknown argument ${1}; usage: bash benchmarks/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
+esac
+PY=${PYTHON:-python3}
+OUT=${OUT:-$PWD/gpu_check_out}
+mkdir -p "$OUT"
+work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+
+path="$PWD/src"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$work/site" .whl/*.whl
+  path="$path:$work/site"
+fi
+if [ ${#dry[@]} -gt 0 ]; then
+  # The dependencies of cifarlens that the GPU machine's python3 does not have (/work/.library/device/KINDS.md).
+  export CIFARLENS_HIDE_PACKAGES=torchinfo,optuna,fastapi,uvicorn,multipart,python_multipart,pytorch_grad_cam,captum,openTSNE,umap,plotly,keras
+  path="$PWD/benchmarks/device_env:$path"
+  # Inductor's CPU compile takes minutes on 2 cores and is not the GPU's: the compile steps run eagerly here
+  # (the compiled GPU path has its own test marked cuda).
+  export TORCHDYNAMO_DISABLE=1
+fi
+export PYTHONPATH="$path${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+
+echo "== tests marked cuda"
+set +e
+"$PY" -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$work/pytest.txt"
+tests=${PIPESTATUS[0]}
+set -e
+if [ "$tests" -ne 0 ] && [ "$tests" -ne 5 ]; then  # 5: every test deselected or skipped
+  echo "error: the cuda tests failed (exit $tests); the runs go on, gpu_check.json records the counts" >&2
+fi
+echo "== runs, timing, bench"
+"$PY" benchmarks/gpu_check.py --work "$work" --out "$OUT" --pytest-log "$work/pytest.txt" "${dry[@]}"
+exit "$([ "$tests" -eq 0 ] || [ "$tests" -eq 5 ] && echo 0 || echo 1)"

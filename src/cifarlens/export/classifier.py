@@ -1,0 +1,37 @@
+"""``Classifier``: what every inference backend is (torch, ONNX Runtime, TFLite, SavedModel): uint8 images in,
+logits out. Its own module, so that backends in other modules (``tf_runtime``) need not import ``runtime``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class Classifier:
+    """uint8 RGB images (N, 3, 32, 32) -> float32 logits (N, C); ``classes`` names the columns."""
+
+    classes: tuple[str, ...]
+    backend: str
+    source: str
+    info: dict[str, Any]
+    fixed_batch: int | None = None  # an ONNX graph exported without a dynamic batch takes only this many
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Logits for any number of images, ``batch_size`` at a time (padded for a fixed-batch graph)."""
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected uint8 images (N, 3, H, W), got {images.dtype} {images.shape}")
+        step = self.fixed_batch or batch_size
+        out = []
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            n = len(chunk)
+            if self.fixed_batch and n < step:
+                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), np.uint8)])
+            out.append(self.run(np.ascontiguousarray(chunk))[:n])
+        if not out:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)

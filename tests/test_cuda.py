@@ -1,0 +1,165 @@
+"""The GPU path of the trainer (tests marked ``cuda``, skipped without a GPU) and ``benchmarks/gpu_check.sh --dry-run``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cifarlens.config import build_config
+from cifarlens.data import iterate_batches
+from cifarlens.device import autocast, resolve_precision
+from cifarlens.models import create_model
+from cifarlens.training import TrainConfig, recipe_options, resume, train
+from cifarlens.training.trainer import PHASES, _train_step, setup, train_one_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def gpu_config(root: Path, out: Path, **options) -> TrainConfig:
+    """The fast recipe on the synthetic data, 3 short epochs of a narrow airnet on the GPU."""
+    quick = {"data_dir": str(root), "out": str(out), "device": "cuda", "download": False, "report": False,
+             "epochs": 3, "early_epochs": 1, "batch_size": 100, "model_args": {"width": 16, "wide": 32}}  # fmt: skip
+    return build_config(TrainConfig, recipe_options("fast"), quick | options)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.cuda
+@gpu
+def test_same_seed_same_weights_on_the_gpu(cifar_root, tmp_path):
+    first = train(gpu_config(cifar_root, tmp_path / "a"))
+    again = train(gpu_config(cifar_root, tmp_path / "b"))
+    other = train(gpu_config(cifar_root, tmp_path / "c", seed=1))
+    assert same(weights(first), weights(again))
+    assert not same(weights(first), weights(other))
+    summary = json.loads((first / "summary.json").read_text())["train"]
+    assert summary["device"].startswith("cuda") and summary["train_s"] > 0 and summary["compile_s"] == 0
+
+
+@pytest.mark.cuda
+@gpu
+def test_resume_on_the_gpu_ends_with_the_same_weights(cifar_root, tmp_path):
+    whole = train(gpu_config(cifar_root, tmp_path / "whole"))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(row):
+        if row["epoch"] == 1:
+            raise Stop
+
+    run = tmp_path / "stopped"
+    with pytest.raises(Stop):  # every epoch checkpointed: --checkpoint-every 0
+        train(gpu_config(cifar_root, run, checkpoint_every=0), on_epoch_end=stop_after_first)
+    assert json.loads((run / "checkpoint" / "latest.json").read_text())["epoch"] == 1
+    resume(run)
+    assert same(weights(run), weights(whole))
+
+
+@pytest.mark.cuda
+@gpu
+def test_autocast_dtypes_and_channels_last_on_the_gpu():
+    device = torch.device("cuda")
+    assert resolve_precision("auto", device) == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    model = create_model("airnet", num_classes=10, width=16, wide=32).to(device, memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        with autocast(device, precision):
+            assert model(x).dtype == dtype
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.cuda
+@gpu
+def test_compiled_path_compiles_ahead_and_never_again(cifar_root, tmp_path, monkeypatch):
+    state = setup(gpu_config(cifar_root, tmp_path / "compiled", compile=True))
+    assert state.compile_s > 0
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)  # a compile on the clock fails the test
+    for epoch in range(state.cfg.epochs):
+        metrics = train_one_epoch(state, epoch)
+        assert metrics.train_loss == metrics.train_loss  # finite, not NaN
+    state.saver.close()
+
+
+@pytest.mark.cuda
+@gpu
+def test_a_training_step_on_the_gpu_never_waits_for_the_device(cifar_root, tmp_path):
+    state = setup(gpu_config(cifar_root, tmp_path / "sync"))
+    gen = torch.Generator(state.device).manual_seed(0)
+    assert state.train.images.is_cuda and state.train.labels.is_cuda
+    batches = iterate_batches(state.train, state.batch_size, shuffle=True, generator=gen)
+    phases, totals = dict.fromkeys(PHASES, 0.0), {"loss": torch.zeros((), device=state.device), "seen": 0,
+                                                  "correct": torch.zeros((), device=state.device, dtype=torch.long)}  # fmt: skip
+    images, labels = next(batches)
+    _train_step(state, images, labels, gen, None, 32, phases, totals, 0.0)  # first use: cached constants made
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        images, labels = next(batches)
+        _train_step(state, images, labels, gen, None, 32, phases, totals, 0.0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    state.saver.close()
+
+
+def test_gpu_check_dry_run_writes_numbers(cifar_root, tmp_path):
+    out = tmp_path / "out"
+    env = os.environ | {"CIFARLENS_DATA_DIR": str(cifar_root), "OUT": str(out), "PYTHON": sys.executable}
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, text=True,
+                            capture_output=True, timeout=600, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    summary = report["summary"]
+    assert report["dry_run"] and summary["held_out_acc"]["fast"]["n"] == 2
+    assert all(0 <= acc["mean"] <= 1 for acc in summary["held_out_acc"].values())
+    assert all(s > 0 for s in summary["train_s_full_size"].values()) and summary["fast_vs_airbench94_time"] > 0
+    assert {r["backend"] for r in report["bench"]["results"]} == {"torch", "torch-compile", "onnxruntime"}
+    assert all(v > 0 for r in report["bench"]["results"] for v in r["throughput"].values())
+    table = (out / "gpu_check.md").read_text()
+    assert "| fast | 2 |" in table and "| airbench94 | 1 |" in table and "| onnxruntime |" in table
+    assert (out / "gpu_check.log").is_file()
+
+
+def test_fast_recipes_score_the_test_split_at_the_end_only_on_cuda(monkeypatch):
+    from cifarlens.training.recipes import device_defaults
+
+    assert device_defaults("fast", "auto") == {} or torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device_defaults("fast", "auto") == device_defaults("airbench94", "cuda") == {"eval_test_every_epoch": False}
+    assert device_defaults("fast", "cpu") == device_defaults("resnet18", "cuda") == {}
+
+
+def test_background_checkpoint_holds_the_state_of_its_moment(tmp_path):
+    from cifarlens.run import ModelSpec, RunDir
+    from cifarlens.training.saving import CheckpointWriter
+
+    model = torch.nn.Linear(3, 2)
+    spec = ModelSpec("linear", {}, 2, ("a", "b"), (0.5,) * 3, (0.25,) * 3)
+    run = RunDir(tmp_path / "run")
+    writer = CheckpointWriter(run, background=True)
+    momentum = torch.ones(2)
+    writer.save(1, model, spec, {"optimizer": {"momentum": momentum}})
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():  # training goes on while the thread writes
+        model.weight.add_(1)
+        momentum.add_(1)
+    writer.wait()
+    writer.close()
+    ckpt = run.load_checkpoint()
+    assert ckpt.epoch == 1 and same(ckpt.model_state, saved)
+    assert torch.equal(ckpt.state["optimizer"]["momentum"], torch.ones(2))
