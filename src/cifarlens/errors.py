@@ -6,6 +6,12 @@ never with a traceback. Anything else is a bug and keeps its traceback.
 """
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages run to many lines), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class CifarlensError(Exception):
     """An error caused by user input; ``str(err)`` says what is wrong and how to fix it."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifarlens.errors import DataError
+from cifarlens.errors import DataError, first_line
 
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -87,11 +87,19 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> tuple[Path, str]:
     return default_data_dir(), "the default cache dir"
 
 
+def keras_home() -> Path:
+    """Keras's cache folder, as Keras picks it (read now, where Keras reads it once at import): ``$KERAS_HOME``,
+    else ``~/.keras``, else ``/tmp/.keras`` when the home folder is not writable."""
+    if os.environ.get("KERAS_HOME"):
+        return Path(os.environ["KERAS_HOME"]).expanduser()
+    home = Path.home()
+    return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
+
+
 def keras_dataset_dirs() -> list[Path]:
-    """Where ``keras.datasets.cifar10.load_data()`` leaves the batches: ``$KERAS_HOME/datasets`` (default
-    ``~/.keras/datasets``), in ``cifar-10-batches-py-target/`` since Keras 3.6 and directly before."""
-    home = Path(os.environ["KERAS_HOME"]).expanduser() if os.environ.get("KERAS_HOME") else Path.home() / ".keras"
-    datasets = home / "datasets"
+    """Where ``keras.datasets.cifar10.load_data()`` leaves the batches: ``keras_home()/datasets``, in
+    ``cifar-10-batches-py-target/`` since Keras 3.6 and directly before."""
+    datasets = keras_home() / "datasets"
     return [datasets / "cifar-10-batches-py-target", datasets]
 
 
@@ -217,7 +225,7 @@ def _download(root: Path, source: str, fix: str | None) -> None:
         root.mkdir(parents=True, exist_ok=True)
         CIFAR10(root=str(root), train=True, download=True)
     except (OSError, RuntimeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         raise DataError(
             f"CIFAR-10 not found in {root} (from {source}) and the download failed ({reason}); "
             + (fix or f"put cifar-10-batches-py there by hand, or point {DATA_DIR_ENV} / --data-dir at it")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarlens.errors import CifarlensError
+from cifarlens.errors import CifarlensError, first_line
 from cifarlens.explain.cam import class_index
 from cifarlens.models.registry import Capabilities, guess_capabilities
 
@@ -325,7 +325,7 @@ def attribute_maps(model: nn.Module, x: torch.Tensor, targets: list[int], method
         except CifarlensError:
             raise
         except Exception as err:  # a library refusing this architecture: one line naming method and model
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = first_line(err)
             raise CifarlensError(f"{name} does not work on {type(model).__name__} ({reason}); drop it from --method") from None
         seconds = (time.perf_counter() - t0) / max(len(x), 1)
         raw_np = np.asarray(raw.detach().cpu() if isinstance(raw, torch.Tensor) else raw, dtype=np.float32)

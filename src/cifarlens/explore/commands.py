@@ -5,6 +5,7 @@ Registered in ``cifarlens.cli``; FastAPI, uvicorn and torch load inside the comm
 
 from __future__ import annotations
 
+import errno
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -28,7 +29,7 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as err:
-            if err.errno == 98:  # EADDRINUSE
+            if err.errno == errno.EADDRINUSE:
                 raise ConfigError(f"port {port} on {host} is in use; pass another --port or stop what listens there") from None
             raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror}); pass another --host") from None
 

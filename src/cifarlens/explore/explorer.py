@@ -134,7 +134,11 @@ class Explorer:
             return self._models[r]
 
     def run_label(self, r: int) -> str:
-        return self.run(r).path.resolve().name
+        """The run's short unique name (its folder name, more of the path where two names are the same)."""
+        from cifarlens.experiments.compare import run_labels
+
+        self.run(r)  # an unknown r: NotFound
+        return run_labels([run.path for run in self.runs])[r]
 
     def info(self) -> dict[str, Any]:
         """What every page needs: the runs, the split, the classes, the layers and the attribution methods."""

@@ -3,9 +3,32 @@ logits out. Its own module, so that backends in other modules (``tf_runtime``) n
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cifarlens.errors import RunDirError
+
+
+def read_export_json(model: Path, sidecar: Path, fmt: str, *, missing: str, made_by: str) -> dict[str, Any]:
+    """The JSON ``cifarlens export`` wrote next to ``model`` (classes, input contract), checked to be of ``fmt``.
+    ``missing``: the message when the model itself is not there; ``made_by``: the command that writes ``fmt``."""
+    if not model.exists():
+        raise RunDirError(missing)
+    if not sidecar.is_file():
+        raise RunDirError(
+            f"{model} has no {sidecar.name} next to it (classes and input contract); "
+            "use a model exported by cifarlens export, or copy the JSON along with it"
+        )
+    try:
+        info = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"{sidecar} is not valid JSON ({err}); export the model again") from None
+    if not isinstance(info, dict) or info.get("format") != fmt or "classes" not in info:
+        raise RunDirError(f"{sidecar} was not written by {made_by}; export the model again")
+    return info
 
 
 class Classifier:

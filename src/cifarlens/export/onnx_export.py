@@ -22,7 +22,7 @@ from torch import nn
 
 from cifarlens import __version__
 from cifarlens.run import ModelSpec, RunDir
-from cifarlens.errors import CifarlensError, ConfigError
+from cifarlens.errors import CifarlensError, ConfigError, first_line
 from cifarlens.data.image_files import CIFAR_SIZE
 from cifarlens.export.runtime import (
     ONNX_FORMAT,
@@ -88,7 +88,7 @@ def export_graph(
             program.save(str(out), external_data=False)
         return "dynamo"
     except Exception as err:  # any failure of torch.export / onnxscript: fall back to the older exporter
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        reason = first_line(err)[:200]
         warnings.warn(f"dynamo ONNX exporter failed ({reason}); using the TorchScript exporter", stacklevel=2)
     axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():

@@ -15,7 +15,6 @@ returns float32 logits (N, C); scaling, normalisation and any resize to the mode
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,9 @@ import torch
 from torch import nn
 
 from cifarlens.data import model_input
-from cifarlens.errors import CifarlensError, RunDirError
-from cifarlens.export.classifier import Classifier  # noqa: F401  (also imported from here)
+from cifarlens.errors import CifarlensError, RunDirError, first_line
+from cifarlens.export.classifier import Classifier, read_export_json  # noqa: F401  (Classifier: also imported from here)
+from cifarlens.export.tf_runtime import SavedModelClassifier, TfliteClassifier, is_saved_model  # TF loads on use
 from cifarlens.evaluation.predict import Predictor
 from cifarlens.run import ModelSpec, RunDir, load_state_checked, load_weights
 
@@ -89,7 +89,7 @@ class OnnxClassifier(Classifier):
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
             raise RunDirError(
-                f"{path} is not a loadable ONNX model ({str(err).splitlines()[0]}); export it again"
+                f"{path} is not a loadable ONNX model ({first_line(err)}); export it again"
             ) from None
         self.provider = self.session.get_providers()[0]
         if self.provider == "CUDAExecutionProvider":
@@ -115,21 +115,8 @@ def int8_path(onnx_path: str | Path) -> Path:
 
 
 def read_sidecar(onnx_path: Path) -> dict[str, Any]:
-    path = sidecar_path(onnx_path)
-    if not onnx_path.is_file():
-        raise RunDirError(f"ONNX file {onnx_path} not found; create it with cifarlens export RUN")
-    if not path.is_file():
-        raise RunDirError(
-            f"{onnx_path} has no {path.name} next to it (classes and input contract); "
-            "use a model exported by cifarlens export, or copy the JSON along with it"
-        )
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise RunDirError(f"{path} is not valid JSON ({err}); export the model again") from None
-    if not isinstance(info, dict) or info.get("format") != ONNX_FORMAT or "classes" not in info:
-        raise RunDirError(f"{path} was not written by cifarlens export; export the model again")
-    return info
+    return read_export_json(onnx_path, sidecar_path(onnx_path), ONNX_FORMAT, made_by="cifarlens export",
+                            missing=f"ONNX file {onnx_path} not found; create it with cifarlens export RUN")  # fmt: skip
 
 
 def load_torch(
@@ -168,7 +155,7 @@ def _load_pickle(path: Path, trust: bool, model: str | None, model_args: dict[st
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # weights_only refuses arbitrary objects with an UnpicklingError (or others)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise RunDirError(f"{path} could not be read as a plain state dict with weights_only=True ({first})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # cifarlens checkpoints and many training scripts nest the weights
@@ -194,9 +181,9 @@ def open_classifier(
     path = Path(source)
     if path.suffix.lower() == ".onnx":
         return OnnxClassifier(path, threads=threads)
-    if path.suffix.lower() == ".tflite" or (path / "saved_model.pb").is_file():
-        from cifarlens.export.tf_runtime import SavedModelClassifier, TfliteClassifier
-
-        return TfliteClassifier(path, threads=threads) if path.suffix.lower() == ".tflite" else SavedModelClassifier(path)
+    if path.suffix.lower() == ".tflite":
+        return TfliteClassifier(path, threads=threads)
+    if is_saved_model(path):
+        return SavedModelClassifier(path)
     net, spec = load_torch(path, trust_pickle=trust_pickle, model=model, model_args=model_args)
     return TorchClassifier(net, spec, str(path))

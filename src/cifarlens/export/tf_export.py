@@ -14,7 +14,6 @@ import io
 import shutil
 import tempfile
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from cifarlens.data.image_files import CIFAR_SIZE
-from cifarlens.errors import ConfigError
+from cifarlens.errors import ConfigError, first_line
 from cifarlens.export.onnx_export import (
     DEFAULT_OPSET,
     MIN_AGREEMENT,
@@ -46,6 +45,7 @@ from cifarlens.export.tf_runtime import (
 )
 from cifarlens.io import atomic_path
 from cifarlens.run import ModelSpec
+from cifarlens.run.directory import package_versions
 
 TF_FORMATS = {"tflite": TFLITE_FORMAT, "savedmodel": SAVEDMODEL_FORMAT}
 # onnx2tf can replace Erf (exact GELU) by builtin ops; left as Erf it needs TensorFlow's Flex delegate,
@@ -98,7 +98,7 @@ def convert(onnx_path: Path, folder: Path, source: str) -> None:
                 non_verbose=True,
             )
     except (Exception, SystemExit) as err:  # onnx2tf raises many types and calls sys.exit on some failures
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        reason = first_line(err)[:200]
         raise ConversionError(f"onnx2tf could not convert {source} ({reason}); nothing written") from None
     if not (folder / "model_float32.tflite").is_file() or not is_saved_model(folder):
         last = (log.getvalue().strip().splitlines() or ["no message"])[-1][:200]
@@ -128,13 +128,9 @@ def place(folder: Path, fmt: str, out: Path) -> None:
 
 
 def versions() -> dict[str, str]:
-    found = {}
-    for pkg in ("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert"):
-        try:
-            found[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
+    """The versions of the packages on the route that are installed."""
+    found = package_versions(("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert"))
+    return {name: version for name, version in found.items() if version is not None}
 
 
 def export_tf_run(

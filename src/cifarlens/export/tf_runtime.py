@@ -9,7 +9,6 @@ The TensorFlow packages come from the optional extra ``cifarlens[tf]``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -17,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from cifarlens.errors import ConfigError, RunDirError
-from cifarlens.export.classifier import Classifier
+from cifarlens.errors import ConfigError, RunDirError, first_line
+from cifarlens.export.classifier import Classifier, read_export_json
 
 TFLITE_FORMAT = "cifarlens-tflite"
 SAVEDMODEL_FORMAT = "cifarlens-savedmodel"
@@ -60,21 +59,8 @@ def litert_interpreter_class():
 
 
 def read_tf_sidecar(path: Path, fmt: str) -> dict[str, Any]:
-    side = tf_sidecar_path(path)
-    if not path.exists():
-        raise RunDirError(f"{path} not found; create it with cifarlens export RUN --format tflite (or savedmodel)")
-    if not side.is_file():
-        raise RunDirError(
-            f"{path} has no {side.name} next to it (classes and input contract); "
-            "use a model exported by cifarlens export, or copy the JSON along with it"
-        )
-    try:
-        info = json.loads(side.read_text())
-    except (OSError, ValueError) as err:
-        raise RunDirError(f"{side} is not valid JSON ({err}); export the model again") from None
-    if not isinstance(info, dict) or info.get("format") != fmt or "classes" not in info:
-        raise RunDirError(f"{side} was not written by cifarlens export --format tflite/savedmodel; export again")
-    return info
+    return read_export_json(path, tf_sidecar_path(path), fmt, made_by="cifarlens export --format tflite/savedmodel",
+                            missing=f"{path} not found; create it with cifarlens export RUN --format tflite (or savedmodel)")  # fmt: skip
 
 
 def nhwc(images: np.ndarray) -> np.ndarray:
@@ -95,7 +81,7 @@ class TfliteClassifier(Classifier):
             self.interpreter = interpreter_class(model_path=str(path), num_threads=threads or None)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            first = first_line(err)
             raise RunDirError(f"{path} is not a loadable TFLite model ({first}); export it again") from None
         self.input = self.interpreter.get_input_details()[0]
         self.output_index = self.interpreter.get_output_details()[0]["index"]
@@ -128,7 +114,7 @@ class SavedModelClassifier(Classifier):
             self.model = tf.saved_model.load(str(path))
             self.function = self.model.signatures["serving_default"]
         except (OSError, ValueError, KeyError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            first = first_line(err)
             raise RunDirError(f"{path} is not a loadable SavedModel ({first}); export it again") from None
         self.input_name, spec = next(iter(self.function.structured_input_signature[1].items()))
         self.fixed_batch = spec.shape[0]  # None: any batch

@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cifarlens.errors import CifarlensError, ConfigError
+from cifarlens.data.cifar10 import keras_home
+from cifarlens.errors import CifarlensError, ConfigError, first_line
 from cifarlens.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, WeightsUnavailable, offline
 
 KERAS_PREFIX = "keras:"
@@ -233,20 +234,12 @@ def _application(keras, app: str, num_classes: int, pretrained: bool) -> KerasNe
     except (OSError, ValueError) as err:
         if isinstance(err, CifarlensError):
             raise
-        reason = str(err).splitlines()[0]
+        reason = first_line(err)
         raise WeightsUnavailable(f"could not load Keras's {app} weights: {reason}; delete the file and retry") from None
     finally:
         keras.config.set_image_data_format(previous)
     body, taps = _with_taps(keras, base, base.outputs[0], channels_first=True)
     return KerasNet(body, taps, num_classes, APPLICATIONS[app])
-
-
-def keras_home() -> Path:
-    """Keras's cache folder, as Keras picks it (read now, where Keras reads it once at import)."""
-    if os.environ.get("KERAS_HOME"):
-        return Path(os.environ["KERAS_HOME"]).expanduser()
-    home = Path.home()
-    return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
 
 
 @contextlib.contextmanager
@@ -274,7 +267,7 @@ def _weights_from_cache(keras, app: str):
         try:
             return original(fname, origin, cache_subdir=cache_subdir, cache_dir=str(keras_home()), **kwargs)
         except Exception as err:  # get_file wraps every download failure in a bare Exception
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = first_line(err)
             raise WeightsUnavailable(f"could not get pretrained weights {fname} (keras:{app}): {reason}; {where}") from None
 
     file_utils.get_file = get_file
@@ -350,7 +343,7 @@ def _load_file(keras, path: Path, trust_code: bool):
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=not (trust_code or trusted()))
     except (ValueError, TypeError, OSError) as err:
-        reason = str(err).splitlines()[0]
+        reason = first_line(err)
         raise ConfigError(f"could not load Keras model {path}: {reason}") from None
 
 

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from cifarlens.errors import CifarlensError, ConfigError
+from cifarlens.errors import CifarlensError, ConfigError, first_line
 
 TIMM_PREFIX = "timm:"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,7 +53,7 @@ def torchvision_state_dict(weights) -> dict[str, torch.Tensor]:
     try:
         return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except (OSError, RuntimeError) as err:  # URLError is an OSError; a bad hash or a corrupt file a RuntimeError
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         raise WeightsUnavailable(
             f"could not get pretrained weights {path.name} ({weights}): {reason}; {where}"
         ) from None
@@ -107,7 +107,7 @@ def create_timm_model(name: str, num_classes: int = 10, pretrained: bool = False
     except (OSError, RuntimeError, ValueError) as err:
         if not pretrained:
             raise
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         url = _timm_url(timm, arch)
         if url:
             raise WeightsUnavailable(

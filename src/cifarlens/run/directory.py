@@ -378,23 +378,28 @@ def provenance() -> dict[str, Any]:
     """Git SHA of the cifarlens checkout (if any), package versions, and the machine."""
     from cifarlens.device import cpu_has_fast_bf16, cpu_name
 
-    versions = {}
-    for pkg in ("torch", "torchvision", "numpy", "safetensors"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
     return {
         "cifarlens": __version__,
         "git_sha": _git_sha(),
         "python": platform.python_version(),
-        "packages": versions,
+        "packages": package_versions(("torch", "torchvision", "numpy", "safetensors")),
         "platform": platform.platform(),
         "processor": cpu_name(),
         "cpu_native_bf16": cpu_has_fast_bf16(),  # decides --precision auto on CPU
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def package_versions(names: Sequence[str]) -> dict[str, str | None]:
+    """The installed version of each package (None: not installed)."""
+    found: dict[str, str | None] = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def _git_sha() -> str | None:

@@ -32,7 +32,7 @@ from torch import nn
 
 from cifarlens.data import Augmenter, EpochImages, RunData, Split, iterate_batches, model_input, num_batches, prepare_data
 from cifarlens.device import autocast, configure_cpu, resolve_device, resolve_precision
-from cifarlens.errors import ConfigError, RunDirError, TrainingDiverged, TrainingInterrupted
+from cifarlens.errors import ConfigError, RunDirError, TrainingDiverged, TrainingInterrupted, first_line
 from cifarlens.evaluation.predict import Predictor
 from cifarlens.models import Capabilities, create_model, model_capabilities
 from cifarlens.run import ModelSpec, RunDir
@@ -261,7 +261,7 @@ def _flops_by_size(cfg, model, data, spec, device, memory_format, precision) -> 
             size_spec = dataclasses.replace(spec, image_size=size)
             flops[size] = training_flops_per_image(model, data.train.images[:2], size_spec, device, memory_format, precision)
         except RuntimeError as err:  # the first forward pass, before the run is written: a fixed-size head
-            reason = str(err).splitlines()[0]
+            reason = first_line(err)
             flag = "--image-size" if size == spec.image_size else "--early-size"
             raise ConfigError(f"model {cfg.model} does not take {size}x{size} inputs ({reason}); "
                               f"pick another {flag}, or a model with global pooling") from None  # fmt: skip
