@@ -288,6 +288,52 @@ def test_bench_measures_every_backend_on_the_same_images(exported, run):
     assert_one_line_error(bad, "unknown --backends 'tensorrt'")
 
 
+def test_every_backend_gives_the_models_predictions(exported, run, eval_images):
+    """bf16 and int8 backends keep the predictions, fp32 ones the logits; what predict and serve open."""
+    pytest.importorskip("openvino")
+    images = eval_images.test_images[:200]
+    reference = open_classifier(run).logits(images)
+    for backend in ("torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-int8", "openvino-int8"):
+        classifier = open_classifier(run, backend=backend, threads=1)
+        assert classifier.backend == backend
+        logits = classifier.logits(images, batch_size=64)  # 200 = 3 x 64 + 8: two compiled shapes for OpenVINO
+        agreement = (logits.argmax(1) == reference.argmax(1)).mean()
+        if backend in ("onnxruntime", "openvino"):
+            np.testing.assert_allclose(logits, reference, atol=1e-4)
+        else:
+            assert agreement >= 0.95, backend
+    graph = open_classifier(exported[0].with_name("model.int8.onnx"), backend="openvino")
+    assert graph.backend == "openvino-int8"  # the graph says it is int8
+
+
+def test_backend_mistakes_are_one_line_errors(exported, run, tmp_path):
+    folder = SAMPLES / "cat"
+    cases = {
+        ("predict", run, folder, "--backend", "tensorrt"): "unknown backend 'tensorrt'",
+        ("predict", exported[0], folder, "--backend", "torch"): "is an ONNX graph; use --backend onnxruntime",
+        ("predict", exported[0], folder, "--backend", "openvino-int8"): "is the fp32 graph; pass the int8 one",
+        ("serve", run, "--backend", "tensorrt"): "unknown backend 'tensorrt'",
+    }
+    for args, message in cases.items():
+        assert_one_line_error(cifarlens(*args), message)
+    weights = tmp_path / "model.safetensors"  # weights never exported: no model.int8.onnx beside them
+    weights.write_bytes((run / "model.safetensors").read_bytes())
+    result = cifarlens("predict", weights, folder, "--backend", "onnxruntime-int8")
+    assert_one_line_error(result, "create it with cifarlens export")
+    assert "--quantize int8" in result.stderr
+
+
+def test_predict_runs_on_the_chosen_backend(exported, run):
+    pytest.importorskip("openvino")
+    folder = SAMPLES / "cat"
+    by_backend = {}
+    for backend in ("torch", "openvino"):
+        result = cifarlens("predict", run, folder, "--json", "--backend", backend, "--threads", 1)
+        assert result.returncode == 0, result.stderr
+        by_backend[backend] = [json.loads(line)["class"] for line in result.stdout.splitlines()]
+    assert by_backend["torch"] == by_backend["openvino"] and by_backend["torch"]
+
+
 def test_pillow_limit_set_explicitly_refuses_bombs_as_errors(tmp_path):
     from PIL import Image as PILImage
 

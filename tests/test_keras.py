@@ -87,6 +87,22 @@ def test_a_keras_file_gives_the_logits_of_its_model_on_nchw_batches(keras_file):
     assert caps.mean == (0.0, 0.0, 0.0) and caps.std == (1.0, 1.0, 1.0)  # 0-1 scaling, as the seed report fed it
 
 
+def test_a_normalization_layer_keeps_the_channels_first_rebuild(tmp_path):
+    """A model that normalises its own input (keras.layers.Normalization, channel axis -1) still runs NCHW."""
+    k = keras()
+    k.utils.set_random_seed(0)
+    inputs = k.Input((32, 32, 3))
+    x = k.layers.Normalization(mean=[0.49, 0.48, 0.45], variance=[0.06, 0.06, 0.07])(inputs)
+    x = k.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+    reference = k.Model(inputs, k.layers.Dense(10)(k.layers.GlobalAveragePooling2D()(x)))
+    reference.save(tmp_path / "normalised.keras")
+    model = create_model(f"keras:{tmp_path / 'normalised.keras'}").eval()
+    assert model.channels_first
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x.permute(0, 2, 3, 1)), atol=1e-5)
+
+
 def test_a_keras_file_trains_resumes_bit_identically_and_rebuilds_without_the_file(keras_file, cifar_root, data, tmp_path):
     path, _ = keras_file
     local = tmp_path / "model.keras"

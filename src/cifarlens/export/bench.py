@@ -25,7 +25,21 @@ from cifarlens.data import model_input
 from cifarlens.export.runtime import Classifier
 from cifarlens.run import ModelSpec
 
-BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-int8")
+
+def available_backends(device: str = "cpu") -> list[str]:
+    """What ``--backends auto`` measures: every backend this machine runs at full speed. bf16 only where the
+    CPU has it natively (elsewhere it is emulated, slower than fp32); OpenVINO when it is installed and on the CPU."""
+    import importlib.util
+
+    from cifarlens.device import cpu_has_fast_bf16
+
+    names = ["torch", "torch-compile"]
+    if device == "cuda" or cpu_has_fast_bf16():
+        names.append("torch-bf16")
+    names += ["onnxruntime", "onnxruntime-int8"]
+    if device == "cpu" and importlib.util.find_spec("openvino") is not None:
+        names += ["openvino"] + (["openvino-bf16"] if cpu_has_fast_bf16() else []) + ["openvino-int8"]
+    return names
 
 
 @dataclass

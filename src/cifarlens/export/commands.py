@@ -22,6 +22,13 @@ ModelSource = Annotated[
 TrustPickle = Annotated[
     bool, typer.Option("--trust-pickle", help="allow a .pt/.pth/.pkl state dict (read with weights_only=True)")
 ]
+Backend = Annotated[
+    str,
+    typer.Option(help="auto (PyTorch for weights, onnxruntime for a graph), torch, torch-compile, torch-bf16, "
+                      "onnxruntime, onnxruntime-int8, openvino, openvino-bf16 or openvino-int8 (the last five run "
+                      "the graphs of cifarlens export)"),
+]
+Threads = Annotated[int, typer.Option(help="CPU threads for the backend (0: its default)")]
 ModelName = Annotated[str | None, typer.Option("--model", help="architecture of a --trust-pickle state dict")]
 ModelArgs = Annotated[str | None, typer.Option("--model-args", help="its model arguments as YAML, e.g. '{width: 8}'")]
 DataDir = Annotated[str | None, typer.Option(help="folder holding cifar-10-batches-py (default: the run's)")]
@@ -31,13 +38,6 @@ def _model_args(text: str | None) -> dict[str, Any]:
     from cifarlens.config import coerce
 
     return coerce("model_args", text or "", dict)
-
-
-def default_onnx_path(source: Path) -> Path:
-    """RUN/export/model.onnx for a run directory, else the weights file's name with .onnx."""
-    from cifarlens.run import RunDir
-
-    return RunDir(source).export_dir / "model.onnx" if source.is_dir() else source.with_suffix(".onnx")
 
 
 @user_errors
@@ -63,7 +63,7 @@ def export(
 ) -> None:
     """Export to ONNX, TFLite or a SavedModel (preprocessing inside) and verify it on real test images."""
     from cifarlens.export.onnx_export import export_run, load_eval_images
-    from cifarlens.export.runtime import int8_path
+    from cifarlens.export.runtime import default_onnx_path, int8_path
     from cifarlens.run import RunDir
 
     if source.suffix == ".onnx":
@@ -141,6 +141,8 @@ def predict(
     json_lines: Annotated[bool, typer.Option("--json", help="one JSON object per file on stdout")] = False,
     batch_size: Annotated[int, typer.Option(help="images decoded and classified at a time")] = 64,
     max_pixels: Annotated[int, typer.Option(help="larger images are refused (decompression-bomb guard)")] = 89_478_485,
+    backend: Backend = "auto",
+    threads: Threads = 0,
     trust_pickle: TrustPickle = False,
     model: ModelName = None,
     model_args: ModelArgs = None,
@@ -153,7 +155,10 @@ def predict(
     if top_k < 1 or batch_size < 1 or max_pixels < 1:
         raise ConfigError("--top-k, --batch-size and --max-pixels must be at least 1")
     set_pillow_pixel_limit(max_pixels)
-    classifier = open_classifier(source, trust_pickle=trust_pickle, model=model, model_args=_model_args(model_args))
+    if threads < 0:
+        raise ConfigError(f"--threads must be 0 (the backend's default) or more, got {threads}")
+    classifier = open_classifier(source, backend=backend, threads=threads or None, trust_pickle=trust_pickle,
+                                 model=model, model_args=_model_args(model_args))  # fmt: skip
     failed = done = 0
     table = None
     if not json_lines:
@@ -187,8 +192,9 @@ def bench(
     source: Annotated[Path, typer.Argument(help="run directory or cifarlens .safetensors")],
     batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes for throughput")] = "1,32,256",
     backends: Annotated[
-        str, typer.Option(help="comma-separated: torch, torch-compile, onnxruntime, onnxruntime-int8")
-    ] = "torch,torch-compile,onnxruntime,onnxruntime-int8",
+        str, typer.Option(help="auto (every backend this machine has), or comma-separated: torch, torch-compile, "
+                               "torch-bf16, onnxruntime, onnxruntime-int8, openvino, openvino-bf16, openvino-int8")
+    ] = "auto",
     threads: Annotated[int, typer.Option(help="threads for every backend (0: torch's default)")] = 0,
     seconds: Annotated[float, typer.Option(help="time spent per measurement")] = 2.0,
     test_images: Annotated[int, typer.Option(help="test images for accuracy (0: the run's whole test split)")] = 0,
@@ -200,13 +206,18 @@ def bench(
     import torch
 
     from cifarlens.device import resolve_device
-    from cifarlens.export.bench import BACKENDS, bench_backend, matmul_peak_gflops, model_flops, parse_list
+    from cifarlens.export.bench import available_backends, bench_backend, matmul_peak_gflops, model_flops, parse_list
     from cifarlens.export.onnx_export import export_run, load_eval_images
-    from cifarlens.export.runtime import OnnxClassifier, TorchClassifier, int8_path, load_torch
+    from cifarlens.export.runtime import BACKENDS, TORCH_BACKENDS, TorchClassifier, default_onnx_path, graph_backend
+    from cifarlens.export.runtime import int8_path, load_torch
     from cifarlens.run import provenance, write_json
 
     sizes = parse_list(batch_sizes, int, "--batch-sizes")
-    chosen = parse_list(backends, str, "--backends", BACKENDS)
+    chosen = available_backends(device) if backends == "auto" else parse_list(backends, str, "--backends", BACKENDS)
+    if any(b.startswith("openvino") for b in chosen):
+        from cifarlens.export.openvino_runtime import import_openvino
+
+        import_openvino()  # not installed: one line before any work
     if seconds <= 0:
         raise ConfigError(f"--seconds must be positive, got {seconds}")
     if threads < 0:
@@ -222,10 +233,11 @@ def bench(
     data = load_eval_images(source, data_dir, test_images=test_images)
     model, spec = load_torch(source)
     onnx_path = default_onnx_path(source)
-    wanted = {"onnxruntime": onnx_path, "onnxruntime-int8": int8_path(onnx_path)}
-    if any(b in chosen and not wanted[b].is_file() for b in wanted):
-        console.print(f"exporting {escape(str(onnx_path))} first (cifarlens export --quantize int8)")
-        export_run(source, data, out=onnx_path, quantize="int8" if "onnxruntime-int8" in chosen else "none")
+    graphs = {b: int8_path(onnx_path) if b.endswith("-int8") else onnx_path for b in chosen if b not in TORCH_BACKENDS}
+    if any(not graph.is_file() for graph in graphs.values()):
+        int8 = any(b.endswith("-int8") for b in graphs)
+        console.print(f"exporting {escape(str(onnx_path))} first (cifarlens export{' --quantize int8' * int8})")
+        export_run(source, data, out=onnx_path, quantize="int8" if int8 else "none")
     base = TorchClassifier(model, spec, str(source), device=device)
     flops = model_flops(model, spec)
     peak = matmul_peak_gflops(device=device)
@@ -235,12 +247,16 @@ def bench(
     )
     results = []
     for name in chosen:
-        if name.startswith("onnxruntime"):
-            classifier = OnnxClassifier(wanted[name], threads=threads, device=device)
-            if classifier.provider != "CPUExecutionProvider":
+        if name in graphs:
+            classifier = graph_backend(graphs[name], name, threads=threads, device=device)
+            if getattr(classifier, "provider", "CPUExecutionProvider") != "CPUExecutionProvider":
                 console.print(f"{name} runs on {classifier.provider}")
+        elif name == "torch":
+            classifier = base
         else:
-            classifier = base if name == "torch" else TorchClassifier(model, spec, str(source), compile=True, device=device)
+            precision = "bf16" if name == "torch-bf16" else "fp32"
+            classifier = TorchClassifier(model, spec, str(source), compile=name == "torch-compile", device=device,
+                                         precision=precision)  # fmt: skip
         console.print(f"measuring {name} ...")
         results.append(
             bench_backend(
@@ -298,6 +314,8 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     max_bytes: Annotated[int, typer.Option(help="largest accepted request body in bytes")] = 10 * 1024 * 1024,
     max_pixels: Annotated[int, typer.Option(help="larger images are refused (decompression-bomb guard)")] = 89_478_485,
+    backend: Backend = "auto",
+    threads: Threads = 0,
     trust_pickle: TrustPickle = False,
     model: ModelName = None,
     model_args: ModelArgs = None,
@@ -312,7 +330,10 @@ def serve(
     if max_bytes < 1 or max_pixels < 1:
         raise ConfigError("--max-bytes and --max-pixels must be at least 1")
     set_pillow_pixel_limit(max_pixels)
-    classifier = open_classifier(source, trust_pickle=trust_pickle, model=model, model_args=_model_args(model_args))
+    if threads < 0:
+        raise ConfigError(f"--threads must be 0 (the backend's default) or more, got {threads}")
+    classifier = open_classifier(source, backend=backend, threads=threads or None, trust_pickle=trust_pickle,
+                                 model=model, model_args=_model_args(model_args))  # fmt: skip
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(
             f"[yellow]warning:[/] listening on {host}: other machines can reach this API", highlight=False

@@ -23,12 +23,16 @@ import torch
 from torch import nn
 
 from cifarlens.data import model_input
-from cifarlens.errors import CifarlensError, RunDirError, first_line
+from cifarlens.errors import CifarlensError, ConfigError, RunDirError, first_line
 from cifarlens.export.classifier import Classifier, read_export_json  # noqa: F401  (Classifier: also imported from here)
 from cifarlens.export.tf_runtime import SavedModelClassifier, TfliteClassifier, is_saved_model  # TF loads on use
 from cifarlens.evaluation.predict import Predictor
 from cifarlens.run import ModelSpec, RunDir, load_state_checked, load_weights
 
+# Every inference backend, by the name bench, predict and serve take (--backend). The onnxruntime and openvino
+# ones run the graphs of ``cifarlens export`` (``-int8``: its ``--quantize int8`` graph); openvino is optional.
+TORCH_BACKENDS = ("torch", "torch-compile", "torch-bf16")
+BACKENDS = TORCH_BACKENDS + ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 ONNX_FORMAT = "cifarlens-onnx"
 
@@ -53,13 +57,15 @@ class TorchClassifier(Classifier):
     """A PyTorch model (eval mode, channels-last, fp32; on the CPU unless ``device`` says otherwise) scored
     through the ``Predictor``."""
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, source: str, compile: bool = False, device: str = "cpu"):
+    def __init__(self, model: nn.Module, spec: ModelSpec, source: str, compile: bool = False, device: str = "cpu",
+                 precision: str = "fp32"):  # fmt: skip
         self.spec = spec
         self.classes = tuple(spec.classes)
-        self.backend = "torch-compile" if compile else "torch"
+        self.backend = "torch-compile" if compile else ("torch-bf16" if precision == "bf16" else "torch")
         self.source = source
         self.info = {"model": spec.name, "model_args": spec.kwargs, "image_size": spec.image_size}
-        self.predictor = Predictor(model.eval().to(memory_format=torch.channels_last), spec, compile=compile, device=device)
+        self.predictor = Predictor(model.eval().to(memory_format=torch.channels_last), spec, compile=compile,
+                                   device=device, precision=precision)  # fmt: skip
 
     def run(self, images: np.ndarray) -> np.ndarray:
         self.predictor.batch_size = max(len(images), 1)  # Classifier.logits has batched already
@@ -169,21 +175,62 @@ def _load_pickle(path: Path, trust: bool, model: str | None, model_args: dict[st
     return net.eval(), spec
 
 
+def default_onnx_path(source: str | Path) -> Path:
+    """Where ``cifarlens export`` writes the fp32 graph: RUN/export/model.onnx, or next to a weights file."""
+    source = Path(source)
+    return RunDir(source).export_dir / "model.onnx" if source.is_dir() else source.with_suffix(".onnx")
+
+
+def graph_backend(path: Path, backend: str, threads: int | None = None, device: str = "cpu") -> Classifier:
+    """The exported ONNX graph ``path`` run by ``backend`` (``onnxruntime*`` or ``openvino*``)."""
+    if backend.startswith("openvino"):
+        from cifarlens.export.openvino_runtime import OpenVinoClassifier, precision_of
+
+        return OpenVinoClassifier(path, precision=precision_of(backend), threads=threads)
+    return OnnxClassifier(path, threads=threads, device=device)
+
+
 def open_classifier(
     source: str | Path,
     *,
+    backend: str = "auto",
     trust_pickle: bool = False,
     model: str | None = None,
     model_args: dict[str, Any] | None = None,
     threads: int | None = None,
 ) -> Classifier:
-    """A ``Classifier`` for a run directory, .safetensors, exported .onnx / .tflite / SavedModel or (trusted) pickle."""
+    """A ``Classifier`` for a run directory, .safetensors, exported .onnx / .tflite / SavedModel or (trusted) pickle.
+
+    ``backend`` (one of ``BACKENDS``; ``auto``: PyTorch for weights, onnxruntime for a graph) picks what runs it.
+    For weights, an ONNX backend runs the graph ``cifarlens export`` wrote for them (``default_onnx_path``).
+    """
     path = Path(source)
+    if backend != "auto" and backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
     if path.suffix.lower() == ".onnx":
-        return OnnxClassifier(path, threads=threads)
+        if backend in TORCH_BACKENDS:
+            raise ConfigError(f"{path} is an ONNX graph; use --backend onnxruntime or openvino, or pass the run")
+        if backend.endswith("-int8") and not read_sidecar(path).get("quantization"):
+            raise ConfigError(f"{path} is the fp32 graph; pass the int8 one ({int8_path(path).name}) for {backend}")
+        return graph_backend(path, backend, threads)
+    tensorflow = path.suffix.lower() == ".tflite" or is_saved_model(path)
+    if tensorflow and backend != "auto":
+        raise ConfigError(f"{path} runs only in TensorFlow; drop --backend {backend}")
+    if backend.startswith(("onnxruntime", "openvino")):
+        graph = default_onnx_path(path)
+        if backend.endswith("-int8"):
+            graph = int8_path(graph)
+        if not graph.is_file():
+            quantize = " --quantize int8" if backend.endswith("-int8") else ""
+            raise RunDirError(f"{backend} runs the exported graph {graph}, which is not there; "
+                              f"create it with cifarlens export {path}{quantize}")  # fmt: skip
+        return graph_backend(graph, backend, threads)
     if path.suffix.lower() == ".tflite":
         return TfliteClassifier(path, threads=threads)
-    if is_saved_model(path):
+    if tensorflow:
         return SavedModelClassifier(path)
     net, spec = load_torch(path, trust_pickle=trust_pickle, model=model, model_args=model_args)
-    return TorchClassifier(net, spec, str(path))
+    if threads:
+        torch.set_num_threads(threads)
+    precision = "bf16" if backend == "torch-bf16" else "fp32"
+    return TorchClassifier(net, spec, str(path), compile=backend == "torch-compile", precision=precision)

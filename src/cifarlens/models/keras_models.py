@@ -399,8 +399,8 @@ def _channels_first(keras, model, config, weights, trust_code):
 
 
 def to_channels_first(config):
-    """A Keras model config with every data format channels_first, channel axes of BatchNormalization and
-    Concatenate moved to 1, and input shapes (N, H, W, C) as (N, C, H, W)."""
+    """A Keras model config with every data format channels_first, channel axes of BatchNormalization,
+    Normalization and Concatenate moved to 1, and input shapes (N, H, W, C) as (N, C, H, W)."""
     if isinstance(config, list):
         return [to_channels_first(v) for v in config]
     if not isinstance(config, dict):
@@ -409,7 +409,7 @@ def to_channels_first(config):
     if "data_format" in out:
         out["data_format"] = "channels_first"
     inner = out.get("config")
-    if isinstance(inner, dict) and out.get("class_name") in ("BatchNormalization", "Concatenate"):
+    if isinstance(inner, dict) and out.get("class_name") in ("BatchNormalization", "Normalization", "Concatenate"):
         if inner.get("axis") in (-1, 3, [-1], [3]):
             inner["axis"] = 1
     for key in ("batch_shape", "batch_input_shape", "input_shape"):

@@ -1,0 +1,68 @@
+"""benchmarks/frontier.py on a tiny synthetic runs JSON and one run directory: the table's paired differences."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from cifarlens.run.directory import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("frontier", ROOT / "benchmarks" / "frontier.py")
+frontier = sys.modules["frontier"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+spec.loader.exec_module(frontier)
+
+
+def run(seed, seconds, acc, **extra):
+    return {"run": f"x-s{seed}", "seed": seed, "train_clock": seconds, "val_tta_translate": acc} | extra
+
+
+def write_run_dir(path: Path, seconds: float, acc: float, processor: str = "Test CPU") -> None:
+    rundir = RunDir(path)
+    rundir.write_config({"recipe": "airbench94", "epochs": 7, "seed": 0})
+    rundir.write_metrics([{"epoch": 7, "train_clock": seconds}])
+    rundir.merge_summary("val_tta_translate", {"accuracy": acc})
+    (path / RunDir.PROVENANCE).write_text(json.dumps({"processor": processor, "cpu_native_bf16": True,
+                                                      "precision": "bf16"}))  # fmt: skip
+
+
+def test_table_pairs_by_seed(tmp_path, capsys):
+    runs = {
+        "airbench94": [run(0, 100.0, 0.935), run(1, 110.0, 0.940), run(2, 90.0, 0.930)],
+        "fast": [run(1, 70.0, 0.938), run(2, 60.0, 0.925), run(5, 65.0, 0.920)],  # seed 5: no pair
+        "ab6": [run(0, 80.0, 0.931, epochs=6), {"seed": 1, "train_clock": 75.0, "val_tta": 0.93}],  # no metric
+    }
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    write_run_dir(tmp_path / "dirs" / "ab7-s0", 95.0, 0.933)
+    out, table = tmp_path / "f.png", tmp_path / "f.md"
+    frontier.main([str(tmp_path / "runs.json"), "--runs-dir", str(tmp_path / "dirs"), "--out", str(out),
+                   "--table", str(table), "--machine", "Test CPU"])  # fmt: skip
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.read_text().splitlines()}
+    assert rows["fast"][2:] == ["1, 2, 5", "92.77 ± 0.93", "65 ± 5", "0.65x", "-0.35 ± 0.21 (2) |"]
+    assert rows["ab6"][2] == "0" and rows["ab6"][-1] == "-0.40 (1) |"
+    assert rows["ab7"][1] == "airbench94 cut to 7 ep" and rows["ab7"][-1] == "-0.20 (1) |"
+    assert "on Test CPU" in capsys.readouterr().out
+    assert out.stat().st_size > 10_000
+
+
+def test_one_machine_per_figure(tmp_path):
+    write_run_dir(tmp_path / "dirs" / "airbench94-s0", 100.0, 0.935, processor="CPU A")
+    write_run_dir(tmp_path / "dirs" / "ab6-s0", 80.0, 0.931, processor="CPU B")
+    with pytest.raises(SystemExit, match="2 machines"):
+        frontier.main(["--runs-dir", str(tmp_path / "dirs"), "--out", str(tmp_path / "f.png")])
+    write_run_dir(tmp_path / "dirs" / "ab6-s0", 80.0, 0.931, processor="CPU A")
+    (tmp_path / "runs.json").write_text(json.dumps({"fast": [run(0, 70.0, 0.93)]}))
+    with pytest.raises(SystemExit, match="do not record their machine"):  # the JSON could be from another CPU
+        frontier.main(
+            [str(tmp_path / "runs.json"), "--runs-dir", str(tmp_path / "dirs"), "--out", str(tmp_path / "f.png")]
+        )
+    frontier.main(["--runs-dir", str(tmp_path / "dirs"), "--out", str(tmp_path / "f.png")])
+    assert (tmp_path / "f.png").is_file()
+
+
+def test_pareto_keeps_points_no_faster_one_beats():
+    assert frontier.pareto([(3, 1.0), (1, 0.0), (2, 0.0), (4, 2.0), (5, 1.5)]) == [(1, 0.0), (3, 1.0), (4, 2.0)]
