@@ -1,5 +1,6 @@
-"""``Classifier``: what every inference backend is (torch, ONNX Runtime, TFLite, SavedModel): uint8 images in,
-logits out. Its own module, so that backends in other modules (``tf_runtime``) need not import ``runtime``."""
+"""``Classifier``: what every inference backend is (torch, ONNX Runtime, OpenVINO, TFLite, SavedModel): uint8 images
+in, logits out; and the JSON ``cifarlens export`` writes beside a model. Its own module, so that backends in other
+modules (``tf_runtime``, ``openvino_runtime``) need not import ``runtime``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 import numpy as np
 
 from cifarlens.errors import RunDirError
+
+ONNX_FORMAT = "cifarlens-onnx"  # the "format" of the JSON cifarlens export writes next to an .onnx graph
 
 
 def read_export_json(model: Path, sidecar: Path, fmt: str, *, missing: str, made_by: str) -> dict[str, Any]:
@@ -29,6 +32,17 @@ def read_export_json(model: Path, sidecar: Path, fmt: str, *, missing: str, made
     if not isinstance(info, dict) or info.get("format") != fmt or "classes" not in info:
         raise RunDirError(f"{sidecar} was not written by {made_by}; export the model again")
     return info
+
+
+def sidecar_path(onnx_path: str | Path) -> Path:
+    """The preprocessing JSON written next to an exported graph: ``model.onnx`` -> ``model.json``."""
+    return Path(onnx_path).with_suffix(".json")
+
+
+def read_sidecar(onnx_path: Path) -> dict[str, Any]:
+    """The JSON beside an exported ONNX graph (classes, input contract, quantization), checked."""
+    missing = f"ONNX file {onnx_path} not found; create it with cifarlens export RUN"
+    return read_export_json(onnx_path, sidecar_path(onnx_path), ONNX_FORMAT, made_by="cifarlens export", missing=missing)
 
 
 class Classifier:

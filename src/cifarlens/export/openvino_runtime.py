@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from cifarlens.errors import ConfigError, RunDirError, first_line
-from cifarlens.export.classifier import Classifier
+from cifarlens.export.classifier import Classifier, read_sidecar
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 COMPILED_SHAPES = 8  # compiled batch sizes kept per classifier
@@ -51,8 +51,6 @@ class OpenVinoClassifier(Classifier):
     in int8 whatever it says for the layers left in floating point). ``threads``: 0 or None for OpenVINO's default."""
 
     def __init__(self, path: str | Path, *, precision: str = "fp32", threads: int | None = None):
-        from cifarlens.export.runtime import read_sidecar
-
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown OpenVINO precision {precision!r}; choose {' or '.join(PRECISIONS)}")
         ov = import_openvino()

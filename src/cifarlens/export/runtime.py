@@ -24,7 +24,8 @@ from torch import nn
 
 from cifarlens.data import model_input
 from cifarlens.errors import CifarlensError, ConfigError, RunDirError, first_line
-from cifarlens.export.classifier import Classifier, read_export_json  # noqa: F401  (Classifier: also imported from here)
+# Classifier, ONNX_FORMAT and sidecar_path are also imported from here.
+from cifarlens.export.classifier import ONNX_FORMAT, Classifier, read_sidecar, sidecar_path  # noqa: F401
 from cifarlens.export.tf_runtime import SavedModelClassifier, TfliteClassifier, is_saved_model  # TF loads on use
 from cifarlens.evaluation.predict import Predictor
 from cifarlens.run import ModelSpec, RunDir, load_state_checked, load_weights
@@ -34,7 +35,6 @@ from cifarlens.run import ModelSpec, RunDir, load_state_checked, load_weights
 TORCH_BACKENDS = ("torch", "torch-compile", "torch-bf16")
 BACKENDS = TORCH_BACKENDS + ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
-ONNX_FORMAT = "cifarlens-onnx"
 
 
 class Preprocessed(nn.Module):
@@ -109,20 +109,10 @@ class OnnxClassifier(Classifier):
         return self.session.run(None, {self.input_name: images})[0]
 
 
-def sidecar_path(onnx_path: str | Path) -> Path:
-    """The preprocessing JSON written next to an exported graph: ``model.onnx`` -> ``model.json``."""
-    return Path(onnx_path).with_suffix(".json")
-
-
 def int8_path(onnx_path: str | Path) -> Path:
     """Where the int8 graph quantized from an fp32 one goes: ``model.onnx`` -> ``model.int8.onnx``."""
     onnx_path = Path(onnx_path)
     return onnx_path.with_name(onnx_path.stem + ".int8.onnx")
-
-
-def read_sidecar(onnx_path: Path) -> dict[str, Any]:
-    return read_export_json(onnx_path, sidecar_path(onnx_path), ONNX_FORMAT, made_by="cifarlens export",
-                            missing=f"ONNX file {onnx_path} not found; create it with cifarlens export RUN")  # fmt: skip
 
 
 def load_torch(
