@@ -51,7 +51,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cifarlens.data import CIFAR10_MEAN, CIFAR10_STD  # what cifarlens normalises PyTorch models' inputs with
+from cifarlens.data import CIFAR10_MEAN, CIFAR10_STD
+from cifarlens.device import cpu_fields  # what cifarlens normalises PyTorch models' inputs with
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFARLENS = [sys.executable, "-m", "cifarlens"]
@@ -60,13 +61,9 @@ CIFARLENS = [sys.executable, "-m", "cifarlens"]
 def cpu_name() -> dict:
     """model name, family and model of the first CPU in /proc/cpuinfo, and the flags that matter for precision."""
     info: dict[str, object] = {"processor": platform.processor() or platform.machine()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    fields = cpu_fields()
+    if not fields:
         return info
-    first = text.split("\n\n")[0]
-    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
     flags = set(fields.get("flags", "").split())
     info.update(
         model_name=fields.get("model name"),

@@ -41,12 +41,16 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_fields() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (``model name``, ``cpu family``, ``model``, ``flags`` ...);
+    empty off Linux."""
+    lines = _cpuinfo().split("\n\n")[0].splitlines()
+    return {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in lines if ":" in line)}
+
+
 def cpu_name() -> str:
     """The CPU model (``AMD EPYC ...``); ``platform.processor()`` is empty on Linux."""
-    for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return cpu_fields().get("model name") or platform.processor() or platform.machine()
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

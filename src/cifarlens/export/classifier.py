@@ -42,7 +42,8 @@ def sidecar_path(onnx_path: str | Path) -> Path:
 def read_sidecar(onnx_path: Path) -> dict[str, Any]:
     """The JSON beside an exported ONNX graph (classes, input contract, quantization), checked."""
     missing = f"ONNX file {onnx_path} not found; create it with cifarlens export RUN"
-    return read_export_json(onnx_path, sidecar_path(onnx_path), ONNX_FORMAT, made_by="cifarlens export", missing=missing)
+    sidecar = sidecar_path(onnx_path)
+    return read_export_json(onnx_path, sidecar, ONNX_FORMAT, missing=missing, made_by="cifarlens export")
 
 
 class Classifier:

@@ -155,8 +155,6 @@ def predict(
     if top_k < 1 or batch_size < 1 or max_pixels < 1:
         raise ConfigError("--top-k, --batch-size and --max-pixels must be at least 1")
     set_pillow_pixel_limit(max_pixels)
-    if threads < 0:
-        raise ConfigError(f"--threads must be 0 (the backend's default) or more, got {threads}")
     classifier = open_classifier(source, backend=backend, threads=threads or None, trust_pickle=trust_pickle,
                                  model=model, model_args=_model_args(model_args))  # fmt: skip
     failed = done = 0
@@ -208,8 +206,8 @@ def bench(
     from cifarlens.device import resolve_device
     from cifarlens.export.bench import available_backends, bench_backend, matmul_peak_gflops, model_flops, parse_list
     from cifarlens.export.onnx_export import export_run, load_eval_images
-    from cifarlens.export.runtime import BACKENDS, TORCH_BACKENDS, TorchClassifier, default_onnx_path, graph_backend
-    from cifarlens.export.runtime import int8_path, load_torch
+    from cifarlens.export.runtime import BACKENDS, TORCH_BACKENDS, default_onnx_path, exported_graph, graph_backend
+    from cifarlens.export.runtime import load_torch, torch_backend
     from cifarlens.run import provenance, write_json
 
     sizes = parse_list(batch_sizes, int, "--batch-sizes")
@@ -233,12 +231,12 @@ def bench(
     data = load_eval_images(source, data_dir, test_images=test_images)
     model, spec = load_torch(source)
     onnx_path = default_onnx_path(source)
-    graphs = {b: int8_path(onnx_path) if b.endswith("-int8") else onnx_path for b in chosen if b not in TORCH_BACKENDS}
+    graphs = {b: exported_graph(source, b) for b in chosen if b not in TORCH_BACKENDS}
     if any(not graph.is_file() for graph in graphs.values()):
         int8 = any(b.endswith("-int8") for b in graphs)
         console.print(f"exporting {escape(str(onnx_path))} first (cifarlens export{' --quantize int8' * int8})")
         export_run(source, data, out=onnx_path, quantize="int8" if int8 else "none")
-    base = TorchClassifier(model, spec, str(source), device=device)
+    base = torch_backend(model, spec, source, "torch", device=device)
     flops = model_flops(model, spec)
     peak = matmul_peak_gflops(device=device)
     console.print(
@@ -251,12 +249,8 @@ def bench(
             classifier = graph_backend(graphs[name], name, threads=threads, device=device)
             if getattr(classifier, "provider", "CPUExecutionProvider") != "CPUExecutionProvider":
                 console.print(f"{name} runs on {classifier.provider}")
-        elif name == "torch":
-            classifier = base
         else:
-            precision = "bf16" if name == "torch-bf16" else "fp32"
-            classifier = TorchClassifier(model, spec, str(source), compile=name == "torch-compile", device=device,
-                                         precision=precision)  # fmt: skip
+            classifier = base if name == "torch" else torch_backend(model, spec, source, name, device=device)
         console.print(f"measuring {name} ...")
         results.append(
             bench_backend(
@@ -330,8 +324,6 @@ def serve(
     if max_bytes < 1 or max_pixels < 1:
         raise ConfigError("--max-bytes and --max-pixels must be at least 1")
     set_pillow_pixel_limit(max_pixels)
-    if threads < 0:
-        raise ConfigError(f"--threads must be 0 (the backend's default) or more, got {threads}")
     classifier = open_classifier(source, backend=backend, threads=threads or None, trust_pickle=trust_pickle,
                                  model=model, model_args=_model_args(model_args))  # fmt: skip
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -171,6 +171,20 @@ def default_onnx_path(source: str | Path) -> Path:
     return RunDir(source).export_dir / "model.onnx" if source.is_dir() else source.with_suffix(".onnx")
 
 
+def exported_graph(source: str | Path, backend: str) -> Path:
+    """The graph an ONNX or OpenVINO ``backend`` runs for the weights ``source``: ``default_onnx_path``, or the
+    int8 graph beside it for an ``-int8`` backend."""
+    graph = default_onnx_path(source)
+    return int8_path(graph) if backend.endswith("-int8") else graph
+
+
+def torch_backend(model: nn.Module, spec: ModelSpec, source: str | Path, backend: str, device: str = "cpu"):
+    """``model`` as the PyTorch ``backend`` (one of ``TORCH_BACKENDS``) runs it."""
+    precision = "bf16" if backend == "torch-bf16" else "fp32"
+    return TorchClassifier(model, spec, str(source), compile=backend == "torch-compile", device=device,
+                           precision=precision)  # fmt: skip
+
+
 def graph_backend(path: Path, backend: str, threads: int | None = None, device: str = "cpu") -> Classifier:
     """The exported ONNX graph ``path`` run by ``backend`` (``onnxruntime*`` or ``openvino*``)."""
     if backend.startswith("openvino"):
@@ -197,6 +211,8 @@ def open_classifier(
     path = Path(source)
     if backend != "auto" and backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
+    if threads is not None and threads < 0:
+        raise ConfigError(f"--threads must be 0 (the backend's default) or more, got {threads}")
     if path.suffix.lower() == ".onnx":
         if backend in TORCH_BACKENDS:
             raise ConfigError(f"{path} is an ONNX graph; use --backend onnxruntime or openvino, or pass the run")
@@ -207,9 +223,7 @@ def open_classifier(
     if tensorflow and backend != "auto":
         raise ConfigError(f"{path} runs only in TensorFlow; drop --backend {backend}")
     if backend.startswith(("onnxruntime", "openvino")):
-        graph = default_onnx_path(path)
-        if backend.endswith("-int8"):
-            graph = int8_path(graph)
+        graph = exported_graph(path, backend)
         if not graph.is_file():
             quantize = " --quantize int8" if backend.endswith("-int8") else ""
             raise RunDirError(f"{backend} runs the exported graph {graph}, which is not there; "
@@ -222,5 +236,4 @@ def open_classifier(
     net, spec = load_torch(path, trust_pickle=trust_pickle, model=model, model_args=model_args)
     if threads:
         torch.set_num_threads(threads)
-    precision = "bf16" if backend == "torch-bf16" else "fp32"
-    return TorchClassifier(net, spec, str(path), compile=backend == "torch-compile", precision=precision)
+    return torch_backend(net, spec, path, "torch" if backend == "auto" else backend)
