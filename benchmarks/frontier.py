@@ -52,6 +52,7 @@ SETTINGS = {  # what each key of the runs JSON changes (BENCHMARKS.md, "A 94% re
     "fast94r9": "6 of 9 ep resized to 24 px",
     "fast94r20": "6 of 9 ep resized to 20 px",
     "fast10e20": "7 of 10 ep resized to 20 px",
+    "f10e6": "6 of 10 ep resized to 24 px",
     "ramp20e5": "5 of 8 ep ramped 20, 20, 24, 24, 28 px",
     "b1000": "`fast` at batch 1000",
     "la3": "`fast` + lookahead (scratch patch)",
@@ -59,7 +60,7 @@ SETTINGS = {  # what each key of the runs JSON changes (BENCHMARKS.md, "A 94% re
     "w192": "airbench94 at widths 64/192/192",
     "prune5": "airbench94 + loss-based pruning (scratch patch)",
 }
-FAST_FAMILY = {"fast", "fast94", "fast94r9", "fast94r20", "fast10e20", "ramp20e5", "b1000"}
+FAST_FAMILY = {"fast", "fast94", "fast94r9", "fast94r20", "fast10e20", "f10e6", "ramp20e5", "b1000"}
 AB_CUT = re.compile(r"ab(\d+)$")
 COLORS = {"airbench": "tab:blue", "fast": "tab:orange", "other": "tab:gray"}
 
@@ -190,6 +191,12 @@ def paired_difference(recipe: Recipe, reference: Recipe) -> list[float]:
     return [acc - ref[seed] for seed, acc in recipe.by_seed().items() if seed in ref]
 
 
+def paired_time_ratio(recipe: Recipe, reference: Recipe) -> list[float]:
+    """Training clock over the reference's on each seed both have: a pair run back to back shares its slow spells."""
+    ref = {r.seed: r.seconds for r in reference.runs}
+    return [r.seconds / ref[r.seed] for r in recipe.runs if r.seed in ref]
+
+
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The (time, accuracy) points that no faster point matches on accuracy, fastest first."""
     front: list[tuple[float, float]] = []
@@ -219,15 +226,19 @@ def table(recipes: list[Recipe], reference: Recipe) -> str:
     ref_s = reference.mean_std("seconds")[0]
     name = reference.name
     lines = [
-        f"| recipe | settings | seeds | held-out % | training clock s | vs {name} | minus {name}, same seed (n) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        f"| recipe | settings | seeds | held-out % | training clock s | vs {name} | minus {name}, same seed (n) "
+        f"| clock / {name}'s, same seed |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in recipes:
         n, diffs = len(r.runs), [] if r is reference else paired_difference(r, reference)
         paired = f"{pm(statistics.mean(diffs), _std(diffs), len(diffs))} ({len(diffs)})" if diffs else "-"
+        ratios = [] if r is reference else paired_time_ratio(r, reference)
+        time_paired = f"{pm(statistics.mean(ratios), _std(ratios), len(ratios))}x" if ratios else "-"
         lines.append(
             f"| {r.name} | {r.settings} | {', '.join(str(x.seed) for x in r.runs)} | {pm(*r.mean_std('acc'), n)} "
-            f"| {pm(*r.mean_std('seconds'), n, 0)} | {r.mean_std('seconds')[0] / ref_s:.2f}x | {paired} |"
+            f"| {pm(*r.mean_std('seconds'), n, 0)} | {r.mean_std('seconds')[0] / ref_s:.2f}x | {paired} "
+            f"| {time_paired} |"
         )
     return "\n".join(lines) + "\n"
 

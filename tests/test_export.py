@@ -272,7 +272,7 @@ def test_bench_measures_every_backend_on_the_same_images(exported, run):
     out = run / "export" / "bench_test.json"
     result = cifarlens(
         "bench", run, "--backends", "torch,onnxruntime,onnxruntime-int8", "--batch-sizes", "1,16",
-        "--seconds", 0.05, "--threads", 1, "--out", out,
+        "--seconds", 0.1, "--rounds", 2, "--threads", 1, "--out", out,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
     report = json.loads(out.read_text())
@@ -283,9 +283,14 @@ def test_bench_measures_every_backend_on_the_same_images(exported, run):
     for r in backends.values():
         assert r["latency_p99_ms"] >= r["latency_p50_ms"] > 0
         assert set(r["throughput"]) == {"1", "16"} and min(r["throughput"].values()) > 0
+        assert all(len(values) == 2 for values in r["throughput_rounds"].values())  # round-robin: every backend twice
+        assert r["throughput"]["16"] == pytest.approx(sum(r["throughput_rounds"]["16"]) / 2)  # median of two
+        assert r["reference"] == "torch" and r["vs_reference"] > 0
+    assert backends["torch"]["vs_reference"] == 1.0
     assert backends["onnxruntime"]["accuracy"] == backends["torch"]["accuracy"]
     bad = cifarlens("bench", run, "--backends", "torch,tensorrt")
     assert_one_line_error(bad, "unknown --backends 'tensorrt'")
+    assert_one_line_error(cifarlens("bench", run, "--rounds", 0), "--rounds must be 1 or more")
 
 
 def test_every_backend_gives_the_models_predictions(exported, run, eval_images):

@@ -5,7 +5,8 @@ same work (preprocessing included, it is inside every backend). For each backend
 
 * accuracy on the test images, so speed is never bought with silent accuracy loss;
 * latency at batch 1: p50 and p99 over single calls;
-* throughput (images/s) at each batch size;
+* throughput (images/s) at each batch size, measured round-robin over all backends (``rounds``) so that a
+  slow spell of a shared CPU hits every backend alike, and the median ratio to PyTorch eager over rounds;
 * GFLOP/s achieved (the fp32 model's FLOPs per image x images/s) and its share of the machine's
   peak, measured here with a large fp32 matmul on the same threads.
 """
@@ -48,12 +49,18 @@ class BackendResult:
     accuracy: float  # % on the test images
     latency_p50_ms: float  # batch 1
     latency_p99_ms: float
-    throughput: dict[int, float]  # batch size -> images/s
+    throughput: dict[int, float]  # batch size -> images/s, median over rounds
+    throughput_rounds: dict[int, list[float]]  # batch size -> images/s in each round
+    reference: str  # the backend vs_reference compares with
+    vs_reference: float  # median over rounds of throughput / reference's in the same round, largest batch
     gflops: float  # at the largest batch size
     peak_share: float  # gflops / measured fp32 matmul peak
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"throughput": {str(k): v for k, v in self.throughput.items()}}
+        return asdict(self) | {
+            "throughput": {str(k): v for k, v in self.throughput.items()},
+            "throughput_rounds": {str(k): v for k, v in self.throughput_rounds.items()},
+        }
 
 
 def timed_calls(fn: Callable[[], Any], seconds: float, min_calls: int = 5, max_calls: int = 100_000) -> list[float]:
@@ -98,8 +105,46 @@ def matmul_peak_gflops(seconds: float = 2.0, n: int = 4096, dtype: torch.dtype =
     return 2 * n**3 / best / 1e9
 
 
-def bench_backend(
-    classifier: Classifier,
+def accuracy_and_latency(classifier: Classifier, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
+                         seconds: float) -> tuple[float, np.ndarray]:  # fmt: skip
+    """% correct on images (N, 3, 32, 32) uint8 with labels (N,), and milliseconds per single-image call."""
+    accuracy = float((classifier.logits(images, batch_size).argmax(1) == labels).mean() * 100)
+    one = batch_of(images, 1)
+    for _ in range(3):  # warm-up: first calls allocate, compile or tune kernels
+        classifier.run(one)
+    return accuracy, np.array(timed_calls(lambda: classifier.run(one), seconds, min_calls=20)) * 1000
+
+
+def batch_of(images: np.ndarray, size: int) -> np.ndarray:
+    """The first ``size`` images, repeated when there are fewer, as one contiguous batch."""
+    reps = -(-size // len(images))
+    return np.ascontiguousarray(np.concatenate([images] * reps)[:size])
+
+
+def throughput_rounds(classifiers: dict[str, Classifier], images: np.ndarray, *, batch_sizes: list[int],
+                      seconds: float, rounds: int) -> dict[str, dict[int, list[float]]]:  # fmt: skip
+    """images/s of every classifier at every batch size, measured in ``rounds`` turns in the same order
+    (``seconds / rounds`` each, median seconds per call within a turn): backend -> batch size -> one value per round.
+
+    Round-robin rather than one backend after the other: on a shared or virtual CPU a slow spell then hits
+    every backend alike, and the ratio of two backends within one round stays fair.
+    """
+    batches = {size: batch_of(images, size) for size in batch_sizes}
+    result: dict[str, dict[int, list[float]]] = {name: {size: [] for size in batch_sizes} for name in classifiers}
+    for _ in range(rounds):
+        for name, classifier in classifiers.items():
+            for size, batch in batches.items():
+                if classifier.fixed_batch and size != classifier.fixed_batch:  # a fixed-batch graph loops inside
+                    call = functools.partial(classifier.logits, batch, size)
+                else:
+                    call = functools.partial(classifier.run, batch)
+                call()  # warm: the first call of a turn may reallocate
+                result[name][size].append(size / float(np.median(timed_calls(call, seconds / rounds, min_calls=3))))
+    return result
+
+
+def bench_backends(
+    classifiers: dict[str, Classifier],
     images: np.ndarray,
     labels: np.ndarray,
     *,
@@ -107,38 +152,35 @@ def bench_backend(
     flops_per_image: int,
     peak_gflops: float,
     seconds: float = 2.0,
-) -> BackendResult:
-    """Measure one backend. images: uint8 (N, 3, 32, 32) test images with their labels (N,)."""
-    accuracy = float((classifier.logits(images, max(batch_sizes)).argmax(1) == labels).mean() * 100)
-
-    def batch_of(size: int) -> np.ndarray:
-        reps = -(-size // len(images))
-        return np.ascontiguousarray(np.concatenate([images] * reps)[:size])
-
-    one = batch_of(1)
-    for _ in range(3):  # warm-up: first calls allocate, compile or tune kernels
-        classifier.run(one)
-    latencies = np.array(timed_calls(lambda: classifier.run(one), seconds, min_calls=20)) * 1000
-    throughput = {}
-    for size in batch_sizes:
-        batch = batch_of(size)
-        if classifier.fixed_batch and size != classifier.fixed_batch:  # a fixed-batch graph loops inside
-            call = functools.partial(classifier.logits, batch, size)
-        else:
-            call = functools.partial(classifier.run, batch)
-        call()
-        per_call = np.median(timed_calls(call, seconds, min_calls=3))
-        throughput[size] = size / per_call
-    gflops = throughput[max(batch_sizes)] * flops_per_image / 1e9
-    return BackendResult(
-        backend=classifier.backend,
-        accuracy=accuracy,
-        latency_p50_ms=float(np.percentile(latencies, 50)),
-        latency_p99_ms=float(np.percentile(latencies, 99)),
-        throughput=throughput,
-        gflops=gflops,
-        peak_share=gflops / peak_gflops if peak_gflops else 0.0,
-    )
+    rounds: int = 3,
+    reference: str = "torch",
+) -> list[BackendResult]:
+    """Measure every classifier (backend name -> Classifier) on the same test images (N, 3, 32, 32) uint8
+    with their labels (N,). Throughput is the median over ``rounds``; ``vs_reference`` the median over rounds
+    of its ratio to ``reference`` (the first backend when that one is not measured) at the largest batch size."""
+    measured = {name: accuracy_and_latency(c, images, labels, batch_size=max(batch_sizes), seconds=seconds / rounds)
+                for name, c in classifiers.items()}  # fmt: skip
+    speeds = throughput_rounds(classifiers, images, batch_sizes=batch_sizes, seconds=seconds, rounds=rounds)
+    big = max(batch_sizes)
+    reference = reference if reference in classifiers else next(iter(classifiers))
+    results = []
+    for name, (accuracy, latencies) in measured.items():
+        throughput = {size: float(np.median(values)) for size, values in speeds[name].items()}
+        gflops = throughput[big] * flops_per_image / 1e9
+        ratios = np.array(speeds[name][big]) / np.array(speeds[reference][big])
+        results.append(BackendResult(
+            backend=name,
+            accuracy=accuracy,
+            latency_p50_ms=float(np.percentile(latencies, 50)),
+            latency_p99_ms=float(np.percentile(latencies, 99)),
+            throughput=throughput,
+            throughput_rounds=speeds[name],
+            reference=reference,
+            vs_reference=float(np.median(ratios)),
+            gflops=gflops,
+            peak_share=gflops / peak_gflops if peak_gflops else 0.0,
+        ))  # fmt: skip
+    return results
 
 
 def parse_list(text: str, kind: type, name: str, allowed: tuple[str, ...] | None = None) -> list:

@@ -194,7 +194,8 @@ def bench(
                                "torch-bf16, onnxruntime, onnxruntime-int8, openvino, openvino-bf16, openvino-int8")
     ] = "auto",
     threads: Annotated[int, typer.Option(help="threads for every backend (0: torch's default)")] = 0,
-    seconds: Annotated[float, typer.Option(help="time spent per measurement")] = 2.0,
+    seconds: Annotated[float, typer.Option(help="time per backend per batch size, split over --rounds")] = 2.0,
+    rounds: Annotated[int, typer.Option(help="round-robin turns over all backends; the median is reported")] = 3,
     test_images: Annotated[int, typer.Option(help="test images for accuracy (0: the run's whole test split)")] = 0,
     data_dir: DataDir = None,
     out: Annotated[Path | None, typer.Option(help="JSON results (default RUN/export/bench.json)")] = None,
@@ -204,7 +205,7 @@ def bench(
     import torch
 
     from cifarlens.device import resolve_device
-    from cifarlens.export.bench import available_backends, bench_backend, matmul_peak_gflops, model_flops, parse_list
+    from cifarlens.export.bench import available_backends, bench_backends, matmul_peak_gflops, model_flops, parse_list
     from cifarlens.export.onnx_export import export_run, load_eval_images
     from cifarlens.export.runtime import BACKENDS, TORCH_BACKENDS, default_onnx_path, exported_graph, graph_backend
     from cifarlens.export.runtime import load_torch, torch_backend
@@ -218,6 +219,8 @@ def bench(
         import_openvino()  # not installed: one line before any work
     if seconds <= 0:
         raise ConfigError(f"--seconds must be positive, got {seconds}")
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be 1 or more, got {rounds}")
     if threads < 0:
         raise ConfigError(f"--threads must be 0 (default) or more, got {threads}")
     if device not in ("cpu", "cuda"):
@@ -243,27 +246,18 @@ def bench(
         f"{spec.name}: {flops / 1e6:.1f} MFLOP/image; {threads} threads; fp32 matmul peak {peak:.0f} GFLOP/s; "
         f"{len(data.test_labels)} test images"
     )
-    results = []
+    classifiers = {}
     for name in chosen:
         if name in graphs:
-            classifier = graph_backend(graphs[name], name, threads=threads, device=device)
-            if getattr(classifier, "provider", "CPUExecutionProvider") != "CPUExecutionProvider":
-                console.print(f"{name} runs on {classifier.provider}")
+            classifiers[name] = graph_backend(graphs[name], name, threads=threads, device=device)
+            if getattr(classifiers[name], "provider", "CPUExecutionProvider") != "CPUExecutionProvider":
+                console.print(f"{name} runs on {classifiers[name].provider}")
         else:
-            classifier = base if name == "torch" else torch_backend(model, spec, source, name, device=device)
-        console.print(f"measuring {name} ...")
-        results.append(
-            bench_backend(
-                classifier,
-                data.test_images,
-                data.test_labels,
-                batch_sizes=sizes,
-                flops_per_image=flops,
-                peak_gflops=peak,
-                seconds=seconds,
-            )
-        )
-    ref = next((r for r in results if r.backend == "torch"), results[0])
+            classifiers[name] = base if name == "torch" else torch_backend(model, spec, source, name, device=device)
+    console.print(f"measuring {', '.join(chosen)} in {rounds} round-robin rounds ...")
+    results = bench_backends(classifiers, data.test_images, data.test_labels, batch_sizes=sizes, flops_per_image=flops,
+                             peak_gflops=peak, seconds=seconds, rounds=rounds)  # fmt: skip
+    ref = results[0].reference
     where = "this CPU" if device == "cpu" else torch.cuda.get_device_name()
     table = Table(title=f"inference on {where}: {escape(str(source))} ({spec.name}, {threads} threads)")
     table.add_column("backend", style="bold")
@@ -271,13 +265,12 @@ def bench(
     table.add_column("p50 / p99 ms (b=1)", justify="right")
     for size in sizes:
         table.add_column(f"img/s b={size}", justify="right")
-    table.add_column(f"vs {ref.backend}", justify="right")
+    table.add_column(f"vs {ref} b={max(sizes)}", justify="right")
     table.add_column("GFLOP/s (share of peak)", justify="right")
-    big = max(sizes)
     for r in results:
         table.add_row(
             r.backend, f"{r.accuracy:.2f}%", f"{r.latency_p50_ms:.2f} / {r.latency_p99_ms:.2f}",
-            *(f"{r.throughput[s]:,.0f}" for s in sizes), f"{r.throughput[big] / ref.throughput[big]:.2f}x",
+            *(f"{r.throughput[s]:,.0f}" for s in sizes), f"{r.vs_reference:.2f}x",
             f"{r.gflops:.1f} ({r.peak_share:.0%})",
         )  # fmt: skip
     console.print(table)
@@ -291,6 +284,7 @@ def bench(
             "threads": threads,
             "device": device if device == "cpu" else torch.cuda.get_device_name(),
             "seconds_per_measurement": seconds,
+            "rounds": rounds,
             "test_images": len(data.test_labels),
             "flops_per_image": flops,
             "peak_gflops_fp32_matmul": peak,

@@ -26,10 +26,13 @@ from cifarlens.errors import ConfigError
 CALIBRATION_BATCH = 32
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, fixed_batch: int | None = None) -> dict[str, Any]:
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, fixed_batch: int | None = None, *,
+                  quant_format: str = "QDQ", per_channel: bool = True) -> dict[str, Any]:  # fmt: skip
     """Write the int8 version of the fp32 graph ``fp32`` to ``out``; returns how it was made.
 
-    calibration: uint8 (N, 3, 32, 32) training images.
+    calibration: uint8 (N, 3, 32, 32) training images. ``quant_format`` "QDQ" or "QOperator" and
+    ``per_channel`` are onnxruntime's options; the defaults are what ``cifarlens export`` uses, the others
+    are measured against them by benchmarks/onnx_int8_options.py.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -63,8 +66,8 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, fixed_batch: i
                 str(prepared),
                 str(out),
                 Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
+                quant_format=QuantFormat.from_string(quant_format),
+                per_channel=per_channel,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
@@ -73,8 +76,8 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, fixed_batch: i
         logging.disable(logging.NOTSET)
     return {
         "type": "int8 static",
-        "format": "QDQ",
-        "per_channel": True,
+        "format": quant_format,
+        "per_channel": per_channel,
         "activations": "uint8",
         "weights": "int8",
         "calibration": "MinMax",

@@ -76,7 +76,8 @@ class OnnxClassifier(Classifier):
     """An exported ONNX graph (uint8 input, preprocessing inside) run by onnxruntime on the CPU, or with
     ``device="cuda"`` through its CUDA provider when this onnxruntime build has one (``provider`` says which ran)."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu"):
+    def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu", optimization: str = "all"):
+        """``optimization``: onnxruntime's graph optimisation level, disable/basic/extended/all (its default)."""
         import onnxruntime as ort
 
         path = Path(path)
@@ -85,6 +86,10 @@ class OnnxClassifier(Classifier):
         self.source = str(path)
         self.backend = "onnxruntime-int8" if self.info.get("quantization") else "onnxruntime"
         options = ort.SessionOptions()
+        level = ort.GraphOptimizationLevel
+        levels = {"disable": level.ORT_DISABLE_ALL, "basic": level.ORT_ENABLE_BASIC,
+                  "extended": level.ORT_ENABLE_EXTENDED, "all": level.ORT_ENABLE_ALL}  # fmt: skip
+        options.graph_optimization_level = levels[optimization]
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
