@@ -51,8 +51,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cifarlens.data import CIFAR10_MEAN, CIFAR10_STD
-from cifarlens.device import cpu_fields  # what cifarlens normalises PyTorch models' inputs with
+from cifarlens.data import CIFAR10_MEAN, CIFAR10_STD  # what cifarlens normalises PyTorch models' inputs with
+from cifarlens.device import cpu_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFARLENS = [sys.executable, "-m", "cifarlens"]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from cifarlens.device import cpu_name
-from cifarlens.export.bench import throughput_rounds
+from cifarlens.export.bench import accuracy_percent, throughput_rounds
 from cifarlens.export.classifier import Classifier, read_sidecar, sidecar_path
 from cifarlens.export.onnx_export import EvalImages, load_eval_images
 from cifarlens.export.quantize import quantize_int8
@@ -50,12 +50,12 @@ def variants(run: Path, workdir: Path, threads: int) -> tuple[dict[str, Classifi
     data = load_eval_images(run)
     classifiers = {"torch eager fp32": open_classifier(run, backend="torch", threads=threads),
                    "onnxruntime fp32": OnnxClassifier(fp32, threads=threads)}  # fmt: skip
+    graphs = {name: workdir / (name.replace(" ", "_") + ".onnx") for name in QUANTISED}
     for name, options in QUANTISED.items():
-        out = workdir / (name.replace(" ", "_") + ".onnx")
-        details = quantize_int8(fp32, out, data.calibration, **options)
-        write_json(sidecar_path(out), read_sidecar(fp32) | {"quantization": details})  # classes and input contract
-        classifiers[name] = OnnxClassifier(out, threads=threads)
-    exported = workdir / "QDQ_per-channel.onnx"
+        details = quantize_int8(fp32, graphs[name], data.calibration, **options)
+        write_json(sidecar_path(graphs[name]), read_sidecar(fp32) | {"quantization": details})  # classes, input
+        classifiers[name] = OnnxClassifier(graphs[name], threads=threads)
+    exported = graphs["QDQ per-channel"]  # what cifarlens export writes
     for level in ("disable", "basic", "extended"):
         classifiers[f"QDQ per-channel, optimisation {level}"] = OnnxClassifier(exported, threads=threads,
                                                                                optimization=level)  # fmt: skip
@@ -77,8 +77,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="cifarlens-int8-options-") as tmp:
         classifiers, data = variants(args.run, Path(tmp), args.threads)
-        accuracy = {name: float((c.logits(data.test_images).argmax(1) == data.test_labels).mean() * 100)
-                    for name, c in classifiers.items()}  # fmt: skip
+        accuracy = {name: accuracy_percent(c, data.test_images, data.test_labels) for name, c in classifiers.items()}
         speeds = throughput_rounds(classifiers, data.test_images, batch_sizes=[args.batch_size],
                                    seconds=args.seconds, rounds=args.rounds)  # fmt: skip
     reference = np.array(speeds["torch eager fp32"][args.batch_size])

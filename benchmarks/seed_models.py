@@ -93,6 +93,7 @@ def accuracy(models, seeds, data_dir, workdir, epochs, val_size=0) -> list[dict]
             train_secs.append(sum(float(r["seconds"]) for r in rows))
             print(json.dumps({"model": model, "seed": seed, "test_acc": accs[-1], "val_acc": val_accs[-1:],
                               "train_s": train_secs[-1]}), flush=True)  # fmt: skip
+        test_mean, test_std = mean_std(accs)
         results.append(
             {
                 "model": model,
@@ -104,8 +105,8 @@ def accuracy(models, seeds, data_dir, workdir, epochs, val_size=0) -> list[dict]
                 "precision": cfg.precision,
                 "seeds": seeds,
                 "val_size": val_size,
-                "test_acc_mean": mean_std(accs)[0],
-                "test_acc_std": mean_std(accs)[1],
+                "test_acc_mean": test_mean,
+                "test_acc_std": test_std,
                 "test_accs": accs,
                 "val_accs": val_accs,
                 "train_s": train_secs,

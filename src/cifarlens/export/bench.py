@@ -105,10 +105,15 @@ def matmul_peak_gflops(seconds: float = 2.0, n: int = 4096, dtype: torch.dtype =
     return 2 * n**3 / best / 1e9
 
 
+def accuracy_percent(classifier: Classifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
+    """% correct on images (N, 3, 32, 32) uint8 with labels (N,)."""
+    return float((classifier.logits(images, batch_size).argmax(1) == labels).mean() * 100)
+
+
 def accuracy_and_latency(classifier: Classifier, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
                          seconds: float) -> tuple[float, np.ndarray]:  # fmt: skip
     """% correct on images (N, 3, 32, 32) uint8 with labels (N,), and milliseconds per single-image call."""
-    accuracy = float((classifier.logits(images, batch_size).argmax(1) == labels).mean() * 100)
+    accuracy = accuracy_percent(classifier, images, labels, batch_size)
     one = batch_of(images, 1)
     for _ in range(3):  # warm-up: first calls allocate, compile or tune kernels
         classifier.run(one)
