@@ -18,7 +18,7 @@ Times from different machines, or from before and after a trainer speed-up, do n
 and one trainer version per figure, and name the CPU with ``--machine`` when the inputs do not record it.
 
     python benchmarks/frontier.py --out benchmarks/results/frontier_epyc_bf16.png --table /tmp/frontier.md
-    python benchmarks/frontier.py --runs-dir /work/benchruns --out frontier_new.png
+    python benchmarks/frontier.py --runs-dir /work/benchruns --out frontier_new.png --save-runs runs.json
 """
 
 from __future__ import annotations
@@ -103,8 +103,20 @@ def load_json(path: Path, metric: str) -> list[Run]:
                 print(f"skipped {path.name}:{item.get('run', key)}: no {metric}", file=sys.stderr)
                 continue
             runs.append(Run(key, int(item["seed"]), float(item["train_clock"]), 100 * float(item[metric]),
-                            item.get("epochs")))  # fmt: skip
+                            item.get("epochs"), item.get("settings", ""), item.get("machine", "")))  # fmt: skip
     return runs
+
+
+def save_runs(runs: list[Run], path: Path, metric: str) -> None:
+    """The runs as a JSON that ``load_json`` reads back: the figure can be redrawn from benchmarks/results
+    after the run directories are gone."""
+    out: dict[str, list[dict]] = {}
+    for r in sorted(runs, key=lambda r: (r.recipe, r.seed)):
+        out.setdefault(r.recipe, []).append({"seed": r.seed, "train_clock": round(r.seconds, 3),
+                                             metric: r.acc / 100, "epochs": r.epochs, "settings": r.settings,
+                                             "machine": r.machine})  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
 
 
 def load_run_dirs(folder: Path, metric: str) -> list[Run]:
@@ -340,18 +352,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metric", default="val_tta_translate", help="accuracy key (default: val_tta_translate)")
     parser.add_argument("--reference", default="airbench94", help="the recipe the others are compared with")
     parser.add_argument("--machine", help="the CPU for the title (default: what the inputs record)")
+    parser.add_argument("--save-runs", type=Path, help="also write the runs read, as a JSON these inputs accept")
     parser.add_argument("--bar", type=float, default=0.7, help="draw a line at this time ratio (0: none)")
     args = parser.parse_args(argv)
 
     default_inputs = not args.inputs and not args.runs_dir
     inputs = [DEFAULT_JSON] if default_inputs else args.inputs
-    runs = [r for path in inputs for r in load_json(path, args.metric)]
+    for path in [*inputs, *args.runs_dir]:
+        if not path.exists():
+            sys.exit(f"{path} not found: pass runs JSON files (benchmarks/results/) and folders of run directories")
+    runs = []
+    for path in inputs:
+        try:
+            runs += load_json(path, args.metric)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+            sys.exit(f"{path} is not a runs JSON ({type(err).__name__}: {err}): each key maps to runs with seed, "
+                     f"train_clock and {args.metric}")
     runs += [r for folder in args.runs_dir for r in load_run_dirs(folder, args.metric)]
-    recipes = group(merge(runs), args.reference)
+    runs = merge(runs)
+    recipes = group(runs, args.reference)
     reference = next((r for r in recipes if r.name == args.reference), None)
     if reference is None:
         sys.exit(f"no runs of the reference {args.reference!r}: the ratios and paired differences need it")
     machine = machine_name(runs, args.machine, default_inputs)
+    if args.save_runs:
+        save_runs(runs, args.save_runs, args.metric)
     plot(recipes, reference, args.out, machine, args.metric, args.bar)
     text = f"Held-out accuracy ({args.metric}) and training clock on {machine}\n\n" + table(recipes, reference)
     print(text, end="")

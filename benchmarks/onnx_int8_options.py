@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    for option in ("batch_size", "rounds", "seconds", "threads"):
+        if getattr(args, option) <= 0:
+            parser.error(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option)}")
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="cifarlens-int8-options-") as tmp:

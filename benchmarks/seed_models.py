@@ -33,6 +33,8 @@ import torch
 from cifarlens.config import build_config
 from cifarlens.device import cpu_name
 from cifarlens.data import prepare_data
+from cifarlens.errors import CifarlensError, first_line
+from cifarlens.models.registry import list_models
 from cifarlens.training import TrainConfig, recipe_options
 from cifarlens.training.recipes import recipe_for_model
 from cifarlens.training.trainer import train
@@ -162,21 +164,38 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def names(text: str, option: str) -> list[str]:
+    """Registered model names from a comma-separated option; an unknown one ends the script with one line."""
+    chosen = [m for m in text.split(",") if m]
+    unknown = [m for m in chosen if m not in list_models()]
+    if unknown:
+        raise SystemExit(f"error: unknown model {unknown[0]!r} in {option}; choose from {', '.join(list_models())}")
+    return chosen
+
+
+def seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are integers separated by commas, got {text!r}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: $CIFARLENS_DATA_DIR)")
     parser.add_argument("--models", default=",".join(SEED_MODELS), help="models to time")
     parser.add_argument("--timing-subset", type=int, default=2000, help="images in the timed epoch (0: skip timing)")
     parser.add_argument("--full", default="", help="models to train with their full recipe on all data")
-    parser.add_argument("--seeds", default="0,1", help="seeds for the full runs")
+    parser.add_argument("--seeds", type=seed_list, default="0,1", help="seeds for the full runs")
     parser.add_argument("--epochs", type=int, default=0, help="override the recipe's epochs in full runs (0: keep)")
     parser.add_argument("--val-size", type=int, default=0, help="training images held out and scored in full runs")
     parser.add_argument("--out", default="benchmarks/results/seed_models.json")
+    parser.add_argument("--workdir", default=None, help="keep the run directories here (default: a temporary folder)")
     args = parser.parse_args()
     warnings.simplefilter("ignore", UserWarning)
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        models = [m for m in args.models.split(",") if m]
+        workdir = Path(args.workdir or tmp)
+        models, full = names(args.models, "--models"), names(args.full, "--full")
         t0 = time.time()
         result = {
             "date": str(date.today()),
@@ -184,15 +203,16 @@ def main() -> None:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "command": "python benchmarks/seed_models.py " + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, "")
+                f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in vars(args).items() if v not in (None, "")
             ),
             "timing_subset": args.timing_subset,
-            "timing": timing(models, args.timing_subset, args.data_dir, workdir) if args.timing_subset else [],
-            "accuracy": accuracy(
-                [m for m in args.full.split(",") if m], [int(s) for s in args.seeds.split(",")], args.data_dir, workdir,
-                args.epochs, args.val_size,
-            ),
         }
+        try:
+            result["timing"] = timing(models, args.timing_subset, args.data_dir, workdir) if args.timing_subset else []
+            result["accuracy"] = accuracy(full, args.seeds, args.data_dir, workdir, args.epochs, args.val_size)
+        except CifarlensError as err:  # missing data, a bad option value: one line, as the CLI does
+            raise SystemExit(f"error: {first_line(err)}") from None
         result["wall_s"] = time.time() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -68,3 +68,30 @@ def test_one_machine_per_figure(tmp_path):
 
 def test_pareto_keeps_points_no_faster_one_beats():
     assert frontier.pareto([(3, 1.0), (1, 0.0), (2, 0.0), (4, 2.0), (5, 1.5)]) == [(1, 0.0), (3, 1.0), (4, 2.0)]
+
+
+def test_saved_runs_redraw_the_same_table_without_the_run_directories(tmp_path):
+    (tmp_path / "runs.json").write_text(json.dumps({"airbench94": [run(0, 100.0, 0.935)]}))
+    write_run_dir(tmp_path / "dirs" / "airbench94-s1", 110.0, 0.940)
+    write_run_dir(tmp_path / "dirs" / "ab7-s1", 95.0, 0.933)
+    first, again, saved = tmp_path / "first.md", tmp_path / "again.md", tmp_path / "saved.json"
+    frontier.main([str(tmp_path / "runs.json"), "--runs-dir", str(tmp_path / "dirs"), "--machine", "Test CPU",
+                   "--out", str(tmp_path / "f.png"), "--table", str(first), "--save-runs", str(saved)])  # fmt: skip
+    assert sorted(json.loads(saved.read_text())) == ["ab7", "airbench94"]
+    frontier.main([str(saved), "--machine", "Test CPU", "--out", str(tmp_path / "g.png"), "--table", str(again)])
+    assert again.read_text() == first.read_text()
+    assert "| ab7 | airbench94 cut to 7 ep | 1 |" in again.read_text()
+
+
+NO_CLOCK = '{"fast": [{"seed": 0, "val_tta_translate": 0.9}]}'
+
+
+@pytest.mark.parametrize("content", [None, "not json", '["a list"]', NO_CLOCK])
+def test_bad_inputs_end_in_one_line(tmp_path, content):
+    path = tmp_path / "runs.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as stop:
+        frontier.main([str(path), "--out", str(tmp_path / "f.png")])
+    message = str(stop.value.code)
+    assert message.startswith(str(path)) and "\n" not in message

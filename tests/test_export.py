@@ -286,6 +286,7 @@ def test_bench_measures_every_backend_on_the_same_images(exported, run):
         assert all(len(values) == 2 for values in r["throughput_rounds"].values())  # round-robin: every backend twice
         assert r["throughput"]["16"] == pytest.approx(sum(r["throughput_rounds"]["16"]) / 2)  # median of two
         assert r["reference"] == "torch" and r["vs_reference"] > 0
+        assert r["vs_fp32_matmul"] == pytest.approx(r["gflops"] / report["peak_gflops_fp32_matmul"])
     assert backends["torch"]["vs_reference"] == 1.0
     assert backends["onnxruntime"]["accuracy"] == backends["torch"]["accuracy"]
     bad = cifarlens("bench", run, "--backends", "torch,tensorrt")
