@@ -7,18 +7,28 @@ repeated to 50,000, to time full-size epochs; then ``cifarlens bench`` of the fi
 compiled and onnxruntime. Training seconds are the trainer's own (``summary.json``: ``train_s``, CUDA events
 on a GPU, compilation apart in ``compile_s``). ``--dry-run`` does the same on the CPU with a tiny packed subset,
 fewer epochs and a narrow net, so that the script is tested where no GPU is.
+
+A GPU is lent for minutes, so nothing measured is lost to a later step: the headline pair (``fast`` and
+``airbench94``, seed 0, on the subset and at full size) runs first, the other seeds, ``--compile`` and bench
+after it; gpu_check.json and gpu_check.md are rewritten after every step (``complete`` says whether all
+ran); a step that fails is recorded with its error and the rest go on; a step not begun within
+``--budget-s`` of the check's start is recorded as skipped. The exit status is 1 when a step failed or was
+skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import statistics
 import subprocess
 import sys
 import time
+import traceback
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -70,7 +80,9 @@ def held_out_accuracy(run: Path, device: str) -> tuple[float, str]:
     model, spec = run.load_model(device)
     test = run.load_data().test
     logits = Predictor(model, spec, device=device, tta=tta, tta_translate=translate).logits(test.images)
-    return float((logits.argmax(1) == test.labels).float().mean()), "mirror + shifts" if translate else "mirror" if tta else "none"
+    return float(
+        (logits.argmax(1) == test.labels).float().mean()
+    ), "mirror + shifts" if translate else "mirror" if tta else "none"
 
 
 def bench(run: str, work: Path, dry: bool) -> dict:
@@ -88,23 +100,30 @@ def bench(run: str, work: Path, dry: bool) -> dict:
 
 
 def spread(values: list[float]) -> dict:
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+    return {
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def summarize(runs: list[dict], timed: list[dict]) -> dict:
-    accuracy = {r: spread([x["held_out_acc"] for x in runs if x["recipe"] == r]) for r in SEEDS}
-    subset_s = {r: spread([x["train_s"] for x in runs if x["recipe"] == r]) for r in SEEDS}
+    """Mean ± std per recipe of what has run so far; a comparison whose runs are missing is None."""
+    accuracy = {r: spread([x["held_out_acc"] for x in runs if x["recipe"] == r]) for r in SEEDS
+                if any(x["recipe"] == r for x in runs)}  # fmt: skip
+    subset_s = {r: spread([x["train_s"] for x in runs if x["recipe"] == r]) for r in accuracy}
     full = {x["recipe"]: x for x in timed}
-    ratio = full["fast"]["train_s"] / full["airbench94"]["train_s"]
+    both_full, both_acc = {"fast", "airbench94"} <= full.keys(), {"fast", "airbench94"} <= accuracy.keys()
+    ratio = full["fast"]["train_s"] / full["airbench94"]["train_s"] if both_full else None
     return {
         "held_out_acc": accuracy,
         "train_s_subset": subset_s,
         "train_s_full_size": {name: x["train_s"] for name, x in full.items()},
         "compile_s_full_size": {name: x["compile_s"] for name, x in full.items()},
         "fast_vs_airbench94_time": ratio,
-        "fast_minus_airbench94_acc": accuracy["fast"]["mean"] - accuracy["airbench94"]["mean"],
-        "goal_time_ratio_at_most_1": ratio <= 1.0,
-        "goal_within_2x_of_hiverge_a100": full["fast"]["train_s"] <= 2 * HIVERGE_A100_S,
+        "fast_minus_airbench94_acc": accuracy["fast"]["mean"] - accuracy["airbench94"]["mean"] if both_acc else None,
+        "goal_time_ratio_at_most_1": ratio <= 1.0 if both_full else None,
+        "goal_within_2x_of_hiverge_a100": full["fast"]["train_s"] <= 2 * HIVERGE_A100_S if "fast" in full else None,
     }
 
 
@@ -133,8 +152,13 @@ def pytest_counts(path: Path) -> dict:
 
 def markdown(result: dict) -> str:
     s, m = result["summary"], result["machine"]
-    where = f"{m.get('gpu', 'CPU (dry run)')}, driver {m.get('driver', '-')}, CUDA {m.get('cuda', '-')}, torch {m['torch']}"
-    lines = [f"# gpu_check {'(dry run) ' if result['dry_run'] else ''}{m['date']}", "", where, "",
+    where = (
+        f"{m.get('gpu', 'CPU (dry run)')}, driver {m.get('driver', '-')}, CUDA {m.get('cuda', '-')}, torch {m['torch']}"
+    )
+    state = "complete" if result["complete"] else "INCOMPLETE: " + "; ".join(
+        [f"failed {x['step']}: {x['error']}" for x in result["failed"]] + [f"skipped {x}" for x in result["skipped"]]
+        + (["still running"] if not result["failed"] and not result["skipped"] else []))  # fmt: skip
+    lines = [f"# gpu_check {'(dry run) ' if result['dry_run'] else ''}{m['date']}", "", where, "", state, "",
              f"cuda tests: {result['pytest']}", "",
              f"Held-out accuracy with TTA ({result['subset']['train']} training images, {result['subset']['held_out']} held out):", "",
              "| recipe | seeds | held-out acc % | training s (subset) |", "| --- | ---: | ---: | ---: |"]  # fmt: skip
@@ -146,13 +170,61 @@ def markdown(result: dict) -> str:
               "| run | training s | compile s (apart) |", "| --- | ---: | ---: |"]  # fmt: skip
     for name, secs in s["train_s_full_size"].items():
         lines.append(f"| {name} | {secs:.2f} | {s['compile_s_full_size'][name]:.1f} |")
-    lines += ["", (f"fast / airbench94 training time: {s['fast_vs_airbench94_time']:.2f}x; "
-                   f"fast minus airbench94 held-out accuracy: {100 * s['fast_minus_airbench94_acc']:+.2f} points"), "",
-              "| backend | accuracy % | p50 ms (b=1) | img/s at largest batch |", "| --- | ---: | ---: | ---: |"]  # fmt: skip
+    ratio, gain = s["fast_vs_airbench94_time"], s["fast_minus_airbench94_acc"]
+    lines += ["", (f"fast / airbench94 training time: {'-' if ratio is None else f'{ratio:.2f}x'}; fast minus "
+                   f"airbench94 held-out accuracy: {'-' if gain is None else f'{100 * gain:+.2f} points'}"), ""]  # fmt: skip
+    if result["bench"] is None:
+        return "\n".join(lines + ["cifarlens bench: not run"]) + "\n"
+    lines += ["| backend | accuracy % | p50 ms (b=1) | img/s at largest batch |", "| --- | ---: | ---: | ---: |"]
     for r in result["bench"]["results"]:
         big = max(r["throughput"], key=int)
-        lines.append(f"| {r['backend']} | {r['accuracy']:.2f} | {r['latency_p50_ms']:.2f} | {r['throughput'][big]:,.0f} |")
+        lines.append(
+            f"| {r['backend']} | {r['accuracy']:.2f} | {r['latency_p50_ms']:.2f} | {r['throughput'][big]:,.0f} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Check:
+    """The check's result as it grows: every finished step is written to ``out`` at once."""
+
+    out: Path
+    budget_s: float
+    started: float
+    result: dict = field(default_factory=dict)
+
+    def step(self, name: str, fn, *args):
+        """Run one step; record its error or its skipping (past the budget) instead of stopping the check."""
+        if time.time() - self.started > self.budget_s:
+            print(f"skipped {name}: past the {self.budget_s:.0f} s budget", flush=True)
+            self.result["skipped"].append(name)
+            return None
+        try:
+            return fn(*args)
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - one failed run must not cost the others' numbers
+            traceback.print_exc()
+            self.result["failed"].append({"step": name, "error": f"{type(err).__name__}: {err}"[:500]})
+            return None
+        finally:
+            self.write()
+
+    def write(self) -> None:
+        r = self.result
+        r["summary"] = summarize(r["runs"], r["timed"])
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name, text in (("gpu_check.json", json.dumps(r, indent=2) + "\n"), ("gpu_check.md", markdown(r))):
+            tmp = self.out / f".{name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, self.out / name)  # a kill mid-write leaves the last whole file
+
+
+def plan(seeds: dict[str, list[int]]) -> list[tuple[str, str, list[str], int]]:
+    """(split, name, train args, seed) of every run, in the order they go: seed 0 of both recipes on the
+    subset and at full size first, so that a check cut short still has the comparison."""
+    head = [("subset", r, [], seeds[r][0]) for r in seeds]
+    full = [("full", name, args, 0) for name, args in TIMED]
+    rest = [("subset", r, [], s) for r in seeds for s in seeds[r][1:]]
+    return head + [f for f in full if f[1] != "fast-compile"] + rest + [f for f in full if f[1] == "fast-compile"]
 
 
 def main() -> None:
@@ -162,6 +234,8 @@ def main() -> None:
     parser.add_argument("--packed", type=Path, default=Path("gpu_data"), help="the packed subset (gpu_data.py pack)")
     parser.add_argument("--pytest-log", type=Path, help="output of the cuda tests, for their counts")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny subset packed here from $CIFARLENS_DATA_DIR")
+    parser.add_argument("--budget-s", type=float, default=450.0, help="begin no step later than this after --started")
+    parser.add_argument("--started", type=float, default=time.time(), help="when the check began (Unix seconds)")
     args = parser.parse_args()
     seeds, extra, full_size = (DRY["seeds"], DRY["args"], DRY["full_size"]) if args.dry_run else (SEEDS, [], FULL_SIZE)
     packed = args.packed
@@ -170,27 +244,36 @@ def main() -> None:
         pack(None, packed, DRY["train"], DRY["held_out"], seed=0, method=0)
     elif not (packed / "subset.json").is_file():
         raise SystemExit(f"error: no packed subset in {packed}; run python benchmarks/gpu_data.py pack, carry gpu_data")
-    subset = unpack(packed, args.work / "subset")
-    full = unpack(packed, args.work / f"full{full_size}", repeat_to=full_size)
-    recipe_args = DRY["recipe_args"] if args.dry_run else {}
-    runs = [train(r, [], seed, subset, args.work, extra + recipe_args.get(r, [])) for r in seeds for seed in seeds[r]]
-    timed = [train(name, a, 0, full, args.work, extra + recipe_args.get(a[1] if a else name, [])) for name, a in TIMED]
+    data = {"subset": unpack(packed, args.work / "subset"),
+            "full": unpack(packed, args.work / f"full{full_size}", repeat_to=full_size)}  # fmt: skip
     index = json.loads((packed / "subset.json").read_text())
-    result = {
-        "dry_run": args.dry_run,
-        "machine": machine(),
+    check = Check(args.out, args.budget_s, args.started)
+    check.result = {
+        "dry_run": args.dry_run, "complete": False, "machine": machine(),
         "subset": {"train": index["train"]["n"], "held_out": index["held_out"]["n"], "full_size": full_size},
         "pytest": pytest_counts(args.pytest_log) if args.pytest_log else {},
-        "summary": summarize(runs, timed),
-        "runs": runs,
-        "timed": timed,
-        "bench": bench(runs[0]["run"], args.work, args.dry_run),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "gpu_check.md").write_text(markdown(result))
-    print(markdown(result))
+        "failed": [], "skipped": [], "runs": [], "timed": [], "bench": None,
+    }  # fmt: skip
+    check.write()
+    recipe_args = DRY["recipe_args"] if args.dry_run else {}
+    for split, name, train_args, seed in plan(seeds):
+        more = extra + recipe_args.get(train_args[1] if train_args else name, [])
+        done = check.step(f"{name} seed {seed} ({split})", train, name, train_args, seed, data[split], args.work, more)
+        if done:
+            check.result["runs" if split == "subset" else "timed"].append(done)
+    first = next((r["run"] for r in check.result["runs"] if r["recipe"] == "fast"), None)
+    if first is None:
+        check.result["skipped"].append("cifarlens bench (no fast run to bench)")
+    else:
+        check.result["bench"] = check.step("cifarlens bench", bench, first, args.work, args.dry_run)
+    check.result["complete"] = not check.result["failed"] and not check.result["skipped"]
+    check.write()
+    print(markdown(check.result))
     print(f"wrote {args.out / 'gpu_check.json'} and {args.out / 'gpu_check.md'}")
+    if not check.result["complete"]:
+        raise SystemExit(
+            "error: the check is incomplete (failed or skipped steps above); what ran is in gpu_check.json"
+        )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # The whole GPU validation of issue 24 in one command, on a machine whose python3 has PyTorch and no
 # package registry (README, "The GPU path"): the tests marked cuda, then benchmarks/gpu_check.py (fast x 5
 # seeds and airbench94 x 2 on the packed subset, full-size epochs timed, cifarlens bench), one JSON and one
-# markdown table into $OUT (default ./gpu_check_out).
+# markdown table into $OUT (default ./gpu_check_out), rewritten after every step.
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine, from the checkout root, gpu_data/ carried along
 #   bash benchmarks/gpu_check.sh --dry-run  # the same steps on the CPU, on a tiny subset packed from $CIFARLENS_DATA_DIR
@@ -10,6 +10,7 @@
 # The project runs from src/ through PYTHONPATH, not installed. Pure-Python wheels it needs and python3 lacks
 # go in .whl/ (git-ignored) and are installed to a scratch folder first.
 set -euo pipefail
+started=$(date +%s)
 cd "$(dirname "$0")/.."
 dry=()
 case "${1:-}" in
@@ -41,12 +42,16 @@ export PYTHONPATH="$path${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDO
 
 echo "== tests marked cuda"
 set +e
-"$PY" -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$work/pytest.txt"
+# Capped, so that a hung test cannot eat the runs' time (124: killed; recorded as a failure).
+timeout "${TESTS_TIMEOUT_S:-180}" "$PY" -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$work/pytest.txt"
 tests=${PIPESTATUS[0]}
 set -e
 if [ "$tests" -ne 0 ] && [ "$tests" -ne 5 ]; then  # 5: every test deselected or skipped
   echo "error: the cuda tests failed (exit $tests); the runs go on, gpu_check.json records the counts" >&2
 fi
 echo "== runs, timing, bench"
-"$PY" benchmarks/gpu_check.py --work "$work" --out "$OUT" --pytest-log "$work/pytest.txt" "${dry[@]}"
+# Steps not begun within BUDGET_S seconds of the start are skipped (and recorded), so the results come back
+# before the device run's limit; every finished step is in $OUT already.
+"$PY" benchmarks/gpu_check.py --work "$work" --out "$OUT" --pytest-log "$work/pytest.txt" \
+  --started "$started" --budget-s "${BUDGET_S:-450}" "${dry[@]}"
 exit "$([ "$tests" -eq 0 ] || [ "$tests" -eq 5 ] && echo 0 || echo 1)"

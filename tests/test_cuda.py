@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -133,6 +134,53 @@ def test_gpu_check_dry_run_writes_numbers(cifar_root, tmp_path):
     table = (out / "gpu_check.md").read_text()
     assert "| fast | 2 |" in table and "| airbench94 | 1 |" in table and "| onnxruntime |" in table
     assert (out / "gpu_check.log").is_file()
+
+
+def _gpu_check_module(monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", module)  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_keeps_what_ran_when_a_step_fails(cifar_root, tmp_path, monkeypatch):
+    """A compile error on the GPU (here: raised in the fast --compile step) costs that step, not the others."""
+    check = _gpu_check_module(monkeypatch)
+    real_train = check.train
+
+    def train(name, args, *rest):
+        if name == "fast-compile":
+            raise RuntimeError("inductor broke")
+        return real_train(name, args, *rest)
+
+    monkeypatch.setattr(check, "train", train)
+    monkeypatch.setenv("CIFARLENS_DATA_DIR", str(cifar_root))
+    monkeypatch.setenv("TORCHDYNAMO_DISABLE", "1")  # bench's compiled backend runs eagerly, as in the dry run
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--work", str(tmp_path / "work"), "--out", str(out), "--dry-run"])
+    with pytest.raises(SystemExit, match="incomplete"):
+        check.main()
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert not report["complete"]
+    assert report["failed"] == [{"step": "fast-compile seed 0 (full)", "error": "RuntimeError: inductor broke"}]
+    assert [(r["recipe"], r["seed"]) for r in report["runs"]] == [("fast", 0), ("airbench94", 0), ("fast", 1)]
+    assert report["summary"]["fast_vs_airbench94_time"] > 0 and report["bench"]["results"]
+    assert "INCOMPLETE: failed fast-compile seed 0 (full)" in (out / "gpu_check.md").read_text()
+
+
+def test_gpu_check_past_its_budget_skips_the_steps_and_says_so(cifar_root, tmp_path):
+    out = tmp_path / "out"
+    env = os.environ | {"CIFARLENS_DATA_DIR": str(cifar_root), "OUT": str(out), "PYTHON": sys.executable,
+                        "BUDGET_S": "0"}  # fmt: skip
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, text=True,
+                            capture_output=True, timeout=600, check=False)  # fmt: skip
+    assert result.returncode == 1 and "the check is incomplete" in result.stdout + result.stderr
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["runs"] == report["timed"] == [] and report["bench"] is None and not report["failed"]
+    assert report["skipped"][:2] == ["fast seed 0 (subset)", "airbench94 seed 0 (subset)"]
+    assert report["summary"]["fast_vs_airbench94_time"] is None
+    assert "skipped fast seed 0 (subset)" in (out / "gpu_check.md").read_text()
 
 
 def test_fast_recipes_score_the_test_split_at_the_end_only_on_cuda(monkeypatch):
