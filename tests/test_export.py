@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, cifarlens
+from conftest import assert_one_line_error, cifarlens, real_data_dir
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -27,7 +27,19 @@ from cifarlens.export.onnx_export import VerificationError, export_run, load_eva
 from cifarlens.export.predict import predict_files
 from cifarlens.export.runtime import OnnxClassifier, open_classifier
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples"
+
+def _samples_dir() -> Path:
+    """The shared sample JPEGs: beside the CIFAR-10 folder that CIFARLENS_DATA_DIR names (../shared/data),
+    else beside the checkout."""
+    data = real_data_dir()
+    beside_data = data.parent / "samples" if data else None
+    if beside_data and beside_data.is_dir():
+        return beside_data
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples"
+
+
+SAMPLES = _samples_dir()
+needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason="no shared sample JPEGs")
 pytestmark = pytest.mark.filterwarnings("ignore:.*differ from the official CIFAR-10 MD5")
 
 
@@ -193,7 +205,7 @@ def test_folders_are_walked_once_and_loops_reported(tmp_path):
     assert any("missing.png: no such file" in e for e in found.errors)
 
 
-@pytest.mark.skipif(not SAMPLES.is_dir(), reason="no shared sample JPEGs")
+@needs_samples
 def test_onnx_and_pytorch_predict_the_same_on_real_jpegs(exported, run):
     folders = [SAMPLES / "cat", SAMPLES / "ship"]
     torch_preds = list(predict_files(open_classifier(run), folders, k=3))
@@ -329,6 +341,7 @@ def test_backend_mistakes_are_one_line_errors(exported, run, tmp_path):
     assert "--quantize int8" in result.stderr
 
 
+@needs_samples
 def test_predict_runs_on_the_chosen_backend(exported, run):
     pytest.importorskip("openvino")
     folder = SAMPLES / "cat"
