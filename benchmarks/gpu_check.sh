@@ -18,6 +18,11 @@ case "${1:-}" in
   --dry-run) dry=(--dry-run) ;;
   *) echo "error: unknown argument ${1}; usage: bash benchmarks/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
 esac
+for limit in BUDGET_S TESTS_TIMEOUT_S; do  # checked before the tests spend minutes of a lent GPU
+  if ! [[ "${!limit:-0}" =~ ^[0-9]+$ ]]; then
+    echo "error: $limit=${!limit} is not a whole number of seconds; unset it or give one, e.g. $limit=300" >&2; exit 2
+  fi
+done
 PY=${PYTHON:-python3}
 OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"

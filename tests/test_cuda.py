@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error
 from safetensors.torch import load_file
 
 from cifarlens.config import build_config
@@ -181,6 +182,15 @@ def test_gpu_check_past_its_budget_skips_the_steps_and_says_so(cifar_root, tmp_p
     assert report["skipped"][:2] == ["fast seed 0 (subset)", "airbench94 seed 0 (subset)"]
     assert report["summary"]["fast_vs_airbench94_time"] is None
     assert "skipped fast seed 0 (subset)" in (out / "gpu_check.md").read_text()
+
+
+def test_gpu_check_refuses_a_limit_that_is_not_seconds_before_running_anything(tmp_path):
+    for limit in ("BUDGET_S", "TESTS_TIMEOUT_S"):
+        env = os.environ | {"OUT": str(tmp_path / limit), "PYTHON": sys.executable, limit: "5min"}
+        result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, text=True,
+                                capture_output=True, timeout=60, check=False)  # fmt: skip
+        assert_one_line_error(result, f"{limit}=5min is not a whole number of seconds")
+        assert not (tmp_path / limit).exists()  # stopped before the output folder was made
 
 
 def test_fast_recipes_score_the_test_split_at_the_end_only_on_cuda(monkeypatch):
