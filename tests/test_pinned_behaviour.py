@@ -3,8 +3,9 @@
 Two tiny runs (the ``fast`` recipe on a narrow airnet with one 24-px epoch, and the ``tutorial`` recipe)
 train on the synthetic dataset in fp32 on one thread; the SHA-256 of their final weights and their
 metrics.csv losses and accuracies must equal the ones in ``pins/training.json``. Float kernels differ
-between CPU kinds and torch versions, so pins are kept per ``machine_key()``; a machine without one
-skips. Regenerate only on purpose, when a change is meant to change the numbers:
+between CPU kinds and torch versions, so pins are kept per ``machine_key()``. On a machine without a pin the
+test does not skip: it trains each run twice and asserts the two are bit-identical (determinism), and warns
+that no pin exists yet for that machine. Regenerate only on purpose, when a change is meant to change the numbers:
 
     CIFARLENS_RECORD_PINS=1 python -m pytest -q tests/test_pinned_behaviour.py
 
@@ -18,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import warnings
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,10 @@ def test_training_is_bit_identical_to_its_pin(name, cifar_root, tmp_path):
         pins.setdefault(key, {})[name] = got
         PINS.parent.mkdir(exist_ok=True)
         PINS.write_text(json.dumps(pins, indent=2, sort_keys=True) + "\n")
-    if name not in pins.get(key, {}):
-        pytest.skip(f"no pinned numbers for {key}; record them on purpose (see the module docstring)")
-    assert got == pins[key][name]
+    if name in pins.get(key, {}):
+        assert got == pins[key][name]
+        return
+    again = pinned_run(cifar_root, tmp_path / f"{name}-again", *RUNS[name])
+    assert got == again, "two identical seeded runs gave different weights or metrics"
+    warnings.warn(f"no pinned numbers for {key} yet: only determinism was checked; record pins on purpose "
+                  "(see the module docstring)", stacklevel=1)
