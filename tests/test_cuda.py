@@ -170,6 +170,94 @@ def test_gpu_check_keeps_what_ran_when_a_step_fails(cifar_root, tmp_path, monkey
     assert "INCOMPLETE: failed fast-compile seed 0 (full)" in (out / "gpu_check.md").read_text()
 
 
+class FakeSteps:
+    """gpu_check's train and bench replaced by steps that take ``step_s`` seconds of a fake clock each and look
+    at gpu_check.json as the next step begins."""
+
+    def __init__(self, check, out: Path, step_s: float = 100.0):
+        self.clock, self.step_s, self.out, self.seen = 0.0, step_s, out, []
+        check.time = type("FakeTime", (), {"time": lambda _: self.clock, "perf_counter": lambda _: self.clock})()
+
+    def _look(self):
+        report = json.loads((self.out / "gpu_check.json").read_text())
+        self.seen.append(len(report["runs"]) + len(report["timed"]))
+        self.clock += self.step_s
+
+    def train(self, name, args, seed, data, work, extra):
+        self._look()
+        return {"recipe": name, "seed": seed, "run": str(work), "held_out_acc": 0.9 - 0.01 * seed, "train_s": 1.0,
+                "compile_s": 0.0, "epochs": [{"epoch": 1, "train_clock_s": 1.0, "held_out_acc": 0.8}]}  # fmt: skip
+
+    def bench(self, run, work, options):
+        self._look()
+        return {"results": []}
+
+
+def fake_check(monkeypatch, cifar_root, tmp_path, *flags):
+    check = _gpu_check_module(monkeypatch)
+    out = tmp_path / "out"
+    steps = FakeSteps(check, out)
+    monkeypatch.setattr(check, "train", steps.train)
+    monkeypatch.setattr(check, "bench", steps.bench)
+    monkeypatch.setenv("CIFARLENS_DATA_DIR", str(cifar_root))
+    monkeypatch.delenv("TORCHDYNAMO_DISABLE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--work", str(tmp_path / "work"), "--out", str(out),
+                                      "--started", "0", *flags])  # fmt: skip
+    return check, steps, out
+
+
+def test_gpu_check_has_every_finished_step_on_disk_before_the_next_begins(cifar_root, tmp_path, monkeypatch):
+    """A check killed at the device's limit keeps its last finished step (the files never lag one step)."""
+    check, steps, out = fake_check(monkeypatch, cifar_root, tmp_path, "--dry-run", "--budget-s", "1e9")
+    check.main()
+    runs = len(check.plan(check.DRY["seeds"]))
+    assert steps.seen == list(range(runs)) + [runs]  # bench, the last step, saw every run on disk
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["complete"] and len(report["runs"]) + len(report["timed"]) == runs and report["bench"] == {"results": []}
+    assert set(report["step_s"]) == {*(f"{n} seed {s} ({sp})" for sp, n, _, s in check.plan(check.DRY["seeds"])),
+                                     "cifarlens bench"}  # fmt: skip
+
+
+def test_gpu_check_skips_a_step_that_would_not_end_within_the_budget(cifar_root, tmp_path, monkeypatch):
+    """100 s a step, a 450 s budget: the four headline steps end at 400 s; the next subset run would end at
+    500 s (its like took 100 s), so it is skipped although it could begin in time; the compiled run is
+    estimated from the eager one; bench (a few seconds) still fits."""
+    check, steps, out = fake_check(monkeypatch, cifar_root, tmp_path, "--dry-run", "--budget-s", "450",
+                                   "--compile-allowance-s", "0")  # fmt: skip
+    with pytest.raises(SystemExit, match="incomplete"):
+        check.main()
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert [(r["recipe"], r["seed"]) for r in report["runs"]] == [("fast", 0), ("airbench94", 0)]
+    assert [r["recipe"] for r in report["timed"]] == ["fast", "airbench94"]
+    assert report["skipped"] == ["fast seed 1 (subset)", "fast-compile seed 0 (full)"]
+    assert report["bench"] == {"results": []} and not report["failed"]
+
+
+def test_gpu_check_without_a_gpu_stops_at_once_outside_the_dry_run(tmp_path):
+    env = os.environ | {"OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, text=True, capture_output=True,
+                            timeout=120, check=False)  # fmt: skip
+    assert_one_line_error(result, "sees no CUDA GPU")
+    assert "tests marked cuda" not in result.stdout
+
+
+def test_gpu_check_fails_when_no_cuda_test_passed(cifar_root, tmp_path, monkeypatch):
+    """pytest exits 0 when every cuda test skipped (no GPU visible to them): on the GPU that is a failure."""
+    check, _, out = fake_check(monkeypatch, cifar_root, tmp_path)
+    check.pack(None, tmp_path / "packed", 400, 100, seed=0, method=0)
+    log = tmp_path / "pytest.txt"
+    log.write_text("5 skipped, 6 deselected in 0.04s\n")
+    monkeypatch.setattr(check.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(check, "machine", lambda: {"torch": "x", "date": "d", "versions": {}, "onnxruntime_providers": []})
+    monkeypatch.setattr(check, "FULL_SIZE", 1000)
+    sys.argv += ["--packed", str(tmp_path / "packed"), "--pytest-log", str(log), "--budget-s", "1e9"]
+    with pytest.raises(SystemExit, match="incomplete"):
+        check.main()
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["failed"] == [{"step": "cuda tests", "error": "no cuda test passed ({'skipped': 5, 'deselected': 6})"}]
+    assert len(report["runs"]) == 7  # the runs still went on
+
+
 def test_gpu_check_past_its_budget_skips_the_steps_and_says_so(cifar_root, tmp_path):
     out = tmp_path / "out"
     env = os.environ | {"CIFARLENS_DATA_DIR": str(cifar_root), "OUT": str(out), "PYTHON": sys.executable,

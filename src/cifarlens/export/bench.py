@@ -48,6 +48,7 @@ def available_backends(device: str = "cpu") -> list[str]:
 @dataclass
 class BackendResult:
     backend: str
+    runs_on: str  # what executed it: torch's device, onnxruntime's execution provider, OpenVINO's plugin
     accuracy: float  # % on the test images
     latency_p50_ms: float  # batch 1
     latency_p99_ms: float
@@ -177,6 +178,7 @@ def bench_backends(
         ratios = np.array(speeds[name][big]) / np.array(speeds[reference][big])
         results.append(BackendResult(
             backend=name,
+            runs_on=classifiers[name].runs_on,
             accuracy=accuracy,
             latency_p50_ms=float(np.percentile(latencies, 50)),
             latency_p99_ms=float(np.percentile(latencies, 99)),

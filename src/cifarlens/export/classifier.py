@@ -54,6 +54,7 @@ class Classifier:
     source: str
     info: dict[str, Any]
     fixed_batch: int | None = None  # an ONNX graph exported without a dynamic batch takes only this many
+    runs_on: str = "cpu"  # what actually executes it: a torch device, onnxruntime's execution provider, ...
 
     def run(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -250,8 +250,6 @@ def bench(
     for name in chosen:
         if name in graphs:
             classifiers[name] = graph_backend(graphs[name], name, threads=threads, device=device)
-            if getattr(classifiers[name], "provider", "CPUExecutionProvider") != "CPUExecutionProvider":
-                console.print(f"{name} runs on {classifiers[name].provider}")
         else:
             classifiers[name] = base if name == "torch" else torch_backend(model, spec, source, name, device=device)
     console.print(f"measuring {', '.join(chosen)} in {rounds} round-robin rounds ...")
@@ -261,6 +259,7 @@ def bench(
     where = "this CPU" if device == "cpu" else torch.cuda.get_device_name()
     table = Table(title=f"inference on {where}: {escape(str(source))} ({spec.name}, {threads} threads)")
     table.add_column("backend", style="bold")
+    table.add_column("runs on")
     table.add_column("accuracy", justify="right")
     table.add_column("p50 / p99 ms (b=1)", justify="right")
     for size in sizes:
@@ -269,7 +268,7 @@ def bench(
     table.add_column("GFLOP/s (x fp32 matmul)", justify="right")
     for r in results:
         table.add_row(
-            r.backend, f"{r.accuracy:.2f}%", f"{r.latency_p50_ms:.2f} / {r.latency_p99_ms:.2f}",
+            r.backend, r.runs_on, f"{r.accuracy:.2f}%", f"{r.latency_p50_ms:.2f} / {r.latency_p99_ms:.2f}",
             *(f"{r.throughput[s]:,.0f}" for s in sizes), f"{r.vs_reference:.2f}x",
             f"{r.gflops:.1f} ({r.vs_fp32_matmul:.2f}x)",
         )  # fmt: skip

@@ -62,6 +62,7 @@ class OpenVinoClassifier(Classifier):
         int8 = bool(self.info.get("quantization"))
         self.backend = "openvino-int8" if int8 else ("openvino-bf16" if precision == "bf16" else "openvino")
         self.core = ov.Core()
+        self.runs_on = "OpenVINO CPU plugin"
         try:
             self.model = self.core.read_model(str(path))
         except Exception as err:  # OpenVINO raises its own RuntimeError subclasses for unreadable graphs

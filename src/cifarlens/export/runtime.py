@@ -66,6 +66,7 @@ class TorchClassifier(Classifier):
         self.info = {"model": spec.name, "model_args": spec.kwargs, "image_size": spec.image_size}
         self.predictor = Predictor(model.eval().to(memory_format=torch.channels_last), spec, compile=compile,
                                    device=device, precision=precision)  # fmt: skip
+        self.runs_on = str(self.predictor.device)
 
     def run(self, images: np.ndarray) -> np.ndarray:
         self.predictor.batch_size = max(len(images), 1)  # Classifier.logits has batched already
@@ -102,7 +103,7 @@ class OnnxClassifier(Classifier):
             raise RunDirError(
                 f"{path} is not a loadable ONNX model ({first_line(err)}); export it again"
             ) from None
-        self.provider = self.session.get_providers()[0]
+        self.provider = self.runs_on = self.session.get_providers()[0]
         if self.provider == "CUDAExecutionProvider":
             self.backend += "-cuda"
         node = self.session.get_inputs()[0]
