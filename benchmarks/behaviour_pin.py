@@ -23,7 +23,7 @@ RUNS = {
     "fast": ["--recipe", "fast", "--early-epochs", "1"],
     "resnet18": ["--recipe", "resnet18"],
 }
-COMMON = ["--subset", "2000", "--epochs", "2", "--precision", "fp32", "--no-report", "--seed", "0"]
+COMMON = ["--epochs", "2", "--precision", "fp32", "--no-report", "--seed", "0"]
 COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr")
 
 
@@ -38,9 +38,9 @@ def weights_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def pin(out: Path, name: str, flags: list[str]) -> dict:
+def pin(out: Path, name: str, flags: list[str], subset: int = 2000) -> dict:
     run = out / name
-    cmd = [sys.executable, "-m", "cifarlens.cli", "train", *flags, *COMMON, "--out", str(run)]
+    cmd = [sys.executable, "-m", "cifarlens.cli", "train", *flags, *COMMON, "--subset", str(subset), "--out", str(run)]
     subprocess.run(cmd, check=True, env=os.environ | {"COLUMNS": "200"})
     with open(run / "metrics.csv", newline="") as f:
         rows = [{k: r[k] for k in COLUMNS if r.get(k)} for r in csv.DictReader(f)]
@@ -56,9 +56,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs and pin.json")
     parser.add_argument("--only", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
+    parser.add_argument("--subset", type=int, default=2000, help="training images of each run (pins compare equal sizes)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {name: pin(args.out, name, RUNS[name]) for name in args.only.split(",")}
+    unknown = sorted(set(args.only.split(",")) - RUNS.keys())
+    if unknown:
+        parser.error(f"unknown run {unknown[0]!r} in --only; choose from {', '.join(RUNS)}")
+    result = {name: pin(args.out, name, RUNS[name], args.subset) for name in args.only.split(",")}
     (args.out / "pin.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -59,17 +59,20 @@ def conv_step_gflops(precision: str, channels_last: bool, batch: int = 256) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds of each matmul measurement")
+    parser.add_argument("--matmul-n", type=int, default=4096, help="size of the square matmul (smaller: short of peak)")
+    parser.add_argument("--batch", type=int, default=256, help="images in the conv training step")
     parser.add_argument("--out", default="benchmarks/results/cpu_peak.json")
     parser.add_argument("--release-memory", action="store_true", help="leave glibc returning freed memory to the OS")
     args = parser.parse_args()
     kept = not args.release_memory and keep_freed_memory()
     variants = {
-        "matmul fp32": lambda: matmul_peak_gflops(dtype=torch.float32),
-        "matmul bf16": lambda: matmul_peak_gflops(dtype=torch.bfloat16),
-        "conv step fp32 contiguous": lambda: conv_step_gflops("fp32", False),
-        "conv step fp32 channels_last": lambda: conv_step_gflops("fp32", True),
-        "conv step bf16 contiguous": lambda: conv_step_gflops("bf16", False),
-        "conv step bf16 channels_last": lambda: conv_step_gflops("bf16", True),
+        "matmul fp32": lambda: matmul_peak_gflops(args.seconds, args.matmul_n, dtype=torch.float32),
+        "matmul bf16": lambda: matmul_peak_gflops(args.seconds, args.matmul_n, dtype=torch.bfloat16),
+        "conv step fp32 contiguous": lambda: conv_step_gflops("fp32", False, args.batch),
+        "conv step fp32 channels_last": lambda: conv_step_gflops("fp32", True, args.batch),
+        "conv step bf16 contiguous": lambda: conv_step_gflops("bf16", False, args.batch),
+        "conv step bf16 channels_last": lambda: conv_step_gflops("bf16", True, args.batch),
     }
     samples: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.repeats):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import os
 import shutil
 import statistics
@@ -182,6 +183,7 @@ def main() -> None:
         "--val-size", type=int, default=0,
         help="hold out N pixel-exact training images in every run and score them (the test set here is JPEG-recovered)",
     )
+    parser.add_argument("--train-args", default="", help="options added to every train command (e.g. a smoke test's tiny runs)")
     parser.add_argument("--targets-on", choices=("test", "val"), default="test", help="which split --targets time")
     parser.add_argument("--workdir", default=str(ROOT / "runs"), help="where the run directories go")
     parser.add_argument("--out", default=str(ROOT / "results" / "time_to_accuracy.json"))
@@ -200,6 +202,7 @@ def main() -> None:
     targets = [float(t) for t in args.targets.split(",")]
 
     def record(recipe: str, seeds: list[int], extra: list[str]) -> None:
+        extra = [*shlex.split(args.train_args), *extra]
         for seed in seeds:
             if (recipe, seed) in done:
                 continue
