@@ -46,7 +46,8 @@ def timed_steps(command: str, cwd: Path, env: dict[str, str], extra_train_args: 
     """Run each ``&&`` step of ``command`` in one bash process (so ``. .venv/bin/activate`` carries over),
     timing each with bash's own clock; the steps' output goes to this process's stdout."""
     steps = [s.strip() for s in command.split("&&")]
-    steps = [s + " " + shlex.join(extra_train_args) if " cifarlens train" in f" {s}" else s for s in steps]
+    if extra_train_args:
+        steps = [s + " " + shlex.join(extra_train_args) if " cifarlens train" in f" {s}" else s for s in steps]
     script = ["set -e", 't() { local s=$EPOCHREALTIME; eval "$1"; echo "STEP_T $s $EPOCHREALTIME"; }']
     script += [f"t {shlex.quote(s)}" for s in steps]
     proc = subprocess.run(["bash", "-c", "\n".join(script)], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
