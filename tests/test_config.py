@@ -69,3 +69,31 @@ def test_bad_yaml_names_the_file(tmp_path):
 def test_unknown_recipe_lists_valid():
     with pytest.raises(ConfigError, match="valid recipes: .*seed"):
         recipe_options("warp-speed")
+
+
+def test_a_recipe_at_fewer_epochs_scales_its_epoch_counted_options():
+    from cifarlens.training.recipes import scaled_to_epochs
+
+    preset, changed = scaled_to_epochs(recipe_options("fast"), {}, {"epochs": 2})
+    cfg = build_config(TrainConfig, preset, {"epochs": 2})
+    assert (cfg.epochs, cfg.early_epochs, cfg.whiten_bias_epochs) == (2, 1, 0.75)
+    assert changed == {"epochs": (8, 2), "early_epochs": (5, 1), "whiten_bias_epochs": (3.0, 0.75)}
+    # A value the user sets stays as set; the recipe's own epochs change nothing.
+    preset, changed = scaled_to_epochs(recipe_options("fast"), {"early_epochs": 2}, {"epochs": 4})
+    assert (preset["early_epochs"], preset["whiten_bias_epochs"]) == (5, 1.5) and "early_epochs" not in changed
+    assert scaled_to_epochs(recipe_options("fast"), {"epochs": 8}) == (recipe_options("fast"), {})
+    assert scaled_to_epochs(recipe_options("tutorial"), {"epochs": 3})[0]["early_epochs"] == 0  # none to scale
+
+
+def test_train_says_what_a_shorter_recipe_became(cifar_root, tmp_path):
+    from conftest import cifarlens
+
+    from cifarlens.run import RunDir
+
+    out = tmp_path / "run"
+    result = cifarlens("train", "--recipe", "fast", "--epochs", "2", "--data-dir", str(cifar_root), "--no-download",
+                       "--model-args", "{width: 8, wide: 16}", "--no-report", "--no-evaluate", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--early-epochs 5 -> 1, --whiten-bias-epochs 3 -> 0.75" in result.stdout
+    config = RunDir(out).config
+    assert (config["early_epochs"], config["whiten_bias_epochs"]) == (1, 0.75)

@@ -111,3 +111,18 @@ def test_airnet_whitening_decorrelates_patches():
     assert not model.whiten.weight.requires_grad
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert "blocks.block1.bn1.weight" in frozen  # BatchNorm scale stays 1
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_declared_classifier_and_probe_stages_exist_in_the_built_model(name):
+    """What tools read from a model's declaration names real parts of it: the classifier is an nn.Linear with
+    the model's classes as outputs, and every probe stage is a node the feature extractor can return."""
+    model = create_model(name).eval()
+    caps = model_capabilities(name)
+    classifier = model.get_submodule(caps.classifier)
+    assert isinstance(classifier, torch.nn.Linear) and classifier.out_features == 10, name
+    assert caps.probe_stages, name
+    _, nodes = get_graph_node_names(model)
+    missing = [stage for stage in caps.probe_stages if stage not in nodes]
+    assert not missing, f"{name}: probe stages {missing} are not nodes of the traced model"
+    model.get_submodule(caps.cam_layer)  # raises AttributeError when the declared CAM layer is not a module

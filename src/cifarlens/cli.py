@@ -42,7 +42,7 @@ def train(
     """Train a model and write a run directory (config, metrics, weights, evaluation, plots)."""
     from cifarlens.config import build_config, read_yaml
     from cifarlens.training import recipe_options, resume as resume_training, train as run_training
-    from cifarlens.training.recipes import default_recipe, device_defaults
+    from cifarlens.training.recipes import default_recipe, device_defaults, scaled_to_epochs
     from cifarlens.training.runs import default_out
 
     options = options or {}
@@ -54,7 +54,10 @@ def train(
     file_options = read_yaml(config) if config else {}
     recipe = default_recipe({"recipe": options.get("recipe") or file_options.get("recipe"),
                              "model": options.get("model") or file_options.get("model")})  # fmt: skip
-    preset = recipe_options(str(recipe))
+    preset, scaled = scaled_to_epochs(recipe_options(str(recipe)), file_options, options)
+    if len(scaled) > 1:
+        changes = ", ".join(f"--{k.replace('_', '-')} {old:g} -> {new:g}" for k, (old, new) in scaled.items())
+        console.print(f"recipe {recipe}: {changes} (set them to choose otherwise)", highlight=False)
     device = options.get("device") or file_options.get("device") or preset.get("device") or TrainConfig.device
     cfg = build_config(
         TrainConfig,

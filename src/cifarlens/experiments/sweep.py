@@ -112,7 +112,7 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
 
 def trial_config(sweep: SweepConfig, params: dict[str, Any], out: Path, plan: dict | None = None) -> TrainConfig:
     """The training config of one trial: recipe < base < params < budget plan < what the sweep forces."""
-    from cifarlens.training.recipes import default_recipe, recipe_options
+    from cifarlens.training.recipes import default_recipe, recipe_options, scaled_to_epochs
 
     options = dict(sweep.base)
     model_args = dict(options.get("model_args") or {})
@@ -134,9 +134,8 @@ def trial_config(sweep: SweepConfig, params: dict[str, Any], out: Path, plan: di
         )
     val_size = plan["val_size"] if plan else sweep.val_size
     forced = {"val_size": val_size, "out": str(out), "evaluate": False, "eval_test_every_epoch": False}
-    return build_config(
-        TrainConfig, recipe_options(recipe), options, forced, sources=(f"recipe {recipe}", "sweep base/params", "sweep")
-    )
+    preset, _ = scaled_to_epochs(recipe_options(recipe), options)
+    return build_config(TrainConfig, preset, options, forced, sources=(f"recipe {recipe}", "sweep base/params", "sweep"))
 
 
 def budget_plan(sweep: SweepConfig, console: Console | None = None) -> dict:

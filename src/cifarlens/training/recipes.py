@@ -168,6 +168,29 @@ def default_recipe(options: dict[str, object]) -> str:
     return recipe_for_model(str(model)) if model else TrainConfig.recipe
 
 
+# A recipe's options counted in epochs: they follow --epochs when only that is changed.
+EPOCH_COUNTED = ("early_epochs", "whiten_bias_epochs")
+
+
+def scaled_to_epochs(preset: dict[str, object], *layers: dict[str, object]) -> tuple[dict[str, object], dict]:
+    """``preset`` (a recipe's options) with its epoch-counted options (``EPOCH_COUNTED``) scaled by the
+    epochs the later ``layers`` (YAML file, flags) set, except those the layers set themselves; and what
+    changed, name -> (the recipe's value, the new one), ``epochs`` first. ``early_epochs`` stays a whole number
+    of at least 1."""
+    given = [layer.get("epochs") for layer in layers if layer.get("epochs") is not None]
+    recipe_epochs = preset.get("epochs")
+    if not given or not recipe_epochs or int(given[-1]) == int(recipe_epochs) or int(given[-1]) < 1:
+        return preset, {}
+    ratio = int(given[-1]) / int(recipe_epochs)
+    set_by_user = {str(k).replace("-", "_") for layer in layers for k, v in layer.items() if v is not None}
+    changed = {"epochs": (recipe_epochs, int(given[-1]))}
+    for name in EPOCH_COUNTED:
+        value = preset.get(name)
+        if value and name not in set_by_user:
+            changed[name] = (value, max(1, round(value * ratio)) if name == "early_epochs" else round(value * ratio, 4))
+    return preset | {name: new for name, (_, new) in changed.items()}, changed
+
+
 def recipe_options(name: str) -> dict[str, object]:
     """The option values of recipe ``name``; unknown names list the valid ones."""
     try:
