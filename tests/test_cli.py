@@ -224,3 +224,16 @@ def test_ctrl_c_names_the_run_to_resume(data_dir, tmp_path):
     run = next(tmp_path.glob("runs/tutorial-*"))
     assert proc.returncode == 130
     assert f"continue with cifarlens train --resume {run.relative_to(tmp_path)}" in " ".join(stderr.split())
+
+
+def test_piped_output_is_not_cut_to_80_columns():
+    """`cifarlens models | cat` and `--help | less`: off a terminal, descriptions and help stay whole."""
+    from cifarlens.models import list_models, model_description
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    models = cifarlens("models", env=env)
+    assert models.returncode == 0, models.stderr
+    described = [model_description(name) for name in list_models()]
+    assert any(len(text) > 60 and text[:60] in models.stdout for text in described)
+    help_text = cifarlens("train", "--help", env=env).stdout
+    assert "YAML file of options; flags override it" in help_text

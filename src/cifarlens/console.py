@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
+import sys
 import typing
 import warnings
 from typing import Annotated, Any, Callable, Literal, Optional, get_origin
@@ -18,6 +20,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from cifarlens.errors import CifarlensError, TrainingInterrupted
+
+PIPED_WIDTH = 200
+
+# Piped or logged, rich would wrap at 80 columns, cutting table cells and --help to a word a line: off a
+# terminal, and unless COLUMNS says otherwise, every rich console (ours and typer's --help) gets a wide line.
+if not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
+    os.environ["COLUMNS"] = str(PIPED_WIDTH)
 
 # soft_wrap: lines never break inside a path, so a printed run folder or file can be copied whole.
 console = Console(soft_wrap=True)
