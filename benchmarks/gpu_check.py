@@ -103,24 +103,21 @@ def held_out_accuracy(run: Path, device: str) -> tuple[float, str]:
 BENCH_BACKENDS = "torch,torch-compile,onnxruntime"
 
 
-def bench_options(dry: bool) -> list[str]:
-    if dry:
-        return ["--seconds", "0.2", "--test-images", "100", "--batch-sizes", "1,32"]
-    return ["--seconds", "1", "--test-images", "5000", "--batch-sizes", "1,256,2000", "--device", "cuda"]
+# cifarlens bench's options: the dry run's, and the GPU's.
+BENCH = {True: {"seconds": 0.2, "test-images": 100, "batch-sizes": "1,32", "device": "cpu"},
+         False: {"seconds": 1, "test-images": 5000, "batch-sizes": "1,256,2000", "device": "cuda"}}  # fmt: skip
 
 
-def bench_seconds(options: list[str]) -> float:
-    """The seconds ``cifarlens bench`` spends measuring: per backend, ``--seconds`` for accuracy and latency and
-    ``--seconds`` per batch size for throughput."""
-    seconds = float(options[options.index("--seconds") + 1])
-    sizes = len(options[options.index("--batch-sizes") + 1].split(","))
-    return len(BENCH_BACKENDS.split(",")) * seconds * (1 + sizes)
+def bench_seconds(options: dict) -> float:
+    """The seconds ``cifarlens bench`` spends measuring: per backend, ``seconds`` for accuracy and latency and
+    ``seconds`` per batch size for throughput."""
+    return len(BENCH_BACKENDS.split(",")) * options["seconds"] * (1 + len(options["batch-sizes"].split(",")))
 
 
-def bench(run: str, work: Path, options: list[str]) -> dict:
+def bench(run: str, work: Path, options: dict) -> dict:
     out = work / "bench.json"
-    cmd = [sys.executable, "-m", "cifarlens.cli", "bench", run, "--backends", BENCH_BACKENDS,
-           "--out", str(out), *options]  # fmt: skip
+    cmd = [sys.executable, "-m", "cifarlens.cli", "bench", run, "--backends", BENCH_BACKENDS, "--out", str(out),
+           *(arg for name, value in options.items() for arg in (f"--{name}", str(value)))]  # fmt: skip
     print("$", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, check=False, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     print(proc.stdout[-4000:], flush=True)
@@ -263,13 +260,13 @@ class Check:
     started: float
     result: dict = field(default_factory=dict)
 
-    def step(self, name: str, estimate_s: float, keep, fn, *args) -> None:
+    def step(self, name: str, guess_s: float, keep, fn, *args) -> None:
         """Run one step and hand its value to ``keep`` (which puts it into ``result``) before writing, so the
-        files never lag a finished step. A step that would not end within the budget (``estimate_s`` from the
-        steps done so far) is skipped; an error is recorded instead of stopping the check."""
+        files never lag a finished step. A step that would not end within the budget (``guess_s``, estimated
+        from the steps done so far) is skipped; an error is recorded instead of stopping the check."""
         elapsed = time.time() - self.started
-        if elapsed + estimate_s > self.budget_s:
-            print(f"skipped {name}: {elapsed:.0f} s gone + about {estimate_s:.0f} s for it > the {self.budget_s:.0f} s budget",
+        if elapsed + guess_s > self.budget_s:
+            print(f"skipped {name}: {elapsed:.0f} s gone + about {guess_s:.0f} s for it > the {self.budget_s:.0f} s budget",
                   flush=True)  # fmt: skip
             self.result["skipped"].append(name)
             self.write()
@@ -360,7 +357,7 @@ def main() -> None:
     if first is None:
         check.result["skipped"].append("cifarlens bench (no fast run to bench)")
     else:
-        options = bench_options(args.dry_run)
+        options = BENCH[args.dry_run]
         guess = bench_seconds(options) + allowance_s  # its torch-compile backend compiles
         check.step("cifarlens bench", guess, lambda b: check.result.update(bench=b), bench, first, args.work, options)
     check.result["complete"] = not check.result["failed"] and not check.result["skipped"]

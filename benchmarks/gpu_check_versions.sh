@@ -7,7 +7,8 @@
 #   CIFARLENS_DATA_DIR=../shared/data/cifar10 bash benchmarks/gpu_check_versions.sh
 #
 # VENV (default /tmp/cifarlens-gpu-versions) is reused when it already has these versions. PYTHON312 names the
-# interpreter (default: python3.12, or pyenv's 3.12). OUT as for gpu_check.sh. torch is PyPI's CUDA build,
+# interpreter (default: python3.12, or pyenv's 3.12). OUT as for gpu_check.sh (default: a scratch folder);
+# the JSON is copied to RESULT (default benchmarks/results/gpu_check_dry_run_torch211.json). torch is PyPI's CUDA build,
 # installed without its nvidia-* libraries (gigabytes more): with no GPU here it runs on the CPU, as the dry run does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,4 +40,9 @@ fi
 import importlib.metadata as m
 print("versions:", ", ".join(f"{n} {m.version(n)}" for n in ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxscript", "safetensors")))
 EOF
-PYTHON="$VENV/bin/python" bash benchmarks/gpu_check.sh --dry-run
+OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_versions.XXXXXX")}
+OUT="$OUT" PYTHON="$VENV/bin/python" bash benchmarks/gpu_check.sh --dry-run
+# Kept as the record that the dry run passes on these versions (its seconds and accuracies mean nothing).
+RESULT=${RESULT:-benchmarks/results/gpu_check_dry_run_torch211.json}
+cp "$OUT/gpu_check.json" "$RESULT"
+echo "wrote $RESULT"

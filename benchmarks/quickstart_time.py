@@ -42,12 +42,16 @@ def quickstart_command(readme: Path) -> str:
     return " ".join(line.strip() for line in block.group(1).splitlines() if line.strip())
 
 
+def is_train(step: str) -> bool:
+    return " cifarlens train" in f" {step}"
+
+
 def timed_steps(command: str, cwd: Path, env: dict[str, str], extra_train_args: list[str]) -> list[dict]:
     """Run each ``&&`` step of ``command`` in one bash process (so ``. .venv/bin/activate`` carries over),
     timing each with bash's own clock; the steps' output goes to this process's stdout."""
     steps = [s.strip() for s in command.split("&&")]
     if extra_train_args:
-        steps = [s + " " + shlex.join(extra_train_args) if " cifarlens train" in f" {s}" else s for s in steps]
+        steps = [s + " " + shlex.join(extra_train_args) if is_train(s) else s for s in steps]
     script = ["set -e", 't() { local s=$EPOCHREALTIME; eval "$1"; echo "STEP_T $s $EPOCHREALTIME"; }']
     script += [f"t {shlex.quote(s)}" for s in steps]
     proc = subprocess.run(["bash", "-c", "\n".join(script)], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
@@ -104,7 +108,7 @@ def main() -> None:
         steps = timed_steps(command, clone, env, shlex.split(args.train_args))
         total = time.perf_counter() - started
         runs = sorted((clone / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
-        train_step = next(s for s in steps if " cifarlens train" in f" {s['step']}")
+        train_step = next(s for s in steps if is_train(s["step"]))
         result = {
             "command": command, "train_args_added": args.train_args, "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "cpu": {k: cpu.get(k) for k in ("model name", "cpu family", "model")} | {"avx512_bf16": "avx512_bf16" in cpu.get("flags", "")},

@@ -97,3 +97,11 @@ def test_train_says_what_a_shorter_recipe_became(cifar_root, tmp_path):
     assert "--early-epochs 5 -> 1, --whiten-bias-epochs 3 -> 0.75" in result.stdout
     config = RunDir(out).config
     assert (config["early_epochs"], config["whiten_bias_epochs"]) == (1, 0.75)
+
+
+def test_a_bad_epochs_value_in_the_yaml_is_one_line_not_a_traceback(tmp_path):
+    from conftest import assert_one_line_error, cifarlens
+
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: abc\n")
+    assert_one_line_error(cifarlens("train", "--config", config, "--out", tmp_path / "run"), "'abc' for epochs")

@@ -75,7 +75,7 @@ class TorchClassifier(Classifier):
 
 class OnnxClassifier(Classifier):
     """An exported ONNX graph (uint8 input, preprocessing inside) run by onnxruntime on the CPU, or with
-    ``device="cuda"`` through its CUDA provider when this onnxruntime build has one (``provider`` says which ran)."""
+    ``device="cuda"`` through its CUDA provider when this onnxruntime build has one (``runs_on`` says which ran)."""
 
     def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu", optimization: str = "all"):
         """``optimization``: onnxruntime's graph optimisation level, disable/basic/extended/all (its default)."""
@@ -103,8 +103,8 @@ class OnnxClassifier(Classifier):
             raise RunDirError(
                 f"{path} is not a loadable ONNX model ({first_line(err)}); export it again"
             ) from None
-        self.provider = self.runs_on = self.session.get_providers()[0]
-        if self.provider == "CUDAExecutionProvider":
+        self.runs_on = self.session.get_providers()[0]
+        if self.runs_on == "CUDAExecutionProvider":
             self.backend += "-cuda"
         node = self.session.get_inputs()[0]
         self.input_name = node.name

@@ -177,13 +177,17 @@ def scaled_to_epochs(preset: dict[str, object], *layers: dict[str, object]) -> t
     epochs the later ``layers`` (YAML file, flags) set, except those the layers set themselves; and what
     changed, name -> (the recipe's value, the new one), ``epochs`` first. ``early_epochs`` stays a whole number
     of at least 1."""
-    given = [layer.get("epochs") for layer in layers if layer.get("epochs") is not None]
+    given = next((layer["epochs"] for layer in reversed(layers) if layer.get("epochs") is not None), None)
     recipe_epochs = preset.get("epochs")
-    if not given or not recipe_epochs or int(given[-1]) == int(recipe_epochs) or int(given[-1]) < 1:
+    try:
+        epochs = int(given)
+    except (TypeError, ValueError):  # none given, or a bad value: build_config reports it in one line
         return preset, {}
-    ratio = int(given[-1]) / int(recipe_epochs)
+    if not recipe_epochs or epochs == recipe_epochs or epochs < 1:
+        return preset, {}
+    ratio = epochs / int(recipe_epochs)
     set_by_user = {str(k).replace("-", "_") for layer in layers for k, v in layer.items() if v is not None}
-    changed = {"epochs": (recipe_epochs, int(given[-1]))}
+    changed = {"epochs": (recipe_epochs, epochs)}
     for name in EPOCH_COUNTED:
         value = preset.get(name)
         if value and name not in set_by_user:
