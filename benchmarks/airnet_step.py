@@ -19,8 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cifarlens.models import create_model
 from cifarlens.device import autocast, cpu_name, keep_freed_memory, resolve_precision
+from cifarlens.models import create_model
 
 
 def step_seconds(

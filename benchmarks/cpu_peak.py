@@ -20,7 +20,7 @@ from datetime import date
 import torch
 from torch import nn
 
-from cifarlens.export.bench import matmul_peak_gflops
+from cifarlens.deploy.bench import matmul_peak_gflops
 from cifarlens.device import cpu_has_fast_bf16, cpu_name, keep_freed_memory
 
 

@@ -38,8 +38,8 @@ import torch
 from cifarlens.explain.cam import METHODS, CamExplainer
 from cifarlens.explain.features import ActivationPooler
 from cifarlens.explain.images import model_input
-from cifarlens.models.layers import default_stages, list_layers
 from cifarlens.explain.projection import Projector, map_quality
+from cifarlens.models.layers import default_stages, list_layers
 
 
 def load(args):

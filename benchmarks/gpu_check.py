@@ -89,8 +89,8 @@ def epoch_curve(run: Path) -> list[dict]:
 def held_out_accuracy(run: Path, device: str) -> tuple[float, str]:
     """Accuracy on the run's test split, the held-out images, with its recipe's TTA, as its final evaluation
     scores it (fp32), without the plots that evaluation draws; and which TTA that was."""
-    from cifarlens.evaluation.predict import Predictor
     from cifarlens.run import RunDir
+    from cifarlens.run.predictor import Predictor
 
     run = RunDir(run)
     tta, translate = run.config["tta"], run.config["tta_translate"]

@@ -2,7 +2,7 @@
 
 Quantises the run's fp32 graph (``RUN/export/model.onnx``) once per option set, with the same 512 calibration
 training images ``cifarlens export`` uses, and measures every variant together with PyTorch eager fp32 and the
-fp32 graph, round-robin (``cifarlens.export.bench.throughput_rounds``, the same as ``cifarlens bench``):
+fp32 graph, round-robin (``cifarlens.deploy.bench.throughput_rounds``, the same as ``cifarlens bench``):
 
 * format: QDQ (what ``cifarlens export`` writes) against QOperator;
 * per-channel against per-tensor weight scales;
@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cifarlens.deploy.bench import accuracy_percent, throughput_rounds
+from cifarlens.deploy.classifier import Classifier, read_sidecar, sidecar_path
+from cifarlens.deploy.onnx_export import EvalImages, load_eval_images
+from cifarlens.deploy.quantize import quantize_int8
+from cifarlens.deploy.runtime import OnnxClassifier, default_onnx_path, open_classifier
 from cifarlens.device import cpu_name
-from cifarlens.export.bench import accuracy_percent, throughput_rounds
-from cifarlens.export.classifier import Classifier, read_sidecar, sidecar_path
-from cifarlens.export.onnx_export import EvalImages, load_eval_images
-from cifarlens.export.quantize import quantize_int8
-from cifarlens.export.runtime import OnnxClassifier, default_onnx_path, open_classifier
 from cifarlens.run import write_json
 
 QUANTISED = {  # variant -> quantize_int8 options

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from cifarlens.config import build_config
-from cifarlens.device import cpu_name
 from cifarlens.data import prepare_data
+from cifarlens.device import cpu_name
 from cifarlens.errors import CifarlensError, first_line
 from cifarlens.models.registry import list_models
 from cifarlens.training import TrainConfig, recipe_options

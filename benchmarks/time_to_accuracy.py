@@ -32,8 +32,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shlex
 import os
+import shlex
 import shutil
 import statistics
 import subprocess

@@ -14,7 +14,6 @@ from PIL import Image
 from torch import nn
 
 from cifarlens import run as rundir
-from cifarlens.run import ModelSpec
 from cifarlens.errors import CifarlensError, ConfigError, RunDirError
 from cifarlens.evaluation import (
     classification_report,
@@ -23,11 +22,10 @@ from cifarlens.evaluation import (
     plot_confusion,
     plot_curves,
     plot_misclassified,
-    Predictor,
     top_confusions,
-    tta_logits,
 )
 from cifarlens.evaluation import plots as plots_mod
+from cifarlens.run import ModelSpec, Predictor, tta_logits
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

@@ -19,8 +19,8 @@ from torch import nn
 from cifarlens.errors import ConfigError, RunDirError
 from cifarlens.experiments.compare import model_size, write_comparison
 from cifarlens.experiments.sweep import budget_plan, grid_points, load_sweep, run_sweep
-from cifarlens.run import RunDir
 from cifarlens.models import create_model
+from cifarlens.run import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 

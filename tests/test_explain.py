@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SQUARE, SQUARE_SPEC, square_images, to_input
 from PIL import Image
 from safetensors import safe_open
 from safetensors.numpy import load_file
@@ -24,13 +25,16 @@ from cifarlens.cli import app
 from cifarlens.errors import CifarlensError
 from cifarlens.explain import activation_max_run, cam_run, feature_maps_run, filters_run, layers_run, probe_run
 from cifarlens.explain.activation_max import ActivationMaximiser, FourierImage
-from cifarlens.explain.cam import METHODS, CamExplainer, classic_cam_layers
 from cifarlens.explain.attribution import METHODS as ATTRIBUTION_METHODS
 from cifarlens.explain.attribution import attribute_maps, hook_safe
-from cifarlens.explain.faithfulness import DeletionInsertion
+from cifarlens.explain.cam import METHODS, CamExplainer, classic_cam_layers
 from cifarlens.explain.dataset_examples import overlays, top_activations
+from cifarlens.explain.faithfulness import DeletionInsertion
 from cifarlens.explain.features import extract_features
 from cifarlens.explain.images import ImageFileError, load_image_files, model_input
+from cifarlens.explain.probe import fit_knn_probe, fit_linear_probe
+from cifarlens.explain.projection import Projector, map_quality
+from cifarlens.models import create_model, guess_capabilities, list_models, model_capabilities
 from cifarlens.models.layers import (
     FeatureExtractor,
     LayerError,
@@ -40,12 +44,7 @@ from cifarlens.models.layers import (
     map_size,
     pool_features,
 )
-from cifarlens.explain.probe import fit_knn_probe, fit_linear_probe
-from cifarlens.explain.projection import Projector, map_quality
-from cifarlens.models import create_model, guess_capabilities, list_models, model_capabilities
 from cifarlens.run import RunDir
-
-from conftest import SQUARE, SQUARE_SPEC, square_images, to_input
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*differ from the official CIFAR-10 MD5")
 runner = CliRunner()

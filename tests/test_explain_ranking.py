@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import SQUARE_SPEC, square_images, to_input
 from typer.testing import CliRunner
 
 from cifarlens.cli import app
@@ -26,8 +27,6 @@ from cifarlens.explain.ranking import (
 )
 from cifarlens.models import create_model, model_capabilities
 from cifarlens.models.registry import Capabilities
-
-from conftest import SQUARE_SPEC, square_images, to_input
 
 runner = CliRunner()
 SQUARE_CAPS = Capabilities(classifier="fc", cam_layer="features.4", probe_stages=("features.1", "features.4", "flatten"),

@@ -82,7 +82,7 @@ def test_predictions_and_maps_are_cached_in_the_run(run_dir, second_run, monkeyp
     def refuse(*args, **kwargs):
         raise AssertionError("recomputed what the run already holds")
 
-    monkeypatch.setattr("cifarlens.evaluation.predict.Predictor.probabilities", refuse)
+    monkeypatch.setattr("cifarlens.run.predictor.Predictor.probabilities", refuse)
     monkeypatch.setattr("cifarlens.explain.projection.projection_run", refuse)
     again = Explorer([run_dir])
     points = again.projection(0, method="pca")

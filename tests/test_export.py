@@ -1,4 +1,4 @@
-"""cifarlens.export: ONNX export + verification, int8, image files for predict, safe loading, bench.
+"""cifarlens.deploy: ONNX export + verification, int8, image files for predict, safe loading, bench.
 
 One tiny tutorial net is trained once on the synthetic data (module fixture) and exported once
 through the real ``cifarlens export`` command; the other tests reuse both.
@@ -21,11 +21,11 @@ from safetensors.torch import save_file
 
 from cifarlens import run as rundir
 from cifarlens.data import prepare_data
-from cifarlens.errors import RunDirError
 from cifarlens.data.image_files import ImageFileError, collect_images, load_image
-from cifarlens.export.onnx_export import VerificationError, export_run, load_eval_images
-from cifarlens.export.predict import predict_files
-from cifarlens.export.runtime import OnnxClassifier, open_classifier
+from cifarlens.deploy.onnx_export import VerificationError, export_run, load_eval_images
+from cifarlens.deploy.predict import predict_files
+from cifarlens.deploy.runtime import OnnxClassifier, open_classifier
+from cifarlens.errors import RunDirError
 
 
 def _samples_dir() -> Path:

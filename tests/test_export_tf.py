@@ -18,8 +18,8 @@ import pytest
 from conftest import assert_one_line_error, cifarlens
 from test_export import run  # noqa: F401  (the fixture: a tutorial net trained on the synthetic data)
 
-from cifarlens.export.onnx_export import VerificationError, load_eval_images
-from cifarlens.export.runtime import TorchClassifier, load_torch, open_classifier
+from cifarlens.deploy.onnx_export import VerificationError, load_eval_images
+from cifarlens.deploy.runtime import TorchClassifier, load_torch, open_classifier
 
 NEEDS_EXTRA = "needs the TensorFlow extra: pip install 'cifarlens[tf]'"
 pytestmark = [
@@ -81,7 +81,7 @@ def test_tflite_export_is_verified_and_loads_in_tensorflow(tf, tflite_export, ev
 
 
 def test_savedmodel_export_is_verified_and_loads_in_tensorflow(tf, run, eval_images, torch_classes, tmp_path):
-    from cifarlens.export.tf_export import export_tf_run
+    from cifarlens.deploy.tf_export import export_tf_run
 
     out = tmp_path / "saved"
     info = export_tf_run(run, eval_images, out=out, fmt="savedmodel")
@@ -100,7 +100,7 @@ def test_export_refused_below_agreement_writes_nothing(tf, run, tmp_path, monkey
     from typer.testing import CliRunner
 
     from cifarlens.cli import app
-    from cifarlens.export import tf_export
+    from cifarlens.deploy import tf_export
 
     real = tf_export.open_converted
 

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, cifarlens, roll_back_to_epoch, write_cifar
 from safetensors.torch import load_file
 
 from cifarlens.config import build_config
@@ -21,8 +22,6 @@ from cifarlens.models import create_model, model_capabilities
 from cifarlens.models.pretrained import WeightsUnavailable
 from cifarlens.run import RunDir
 from cifarlens.training import TrainConfig, recipe_options, resume, train
-
-from conftest import assert_one_line_error, cifarlens, roll_back_to_epoch, write_cifar
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # as cifarlens sets it before its own first import of Keras
 pytest.importorskip("keras")

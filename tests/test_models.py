@@ -3,7 +3,7 @@ import torch
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from cifarlens.errors import ConfigError
-from cifarlens.models import count_parameters, create_model, list_models, model_kwargs, summarize, model_capabilities
+from cifarlens.models import count_parameters, create_model, list_models, model_capabilities, model_kwargs, summarize
 
 EXPECTED_PARAMS = {
     "tutorial": 62_006,

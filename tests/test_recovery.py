@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error, cifarlens
 from safetensors.torch import load_file
 
 from cifarlens.config import build_config
 from cifarlens.errors import CheckpointWriteError
 from cifarlens.training import TrainConfig, recipe_options, resume, train
 from cifarlens.training.trainer import setup
-from conftest import assert_one_line_error, cifarlens
 
 # seed_bn8 on the synthetic set, one thread: about 3 s an epoch of 12 steps, long enough to kill inside one.
 FLAGS = ("--recipe", "seed", "--epochs", "2", "--batch-size", "25", "--subset", "300", "--precision", "fp32",

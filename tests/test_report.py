@@ -8,9 +8,11 @@ import shutil
 import warnings
 
 import pytest
+from rich.console import Console
 
 from cifarlens.config import build_config
-from cifarlens.evaluation.report import write_report
+from cifarlens.report import after_training
+from cifarlens.report.html import write_report
 from cifarlens.training import TrainConfig, recipe_options
 from cifarlens.training.trainer import train
 
@@ -25,7 +27,7 @@ def tiny_run(cifar_root, out, **overrides):
     } | overrides  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return train(build_config(TrainConfig, recipe_options("seed"), options))
+        return after_training(train(build_config(TrainConfig, recipe_options("seed"), options)), console=Console(quiet=True))
 
 
 @pytest.fixture(scope="module")

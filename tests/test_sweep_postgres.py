@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from test_experiments import two_workers_share_one_study
 
 

@@ -11,14 +11,16 @@ import warnings
 import pytest
 import torch
 from conftest import roll_back_to_epoch, write_cifar
+from rich.console import Console
 from safetensors.torch import load_file
 
 from cifarlens.config import build_config, read_yaml
 from cifarlens.data import prepare_data
 from cifarlens.errors import DataError, RunDirError, TrainingDiverged
+from cifarlens.report import after_training
 from cifarlens.run import RunDir, read_spec
-from cifarlens.training import TrainConfig, recipe_options, resume, train
 from cifarlens.run.checkpoint import load_checkpoint
+from cifarlens.training import TrainConfig, recipe_options, resume, train
 from cifarlens.training.optim import build_optimizer, build_scheduler, freeze_finished_groups, lr_factor
 
 
@@ -51,7 +53,7 @@ def data(cifar_root):
 
 def test_run_directory_is_complete_and_model_rebuilds(cifar_root, tmp_path, data):
     cfg = quick_config(cifar_root, tmp_path / "run", evaluate=True, val_size=50)
-    out = train(cfg, data=data)
+    out = after_training(train(cfg, data=data), console=Console(quiet=True), data=data)
     for name in ("config.yaml", "metrics.csv", "model.safetensors", "summary.json", "provenance.json"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader(open(out / "metrics.csv")))

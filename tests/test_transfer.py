@@ -15,20 +15,23 @@ import pytest
 import torch
 import torchvision.models as tvm
 from conftest import assert_one_line_error, cifarlens
+from rich.console import Console
 from safetensors.torch import load_file
 from test_training import quick_config as training_config
 
 from cifarlens.config import build_config, read_yaml
 from cifarlens.data import model_input, prepare_data
 from cifarlens.errors import ConfigError
-from cifarlens.evaluation.predict import Predictor
-from cifarlens.models import create_model
+from cifarlens.models import create_model, model_capabilities
 from cifarlens.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, WeightsUnavailable, hub_weights_path
+from cifarlens.report import after_training
 from cifarlens.run import RunDir, read_spec
+from cifarlens.run.predictor import Predictor
 from cifarlens.training import TrainConfig, recipe_options, train
 from cifarlens.training.optim import param_groups
-from cifarlens.models import model_capabilities
 from cifarlens.training.transfer import freeze, train_mode
+
+QUIET = Console(quiet=True)
 
 
 def quick_config(root, out, **overrides):
@@ -122,7 +125,7 @@ def pretrained_run(cifar_root, data, torch_home, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(home))
         mp.setenv("CIFARLENS_OFFLINE", "1")
-        train(cfg, data=data)
+        after_training(train(cfg, data=data), console=QUIET, data=data)
     return out, state
 
 
@@ -217,7 +220,8 @@ def tutorial_run(cifar_root, data, tmp_path_factory):
 def test_features_from_a_run_fits_logistic_regression_that_evaluate_reproduces(
     cifar_root, data, tutorial_run, tmp_path
 ):
-    out = train(quick_config(cifar_root, tmp_path / "probe", features_from=str(tutorial_run), evaluate=True), data=data)
+    cfg = quick_config(cifar_root, tmp_path / "probe", features_from=str(tutorial_run), evaluate=True, tta=False)
+    out = after_training(train(cfg, data=data), console=QUIET, data=data)
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == 1 and rows[0]["test_acc"] and rows[0]["train_acc"]
     summary = json.loads((out / "summary.json").read_text())

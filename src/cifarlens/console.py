@@ -1,6 +1,6 @@
 """What every ``cifarlens`` command shares: the consoles, one-line user errors, options from dataclasses.
 
-Command groups in other modules (``cifarlens.explain.commands`` ...) import from here, not from
+Command groups in other modules (``cifarlens.cli.explain`` ...) import from here, not from
 ``cifarlens.cli``, which imports them.
 """
 

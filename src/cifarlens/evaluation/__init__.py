@@ -1,6 +1,6 @@
 """Scoring a trained model: logits (with TTA), metrics, plots and the ``evaluate`` command.
 
-Names are re-exported lazily so that ``from cifarlens.evaluation.predict import Predictor`` (the
+Names are re-exported lazily so that ``from cifarlens.run.predictor import Predictor`` (the
 training loop) does not pull in matplotlib and scikit-learn.
 """
 
@@ -10,8 +10,6 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    "Predictor": "predict",
-    "tta_logits": "predict",
     "classification_report": "metrics",
     "top_confusions": "metrics",
     "plot_confusion": "plots",
@@ -28,7 +26,6 @@ if TYPE_CHECKING:
     from cifarlens.evaluation.evaluate import evaluate_run, result_key
     from cifarlens.evaluation.metrics import classification_report, top_confusions
     from cifarlens.evaluation.plots import image_grid, plot_confusion, plot_curves, plot_misclassified
-    from cifarlens.evaluation.predict import Predictor, tta_logits
 
 
 def __getattr__(name: str):

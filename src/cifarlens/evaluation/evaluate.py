@@ -25,8 +25,8 @@ from cifarlens.data import RunData
 from cifarlens.errors import RunDirError
 from cifarlens.evaluation.metrics import classification_report, top_confusions
 from cifarlens.evaluation.plots import plot_confusion, plot_curves, plot_misclassified
-from cifarlens.evaluation.predict import Predictor
 from cifarlens.run import RunDir
+from cifarlens.run.predictor import Predictor
 
 
 def result_key(split: str, tta: bool = False, tta_translate: bool = False) -> str:

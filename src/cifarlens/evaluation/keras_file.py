@@ -29,10 +29,10 @@ def evaluate_keras_file(
     from cifarlens.data import prepare_data
     from cifarlens.evaluation.evaluate import _print_report
     from cifarlens.evaluation.metrics import classification_report, top_confusions
-    from cifarlens.evaluation.predict import Predictor
     from cifarlens.models import create_model
     from cifarlens.models.keras_models import PREPROCESSING
     from cifarlens.run import ModelSpec
+    from cifarlens.run.predictor import Predictor
 
     name = f"keras:{path}"
     data = prepare_data(data_dir, subset=subset)

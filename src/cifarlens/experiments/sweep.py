@@ -25,7 +25,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from rich.console import Console
 
@@ -36,6 +36,7 @@ from cifarlens.run import RunDir, write_json
 from cifarlens.training.config import TrainConfig
 
 TRIALS = "trials"
+AfterTraining = Callable[..., Path]  # (run folder, *, console, data) -> run folder
 FORCED = ("val_size", "out", "evaluate", "eval_test_every_epoch")  # set by the sweep for every trial
 
 
@@ -177,8 +178,10 @@ class _DataCache:
 
 
 
-def run_trial(cfg: TrainConfig, data_cache: _DataCache, console: Console, on_epoch_end=None) -> Path:
-    """Train one trial (or continue it from its checkpoint); a finished one is returned as is."""
+def run_trial(cfg: TrainConfig, data_cache: _DataCache, console: Console, on_epoch_end=None,
+              after_training: AfterTraining | None = None) -> Path:  # fmt: skip
+    """Train one trial (or continue it from its checkpoint), then call ``after_training`` on its run folder;
+    a finished one is returned as is."""
     from cifarlens.training.runs import run_config
     from cifarlens.training.trainer import resume, train
 
@@ -201,14 +204,19 @@ def run_trial(cfg: TrainConfig, data_cache: _DataCache, console: Console, on_epo
             return run.path
         if run.has_checkpoint():
             moved = {"data_dir": data.root} if saved.get("data_dir") != wanted["data_dir"] else {}
-            return resume(run.path, moved, console=console, data=data, on_epoch_end=on_epoch_end)
+            path = resume(run.path, moved, console=console, data=data, on_epoch_end=on_epoch_end)
+            return after_training(path, console=console, data=data) if after_training else path
     if run.path.exists():
         shutil.rmtree(run.path)  # a trial killed before its first checkpoint: nothing worth keeping
-    return train(cfg, console=console, data=data_cache(cfg), on_epoch_end=on_epoch_end)
+    path = train(cfg, console=console, data=data_cache(cfg), on_epoch_end=on_epoch_end)
+    return after_training(path, console=console, data=data_cache(cfg)) if after_training else path
 
 
-def run_sweep(sweep: SweepConfig, console: Console | None = None) -> dict[str, Any]:
-    """Run (or resume) the sweep; return the content of sweep.json."""
+def run_sweep(sweep: SweepConfig, console: Console | None = None,
+              after_training: AfterTraining | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run (or resume) the sweep; return the content of sweep.json. ``after_training(run, console=, data=)``
+    is called on each trial's run once it has trained (the command layer passes
+    ``cifarlens.report.after_training``, which writes the trial's report)."""
     console = console or Console(soft_wrap=True)
     out = Path(sweep.out)
     (out / TRIALS).mkdir(parents=True, exist_ok=True)
@@ -219,22 +227,23 @@ def run_sweep(sweep: SweepConfig, console: Console | None = None) -> dict[str, A
     cache = _DataCache()
     quiet = Console(file=io.StringIO()) if not console.is_terminal else console
     if sweep.method == "grid":
-        return _finish(sweep, plan, _run_grid(sweep, plan, cache, console, quiet), cache, console)
-    rows, verdict = _run_optuna(sweep, plan, cache, console, quiet)
+        return _finish(sweep, plan, _run_grid(sweep, plan, cache, console, quiet, after_training), cache, console)
+    rows, verdict = _run_optuna(sweep, plan, cache, console, quiet, after_training)
     if verdict == "finish":
         return _finish(sweep, plan, rows, cache, console)
     console.print(verdict)
     return _read_result(sweep) or {"config": to_dict(sweep), "trials": len(rows), "finalists": []}
 
 
-def _run_grid(sweep: SweepConfig, plan, cache: _DataCache, console: Console, quiet: Console) -> list[dict]:
+def _run_grid(sweep: SweepConfig, plan, cache: _DataCache, console: Console, quiet: Console,
+              after_training: AfterTraining | None) -> list[dict]:  # fmt: skip
     points = grid_points(sweep.params)
     configs = [trial_config(sweep, p, Path(sweep.out) / TRIALS / f"{i:03d}", plan) for i, p in enumerate(points)]
     rows = []
     for i, (params, cfg) in enumerate(zip(points, configs)):
         console.print(f"[bold]trial {i + 1}/{len(points)}[/] {_params_text(params)}")
         try:
-            run = run_trial(cfg, cache, quiet)
+            run = run_trial(cfg, cache, quiet, after_training=after_training)
         except TrainingDiverged as err:
             console.print(f"  [red]failed:[/] {err}")
             rows.append(_trial_row(i, "fail", params, Path(cfg.out)))
@@ -297,8 +306,8 @@ def _suggest(trial, params: dict[str, dict]) -> dict[str, Any]:
     return chosen
 
 
-def _run_optuna(sweep: SweepConfig, plan, cache: _DataCache, console: Console,
-                quiet: Console) -> tuple[list[dict], str]:  # fmt: skip
+def _run_optuna(sweep: SweepConfig, plan, cache: _DataCache, console: Console, quiet: Console,
+                after_training: AfterTraining | None) -> tuple[list[dict], str]:  # fmt: skip
     import optuna
     from optuna.trial import TrialState
 
@@ -332,7 +341,7 @@ def _run_optuna(sweep: SweepConfig, plan, cache: _DataCache, console: Console,
                 console.print(f"  pruned after epoch {row['epoch']}: val accuracy {row['val_acc']:.2%}")
                 raise optuna.TrialPruned()
 
-        run = run_trial(cfg, cache, quiet, on_epoch_end=report if sweep.pruning else None)
+        run = run_trial(cfg, cache, quiet, report if sweep.pruning else None, after_training)
         value = RunDir(run).val_acc
         console.print(f"  val accuracy {value:.2%}  ({run})")
         return value

@@ -5,7 +5,7 @@ Small objects built once and called on batches (``FeatureExtractor``, ``Activati
 ``cifarlens explain`` command that takes a run directory and returns a result whose ``write(folder)`` writes
 the command's files (``layers_run``, ``features_run``, ``projection_run``, ``probe_run``, ``filters_run``,
 ``feature_maps_run``, ``activation_max_run``, ``top_images``, ``cam_run``, ``attribute``, ``rank``). The commands
-(``cifarlens.explain.commands``) only parse options, call them, print and write.
+(``cifarlens.cli.explain``) only parse options, call them, print and write.
 Names are imported on first use; grad-cam, openTSNE and umap-learn only inside the calls that need them.
 """
 

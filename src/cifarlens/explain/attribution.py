@@ -421,10 +421,10 @@ def attribute(run, *, methods: list[str], images=None, index: str | None = None,
     """Attribution maps of ``methods`` for a run's model on image files or ``index`` of ``split``, explaining
     the predicted class (``target="pred"``), the label (``"true"``) or a class name/number, each map scored
     by deletion and insertion (the probability as its most-attributed pixels go, or come back)."""
-    from cifarlens.evaluation.predict import Predictor
     from cifarlens.explain.faithfulness import DeletionInsertion
     from cifarlens.explain.images import choose_images, denormalize, model_input
     from cifarlens.explain.runs import load_run_model
+    from cifarlens.run.predictor import Predictor
 
     check_methods(methods)
     model, spec, dev = load_run_model(run, device)

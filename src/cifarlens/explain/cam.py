@@ -176,10 +176,10 @@ def cam_run(run: str | Path, *, methods: list[str] | tuple[str, ...] = ("gradcam
     """Heat maps of ``methods`` (``METHODS`` names) for image files or the ``index`` (``0-7``, ``0,3``) of the run's
     ``split``, explaining ``target_class`` (a class name or number; default: the predicted class), each map
     scored by deletion and insertion, computed on ``device``."""
-    from cifarlens.evaluation.predict import Predictor
     from cifarlens.explain.faithfulness import DeletionInsertion
     from cifarlens.explain.images import choose_images, denormalize, model_input
     from cifarlens.explain.runs import load_run_model
+    from cifarlens.run.predictor import Predictor
 
     model, spec, dev = load_run_model(run, device)
     imgs, labels, tags = choose_images(run, images, index, split, data_dir)

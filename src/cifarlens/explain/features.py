@@ -20,8 +20,8 @@ from torch import nn
 from cifarlens.errors import CifarlensError
 from cifarlens.explain.images import model_input
 from cifarlens.explain.runs import load_run_model
-from cifarlens.models.layers import FeatureExtractor, pool_features
 from cifarlens.io import atomic_path
+from cifarlens.models.layers import FeatureExtractor, pool_features
 from cifarlens.run import ModelSpec, RunDir, write_json
 
 
@@ -155,7 +155,7 @@ def features_run(run: str | Path, *, layers: list[str], split: str = "test", lim
                              batch_size=batch_size, device=dev, show_progress=show_progress)  # fmt: skip
     result = FeaturesResult(feats, time.perf_counter() - t0, tuple(spec.classes))
     if with_predictions:
-        from cifarlens.evaluation.predict import Predictor
+        from cifarlens.run.predictor import Predictor
 
         result.images = chosen.images[: len(feats.labels)]
         result.predictions = Predictor(model, spec, device=dev).logits(result.images).argmax(1).cpu().numpy()

@@ -164,10 +164,10 @@ def feature_maps_run(run: str | Path, *, image: str | Path | None = None, index:
                      data_dir: str | None = None, device: str = "cpu") -> FeatureMapsResult:  # fmt: skip
     """Activations (C, H, W) of ``layers`` (default: the spatial probe stages) for one image, an image file or
     the ``index`` of the run's ``split``, computed on ``device``."""
-    from cifarlens.evaluation.predict import Predictor
     from cifarlens.explain.images import choose_images, model_input
     from cifarlens.explain.runs import load_run_model
     from cifarlens.models.layers import FeatureExtractor, list_layers
+    from cifarlens.run.predictor import Predictor
 
     model, spec, dev = load_run_model(run, device)
     imgs, labels, tags = choose_images(run, [image] if image else None, index, split, data_dir)

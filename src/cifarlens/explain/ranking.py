@@ -370,10 +370,10 @@ def rank(run, *, methods: str | Sequence[str] = "all", n: int = 500, split: str 
     the predicted class of each (see the module doc for the columns). With ``partial_to``, the table of the
     images done so far is written there after every batch, so a long ranking stopped half-way keeps them;
     ``on_batch(done, total)`` reports progress."""
-    from cifarlens.evaluation.predict import Predictor
     from cifarlens.explain.images import model_input
     from cifarlens.explain.runs import load_run_model
     from cifarlens.run import RunDir
+    from cifarlens.run.predictor import Predictor
 
     settings = settings or RankSettings()
     model, spec, dev = load_run_model(run, device)

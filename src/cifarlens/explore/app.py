@@ -34,9 +34,9 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from cifarlens.data.image_files import DEFAULT_MAX_PIXELS
+from cifarlens.deploy.serve import DEFAULT_MAX_BYTES, read_image_upload
 from cifarlens.errors import CifarlensError
 from cifarlens.explore.explorer import Explorer, NotFound
-from cifarlens.export.serve import DEFAULT_MAX_BYTES, read_image_upload
 
 STATIC = {"explore.js": "text/javascript", "explore.css": "text/css"}
 

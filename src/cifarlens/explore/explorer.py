@@ -184,8 +184,8 @@ class Explorer:
     def _cached_probabilities(self, r: int) -> np.ndarray:
         from safetensors.numpy import load_file, save_file
 
-        from cifarlens.evaluation.predict import Predictor
         from cifarlens.io import atomic_path
+        from cifarlens.run.predictor import Predictor
 
         run = self.run(r)
         path = run.explore_file(f"predictions_{self.split}.safetensors")

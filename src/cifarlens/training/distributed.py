@@ -38,6 +38,11 @@ class Context:
         return self.world > 1 or dist.is_initialized()
 
 
+def is_main_process() -> bool:
+    """Whether this is rank 0 of a torchrun job, or a process outside one (readable after ``teardown``)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(enabled: bool, device: torch.device) -> tuple[Context, torch.device]:
     """Join the process group torchrun describes (nccl on CUDA, gloo elsewhere); one device per process."""
     if not enabled:

@@ -150,11 +150,6 @@ def linear_probe(cfg: TrainConfig, *, console: Console, data: RunData | None = N
     console.print(
         f"probe: train acc {row['train_acc']:.2%}" + (f", test acc {row['test_acc']:.2%}" if "test_acc" in row else "")
     )
-    if cfg.evaluate:
-        from cifarlens.evaluation import evaluate_run
-
-        evaluate_run(run.path, split="test", data=data, device=str(device), console=console)
-    console.print(f"run saved to {run}")
     return run.path
 
 

@@ -30,17 +30,32 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from cifarlens.data import Augmenter, EpochImages, RunData, Split, iterate_batches, model_input, num_batches, prepare_data
+from cifarlens.data import (
+    Augmenter,
+    EpochImages,
+    RunData,
+    Split,
+    iterate_batches,
+    model_input,
+    num_batches,
+    prepare_data,
+)
 from cifarlens.device import autocast, configure_cpu, resolve_device, resolve_precision
 from cifarlens.errors import ConfigError, RunDirError, TrainingDiverged, TrainingInterrupted, first_line
-from cifarlens.evaluation.predict import Predictor
 from cifarlens.models import Capabilities, create_model, model_capabilities
-from cifarlens.run import ModelSpec, RunDir
+from cifarlens.run import ModelSpec, Predictor, RunDir
 from cifarlens.training import distributed
 from cifarlens.training.config import TrainConfig
 from cifarlens.training.optim import build_optimizer, build_scheduler, freeze_finished_groups
 from cifarlens.training.rng import rng_state, set_rng_state
-from cifarlens.training.runs import default_out, load_run_config, new_run_dir, run_config, start_run_dir, write_train_summary
+from cifarlens.training.runs import (
+    default_out,
+    load_run_config,
+    new_run_dir,
+    run_config,
+    start_run_dir,
+    write_train_summary,
+)
 from cifarlens.training.saving import CheckpointWriter
 from cifarlens.training.stopping import StopRequest, stop_on_signals
 from cifarlens.training.transfer import freeze, model_arguments, train_mode
@@ -566,7 +581,8 @@ def _training_state(state: TrainState) -> dict[str, Any]:
 
 
 def finish(state: TrainState) -> Path:
-    """Final weights, the training summary, the evaluation (and TTA) on test, the report."""
+    """Final weights and the training summary. Evaluating and reporting the run is the command layer's
+    ``cifarlens.report.after_training``, which reads what this wrote."""
     if state.writer is not None:
         state.writer.close()
     run, cfg = state.run, state.cfg
@@ -576,18 +592,6 @@ def finish(state: TrainState) -> Path:
     run.save_model(state.model, state.spec)
     write_train_summary(run, state.rows, cfg, state.device, state.precision,
                         {"train_s": state.train_s, "compile_s": state.compile_s})  # fmt: skip
-    if cfg.evaluate:
-        from cifarlens.evaluation import evaluate_run
-
-        options = {"split": "test", "data": state.data, "device": str(state.device), "console": state.console}
-        evaluate_run(run.path, **options)
-        if cfg.tta:
-            evaluate_run(run.path, tta=True, tta_translate=cfg.tta_translate, **options)
-    if cfg.report:
-        from cifarlens.evaluation.report import write_report
-
-        state.console.print(f"report: {write_report([run.path], run.report_file)}")
-    state.console.print(f"run saved to {run}")
     return run.path
 
 

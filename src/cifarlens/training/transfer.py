@@ -14,6 +14,7 @@ from cifarlens.models import Capabilities, model_kwargs
 from cifarlens.models.keras_models import is_keras_file, keras_path, read_keras_config
 from cifarlens.training.config import TrainConfig, parse_freeze
 
+
 def model_arguments(cfg: TrainConfig) -> tuple[dict, dict]:
     """(kwargs stored in the run's ModelSpec, kwargs to build the model for training).
 

@@ -23,12 +23,13 @@ import torch
 from torch import nn
 
 from cifarlens.data import model_input
-from cifarlens.errors import CifarlensError, ConfigError, RunDirError, first_line
+
 # Classifier, ONNX_FORMAT and sidecar_path are also imported from here.
-from cifarlens.export.classifier import ONNX_FORMAT, Classifier, read_sidecar, sidecar_path  # noqa: F401
-from cifarlens.export.tf_runtime import SavedModelClassifier, TfliteClassifier, is_saved_model  # TF loads on use
-from cifarlens.evaluation.predict import Predictor
+from cifarlens.deploy.classifier import ONNX_FORMAT, Classifier, read_sidecar, sidecar_path  # noqa: F401
+from cifarlens.deploy.tf_runtime import SavedModelClassifier, TfliteClassifier, is_saved_model  # TF loads on use
+from cifarlens.errors import CifarlensError, ConfigError, RunDirError, first_line
 from cifarlens.run import ModelSpec, RunDir, load_state_checked, load_weights
+from cifarlens.run.predictor import Predictor
 
 # Every inference backend, by the name bench, predict and serve take (--backend). The onnxruntime and openvino
 # ones run the graphs of ``cifarlens export`` (``-int8``: its ``--quantize int8`` graph); openvino is optional.
@@ -194,7 +195,7 @@ def torch_backend(model: nn.Module, spec: ModelSpec, source: str | Path, backend
 def graph_backend(path: Path, backend: str, threads: int | None = None, device: str = "cpu") -> Classifier:
     """The exported ONNX graph ``path`` run by ``backend`` (``onnxruntime*`` or ``openvino*``)."""
     if backend.startswith("openvino"):
-        from cifarlens.export.openvino_runtime import OpenVinoClassifier, precision_of
+        from cifarlens.deploy.openvino_runtime import OpenVinoClassifier, precision_of
 
         return OpenVinoClassifier(path, precision=precision_of(backend), threads=threads)
     return OnnxClassifier(path, threads=threads, device=device)

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from cifarlens.deploy.classifier import Classifier, read_sidecar
 from cifarlens.errors import ConfigError, RunDirError, first_line
-from cifarlens.export.classifier import Classifier, read_sidecar
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 COMPILED_SHAPES = 8  # compiled batch sizes kept per classifier

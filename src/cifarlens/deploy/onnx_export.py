@@ -21,10 +21,8 @@ import torch
 from torch import nn
 
 from cifarlens import __version__
-from cifarlens.run import ModelSpec, RunDir
-from cifarlens.errors import CifarlensError, ConfigError, first_line
 from cifarlens.data.image_files import CIFAR_SIZE
-from cifarlens.export.runtime import (
+from cifarlens.deploy.runtime import (
     ONNX_FORMAT,
     OnnxClassifier,
     Preprocessed,
@@ -32,7 +30,9 @@ from cifarlens.export.runtime import (
     int8_path,
     sidecar_path,
 )
+from cifarlens.errors import CifarlensError, ConfigError, first_line
 from cifarlens.io import atomic_path
+from cifarlens.run import ModelSpec, RunDir
 
 MIN_AGREEMENT = 0.999  # fp32 ONNX vs PyTorch, top-1
 MAX_INT8_DROP = 0.5  # accuracy points, int8 vs fp32 ONNX
@@ -146,8 +146,8 @@ def export_run(
     ``out`` is the fp32 graph; the int8 one goes to ``<stem>.int8.onnx``. Each info dict is also
     written as the JSON next to its graph. Raises ``VerificationError`` below the thresholds.
     """
-    from cifarlens.export.quantize import quantize_int8
-    from cifarlens.export.runtime import load_torch
+    from cifarlens.deploy.quantize import quantize_int8
+    from cifarlens.deploy.runtime import load_torch
     from cifarlens.run import write_json
 
     if quantize not in ("none", "int8"):

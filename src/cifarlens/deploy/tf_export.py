@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from cifarlens.data.image_files import CIFAR_SIZE
-from cifarlens.errors import ConfigError, first_line
-from cifarlens.export.onnx_export import (
+from cifarlens.deploy.onnx_export import (
     DEFAULT_OPSET,
     MIN_AGREEMENT,
     EvalImages,
@@ -32,8 +31,8 @@ from cifarlens.export.onnx_export import (
     input_contract,
     model_info,
 )
-from cifarlens.export.runtime import Classifier, TorchClassifier, load_torch
-from cifarlens.export.tf_runtime import (
+from cifarlens.deploy.runtime import Classifier, TorchClassifier, load_torch
+from cifarlens.deploy.tf_runtime import (
     SAVEDMODEL_FORMAT,
     TF_EXTRA,
     TFLITE_FORMAT,
@@ -43,6 +42,7 @@ from cifarlens.export.tf_runtime import (
     is_saved_model,
     tf_sidecar_path,
 )
+from cifarlens.errors import ConfigError, first_line
 from cifarlens.io import atomic_path
 from cifarlens.run import ModelSpec
 from cifarlens.run.directory import package_versions

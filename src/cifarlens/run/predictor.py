@@ -19,7 +19,7 @@ from torch import nn
 from cifarlens.data.augment import model_input
 from cifarlens.device import autocast
 from cifarlens.errors import ConfigError
-from cifarlens.run import ModelSpec
+from cifarlens.run.spec import ModelSpec
 
 
 def mirror_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from cifarlens.deploy.classifier import Classifier, read_export_json
 from cifarlens.errors import ConfigError, RunDirError, first_line
-from cifarlens.export.classifier import Classifier, read_export_json
 
 TFLITE_FORMAT = "cifarlens-tflite"
 SAVEDMODEL_FORMAT = "cifarlens-savedmodel"

@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cifarlens.run import RunDir
 from cifarlens.io import atomic_write_text
+from cifarlens.run import RunDir
 
 MAX_TABLE_ROWS = 60  # CSV files longer than this are cut, with a note saying how many rows were left out
 MAX_JSON_CHARS = 20_000

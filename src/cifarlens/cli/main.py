@@ -15,12 +15,12 @@ import typer
 from rich.table import Table
 
 from cifarlens import __version__
+from cifarlens.cli import deploy as _deploy
+from cifarlens.cli import experiments as _experiments
+from cifarlens.cli import explore as _explore
+from cifarlens.cli.explain import app as explain_app
 from cifarlens.console import console, err_console, user_errors, with_config_options
 from cifarlens.errors import CifarlensError
-from cifarlens.explain.commands import app as explain_app
-from cifarlens.experiments import commands as _experiments  # light modules: heavy imports stay inside the commands
-from cifarlens.explore import commands as _explore
-from cifarlens.export import commands as _deploy
 from cifarlens.training.config import TrainConfig
 
 app = typer.Typer(
@@ -41,7 +41,9 @@ def train(
 ) -> None:
     """Train a model and write a run directory (config, metrics, weights, evaluation, plots)."""
     from cifarlens.config import build_config, read_yaml
-    from cifarlens.training import recipe_options, resume as resume_training, train as run_training
+    from cifarlens.training import recipe_options
+    from cifarlens.training import resume as resume_training
+    from cifarlens.training import train as run_training
     from cifarlens.training.recipes import default_recipe, device_defaults, scaled_to_epochs
     from cifarlens.training.runs import default_out
 
@@ -72,10 +74,15 @@ def train(
 
 
 def _run_interruptible(fn: Callable[[], Path], out: str | Path) -> None:
+    """Train (``fn``), then evaluate and report the run (in the first process only of a torchrun job)."""
+    from cifarlens.report import after_training
     from cifarlens.run import RunDir
+    from cifarlens.training.distributed import is_main_process
 
     try:
-        fn()
+        run = fn()
+        if is_main_process():
+            after_training(run, console=console)
     except KeyboardInterrupt:
         if RunDir(out).has_config():
             message = f"continue with cifarlens train --resume {out} (from its last checkpoint, or from the start)"
@@ -228,5 +235,3 @@ def main(
         keep_freed_memory()
 
 
-if __name__ == "__main__":
-    sys.exit(app())

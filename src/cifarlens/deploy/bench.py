@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cifarlens.data import model_input
-from cifarlens.export.runtime import Classifier
+from cifarlens.deploy.runtime import Classifier
 from cifarlens.run import ModelSpec
 
 

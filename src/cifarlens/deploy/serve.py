@@ -22,8 +22,8 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from cifarlens.data.image_files import DEFAULT_MAX_PIXELS, ImageFileError, load_image
-from cifarlens.export.predict import top_k as top_k_classes
-from cifarlens.export.runtime import Classifier
+from cifarlens.deploy.predict import top_k as top_k_classes
+from cifarlens.deploy.runtime import Classifier
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 RAW_TYPES = ("application/octet-stream",)

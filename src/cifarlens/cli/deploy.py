@@ -62,8 +62,8 @@ def export(
     ] = "onnx",
 ) -> None:
     """Export to ONNX, TFLite or a SavedModel (preprocessing inside) and verify it on real test images."""
-    from cifarlens.export.onnx_export import export_run, load_eval_images
-    from cifarlens.export.runtime import default_onnx_path, int8_path
+    from cifarlens.deploy.onnx_export import export_run, load_eval_images
+    from cifarlens.deploy.runtime import default_onnx_path, int8_path
     from cifarlens.run import RunDir
 
     if source.suffix == ".onnx":
@@ -109,9 +109,9 @@ def _export_tf(
     source: Path, fmt: str, out: Path | None, quantize: str, test_images: int, data_dir: str | None,
     model_args: dict[str, Any], **options: Any,
 ) -> None:  # fmt: skip
-    from cifarlens.export.onnx_export import load_eval_images
-    from cifarlens.export.tf_export import TF_FORMATS, export_tf_run, import_onnx2tf
-    from cifarlens.export.tf_runtime import tf_sidecar_path
+    from cifarlens.deploy.onnx_export import load_eval_images
+    from cifarlens.deploy.tf_export import TF_FORMATS, export_tf_run, import_onnx2tf
+    from cifarlens.deploy.tf_runtime import tf_sidecar_path
 
     if fmt not in TF_FORMATS:
         raise ConfigError(f"unknown --format {fmt!r}; choose onnx, tflite or savedmodel")
@@ -149,8 +149,8 @@ def predict(
 ) -> None:
     """Classify image files of any size and mode; unreadable files get an error line each, exit 1 at the end."""
     from cifarlens.data.image_files import set_pillow_pixel_limit
-    from cifarlens.export.predict import predict_files
-    from cifarlens.export.runtime import open_classifier
+    from cifarlens.deploy.predict import predict_files
+    from cifarlens.deploy.runtime import open_classifier
 
     if top_k < 1 or batch_size < 1 or max_pixels < 1:
         raise ConfigError("--top-k, --batch-size and --max-pixels must be at least 1")
@@ -204,17 +204,24 @@ def bench(
     """Latency (p50/p99 at batch 1), throughput and accuracy of each backend on this CPU (or GPU), same images and threads."""
     import torch
 
+    from cifarlens.deploy.bench import available_backends, bench_backends, matmul_peak_gflops, model_flops, parse_list
+    from cifarlens.deploy.onnx_export import export_run, load_eval_images
+    from cifarlens.deploy.runtime import (
+        BACKENDS,
+        TORCH_BACKENDS,
+        default_onnx_path,
+        exported_graph,
+        graph_backend,
+        load_torch,
+        torch_backend,
+    )
     from cifarlens.device import resolve_device
-    from cifarlens.export.bench import available_backends, bench_backends, matmul_peak_gflops, model_flops, parse_list
-    from cifarlens.export.onnx_export import export_run, load_eval_images
-    from cifarlens.export.runtime import BACKENDS, TORCH_BACKENDS, default_onnx_path, exported_graph, graph_backend
-    from cifarlens.export.runtime import load_torch, torch_backend
     from cifarlens.run import provenance, write_json
 
     sizes = parse_list(batch_sizes, int, "--batch-sizes")
     chosen = available_backends(device) if backends == "auto" else parse_list(backends, str, "--backends", BACKENDS)
     if any(b.startswith("openvino") for b in chosen):
-        from cifarlens.export.openvino_runtime import import_openvino
+        from cifarlens.deploy.openvino_runtime import import_openvino
 
         import_openvino()  # not installed: one line before any work
     if seconds <= 0:
@@ -309,8 +316,8 @@ def serve(
 ) -> None:
     """HTTP API: POST /predict an image, get the top-k classes; GET /health."""
     from cifarlens.data.image_files import set_pillow_pixel_limit
-    from cifarlens.export.runtime import open_classifier
-    from cifarlens.export.serve import serve as run_server
+    from cifarlens.deploy.runtime import open_classifier
+    from cifarlens.deploy.serve import serve as run_server
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {port}")

@@ -25,11 +25,12 @@ def sweep(
 ) -> None:
     """Run a grid or an Optuna search over training options; tune on val, score the finalists on test."""
     from cifarlens.experiments.sweep import load_sweep, run_sweep
+    from cifarlens.report import after_training
 
     given = {"out": out, "budget": budget, "trials": trials, "worker_trials": worker_trials,
              "storage": storage, "study_name": study_name}  # fmt: skip
     cfg = load_sweep(config, {k: v for k, v in given.items() if v is not None})
-    run_sweep(cfg, console=console)
+    run_sweep(cfg, console=console, after_training=after_training)
 
 
 @user_errors
@@ -56,8 +57,8 @@ def report(
     ] = None,
 ) -> None:
     """One self-contained HTML page: config, curves, per-class accuracy, confusion, mistakes, explain outputs."""
-    from cifarlens.evaluation.report import write_report
     from cifarlens.experiments.compare import load_runs
+    from cifarlens.report.html import write_report
 
     loaded = load_runs(runs)  # one clear line for a folder that is not a run, before any work
     if out is None:

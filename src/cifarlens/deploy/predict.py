@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarlens.data.image_files import DEFAULT_MAX_PIXELS, ImageFileError, collect_images, load_image
-from cifarlens.export.runtime import Classifier
+from cifarlens.deploy.runtime import Classifier
 
 
 @dataclass

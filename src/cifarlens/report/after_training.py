@@ -1,0 +1,34 @@
+"""The step after the training loop: score the final weights on test (and with TTA), write the report.
+
+Called by the command layer once ``cifarlens.training.train`` (or ``resume``) has returned, so that the
+trainer knows nothing of evaluation or reporting; a sweep gets it as its ``after_training`` argument.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from cifarlens.data import RunData
+from cifarlens.evaluation import evaluate_run
+from cifarlens.report.html import write_report
+from cifarlens.run import RunDir
+
+
+def after_training(run_dir: str | Path, *, console: Console, data: RunData | None = None) -> Path:
+    """Evaluate and report the finished run in ``run_dir`` as its config.yaml asks (``evaluate``, ``tta``,
+    ``tta_translate``, ``report``), on the device it trained on; ``data`` skips reading the splits again.
+    Returns the run directory."""
+    run = RunDir(run_dir).require_weights()
+    cfg = run.read_config()
+    if cfg.get("evaluate", True):
+        device = run.read_summary().get("train", {}).get("device", "cpu")
+        options = {"split": "test", "data": data or run.load_data(), "device": device, "console": console}
+        evaluate_run(run.path, **options)
+        if cfg.get("tta", False):
+            evaluate_run(run.path, tta=True, tta_translate=bool(cfg.get("tta_translate", False)), **options)
+    if cfg.get("report", True):
+        console.print(f"report: {write_report([run.path], run.report_file)}")
+    console.print(f"run saved to {run}")
+    return run.path
