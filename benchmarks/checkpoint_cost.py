@@ -22,7 +22,7 @@ from cifarlens.config import build_config
 from cifarlens.data import prepare_data
 from cifarlens.device import cpu_name
 from cifarlens.training import TrainConfig, recipe_options
-from cifarlens.training.trainer import _training_state, setup, train_one_epoch
+from cifarlens.training.trainer import setup, train_one_epoch
 
 
 def save_seconds(recipe: str, data_dir: str | None, repeats: int) -> dict:
@@ -37,7 +37,7 @@ def save_seconds(recipe: str, data_dir: str | None, repeats: int) -> dict:
         times = []
         for step in range(1, repeats + 1):
             t0 = time.perf_counter()
-            state.run.save_checkpoint(1, state.model, state.spec, _training_state(state) | {"partial": {"step": step}},
+            state.run.save_checkpoint(1, state.learner.model, state.learner.spec, state.training_state() | {"partial": {"step": step}},
                                       step=step)  # fmt: skip
             times.append(time.perf_counter() - t0)
         size = sum(p.stat().st_size for p in state.run.checkpoint_dir.glob(f"epoch-0001.step-{repeats:06d}.*"))

@@ -15,11 +15,10 @@ from conftest import assert_one_line_error
 from safetensors.torch import load_file
 
 from cifarlens.config import build_config
-from cifarlens.data import iterate_batches
 from cifarlens.device import autocast, resolve_precision
 from cifarlens.models import create_model
 from cifarlens.training import TrainConfig, recipe_options, resume, train
-from cifarlens.training.trainer import PHASES, _train_step, setup, train_one_epoch
+from cifarlens.training.trainer import begin_epoch, setup, train_one_epoch, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -90,33 +89,29 @@ def test_autocast_dtypes_and_channels_last_on_the_gpu():
 @gpu
 def test_compiled_path_compiles_ahead_and_never_again(cifar_root, tmp_path, monkeypatch):
     state = setup(gpu_config(cifar_root, tmp_path / "compiled", compile=True))
-    assert state.compile_s > 0
+    assert state.ledger.compile_s > 0
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)  # a compile on the clock fails the test
     for epoch in range(state.cfg.epochs):
         metrics = train_one_epoch(state, epoch)
         assert metrics.train_loss == metrics.train_loss  # finite, not NaN
-    state.saver.close()
+    state.close()
 
 
 @pytest.mark.cuda
 @gpu
 def test_a_training_step_on_the_gpu_never_waits_for_the_device(cifar_root, tmp_path):
     state = setup(gpu_config(cifar_root, tmp_path / "sync"))
-    gen = torch.Generator(state.device).manual_seed(0)
-    assert state.train.images.is_cuda and state.train.labels.is_cuda
-    batches = iterate_batches(state.train, state.batch_size, shuffle=True, generator=gen)
-    phases, totals = dict.fromkeys(PHASES, 0.0), {"loss": torch.zeros((), device=state.device), "seen": 0,
-                                                  "correct": torch.zeros((), device=state.device, dtype=torch.long)}  # fmt: skip
-    images, labels = next(batches)
-    _train_step(state, images, labels, gen, None, 32, phases, totals, 0.0)  # first use: cached constants made
+    assert state.feed.train.images.is_cuda and state.feed.train.labels.is_cuda
+    run = begin_epoch(state, 0)
+    batches = state.feed.batches(0, run.gen)
+    train_step(state, run, *next(batches))  # first use: cached constants made
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        images, labels = next(batches)
-        _train_step(state, images, labels, gen, None, 32, phases, totals, 0.0)
+        train_step(state, run, *next(batches))
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    state.saver.close()
+    state.close()
 
 
 def test_gpu_check_dry_run_writes_numbers(cifar_root, tmp_path):
