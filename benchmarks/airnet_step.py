@@ -24,8 +24,15 @@ from cifarlens.models import create_model
 
 
 def step_seconds(
-    size: int, bias_trains: bool, batch: int, repeats: int, memory_format: torch.memory_format,
-    precision: str, act: str, compiled: bool = False, widths: tuple[int, int] = (64, 256),
+    size: int,
+    bias_trains: bool,
+    batch: int,
+    repeats: int,
+    memory_format: torch.memory_format,
+    precision: str,
+    act: str,
+    compiled: bool = False,
+    widths: tuple[int, int] = (64, 256),
 ) -> tuple[float, float]:
     """Best of ``repeats`` steps (forward, backward) at ``precision``; minor page faults per step."""
     torch.manual_seed(0)
@@ -66,9 +73,11 @@ def main() -> None:
     kept = not args.release_memory and keep_freed_memory()
     fmt = torch.contiguous_format if args.contiguous else torch.channels_last
     precision = resolve_precision(args.precision, torch.device("cpu"))
-    print(f"{cpu_name()}, {torch.get_num_threads()} threads, batch {args.batch}, {fmt}, {precision}, act {args.act}, "
-          f"widths {args.width}/{args.wide}/{args.wide}, "
-          f"freed memory kept: {kept}, compiled: {args.compile}")
+    print(
+        f"{cpu_name()}, {torch.get_num_threads()} threads, batch {args.batch}, {fmt}, {precision}, act {args.act}, "
+        f"widths {args.width}/{args.wide}/{args.wide}, "
+        f"freed memory kept: {kept}, compiled: {args.compile}"
+    )
     print("| px | whitening bias | s/step | page faults/step | frozen / trained |")
     print("| ---: | --- | ---: | ---: | ---: |")
     options = (args.batch, args.repeats, fmt, precision, args.act, args.compile, (args.width, args.wide))

@@ -11,13 +11,14 @@ means bit-identical final weights; the losses and accuracies are metrics.csv's, 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from cifarlens.run import RunDir
 
 RUNS = {
     "fast": ["--recipe", "fast", "--early-epochs", "1"],
@@ -42,8 +43,7 @@ def pin(out: Path, name: str, flags: list[str], subset: int = 2000) -> dict:
     run = out / name
     cmd = [sys.executable, "-m", "cifarlens.cli", "train", *flags, *COMMON, "--subset", str(subset), "--out", str(run)]
     subprocess.run(cmd, check=True, env=os.environ | {"COLUMNS": "200"})
-    with open(run / "metrics.csv", newline="") as f:
-        rows = [{k: r[k] for k in COLUMNS if r.get(k)} for r in csv.DictReader(f)]
+    rows = [{k: r[k] for k in COLUMNS if k in r} for r in RunDir(run).read_metrics()]
     summary = json.loads((run / "summary.json").read_text())
     return {
         "weights_sha256": weights_sha256(run / "model.safetensors"),
@@ -56,7 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs and pin.json")
     parser.add_argument("--only", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
-    parser.add_argument("--subset", type=int, default=2000, help="training images of each run (pins compare equal sizes)")
+    parser.add_argument(
+        "--subset", type=int, default=2000, help="training images of each run (pins compare equal sizes)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     unknown = sorted(set(args.only.split(",")) - RUNS.keys())

@@ -37,9 +37,15 @@ def conv_step_gflops(precision: str, channels_last: bool, batch: int = 256) -> f
     """One training step (forward + backward + SGD) of two 3x3 convs, 64->128->128 channels at 32x32."""
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
-        nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
-    )  # fmt: skip
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.BatchNorm2d(128),
+        nn.ReLU(),
+        nn.Conv2d(128, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    )
     x = torch.randn(batch, 64, 32, 32)
     if channels_last:
         net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -91,8 +97,10 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     med = result["gflops_median"]
-    print(f"{result['cpu']}, {result['threads']} threads, torch {result['torch']}, native bf16: {result['native_bf16']}, "
-          f"freed memory kept: {kept}")
+    print(
+        f"{result['cpu']}, {result['threads']} threads, torch {result['torch']}, native bf16: {result['native_bf16']}, "
+        f"freed memory kept: {kept}"
+    )
     print("| kernel | GFLOP/s (median of %d) | vs fp32 |" % args.repeats)
     print("| --- | ---: | ---: |")
     base = {"matmul": med["matmul fp32"], "conv": med["conv step fp32 contiguous"]}

@@ -121,15 +121,34 @@ def main() -> None:
         cifarlens(*export)
         bench_json = path / "export" / "bench.json"
         cifarlens(
-            "bench", path, "--batch-sizes", args.batch_sizes, "--backends", args.backends, "--threads", args.threads,
-            "--seconds", args.seconds, "--test-images", args.test_images, "--out", bench_json,
-        )  # fmt: skip
+            "bench",
+            path,
+            "--batch-sizes",
+            args.batch_sizes,
+            "--backends",
+            args.backends,
+            "--threads",
+            args.threads,
+            "--seconds",
+            args.seconds,
+            "--test-images",
+            args.test_images,
+            "--out",
+            bench_json,
+        )
         reports[name] = json.loads(bench_json.read_text())
     table = markdown(reports)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        json.dumps({"date": str(date.today()), "cpu": cpu_name(), "seconds": time.perf_counter() - started,
-                    "reports": reports}, indent=2)  # fmt: skip
+        json.dumps(
+            {
+                "date": str(date.today()),
+                "cpu": cpu_name(),
+                "seconds": time.perf_counter() - started,
+                "reports": reports,
+            },
+            indent=2,
+        )
     )
     print(table)
     print(f"\nwrote {args.out}")

@@ -37,7 +37,6 @@ import torch
 
 from cifarlens.explain.cam import METHODS, CamExplainer
 from cifarlens.explain.features import ActivationPooler
-from cifarlens.explain.images import model_input
 from cifarlens.explain.projection import Projector, map_quality
 from cifarlens.models.layers import default_stages, list_layers
 
@@ -68,7 +67,9 @@ def time_tsne(x: np.ndarray, labels: np.ndarray, seed: int, threads: int) -> lis
     points = Projector("tsne", seed=seed, n_jobs=threads, pca_dims=reduced.shape[1], backend="opentsne")(reduced).points
     rows.append({"backend": "openTSNE", "seconds": time.perf_counter() - t0, "points": points})
     t0 = time.perf_counter()
-    sk_points = TSNE(perplexity=30.0, init="pca", max_iter=750, random_state=seed, n_jobs=threads).fit_transform(reduced)
+    sk_points = TSNE(perplexity=30.0, init="pca", max_iter=750, random_state=seed, n_jobs=threads).fit_transform(
+        reduced
+    )
     rows.append({"backend": "scikit-learn", "seconds": time.perf_counter() - t0, "points": sk_points})
     for row in rows:
         quality = map_quality(x, row.pop("points"), labels, sample=2000, seed=seed)
@@ -78,7 +79,7 @@ def time_tsne(x: np.ndarray, labels: np.ndarray, seed: int, threads: int) -> lis
 
 
 def time_cams(model, spec, images, methods, batch: int = 16) -> list[dict]:
-    x = model_input(images, spec)
+    x = spec.inputs(images)
     rows = []
     for method in methods:
         try:
@@ -90,8 +91,13 @@ def time_cams(model, spec, images, methods, batch: int = 16) -> list[dict]:
         t0 = time.perf_counter()
         for start in range(0, len(x), batch):
             explainer(x[start : start + batch])
-        rows.append({"method": method, "target_layer": explainer.target_layer,
-                     "seconds_per_image": (time.perf_counter() - t0) / len(x)})  # fmt: skip
+        rows.append(
+            {
+                "method": method,
+                "target_layer": explainer.target_layer,
+                "seconds_per_image": (time.perf_counter() - t0) / len(x),
+            }
+        )
     return rows
 
 
@@ -103,18 +109,40 @@ def rank_tables(args) -> None:
     spec = RunDir(args.run).read_spec()
     t0 = time.perf_counter()
     out = Path(args.out or f"benchmarks/results/rank_{spec.name}.json")
-    ranked = rank(args.run, methods=args.methods_rank, n=args.rank_n, data_dir=args.data_dir, device="cpu",
-                  settings=RankSettings(seed=args.seed, sanity_n=args.sanity_n),
-                  partial_to=out.with_suffix(".partial"))  # the table so far, kept if the run is stopped  # fmt: skip
-    result = {"date": date.today().isoformat(), "machine": cpu_name(), "threads": torch.get_num_threads(),
-              "run": str(args.run), "model": spec.name, "images": len(ranked.indices), "sanity_n": args.sanity_n,
-              "seconds": time.perf_counter() - t0, "rows": ranked.rows, "notes": ranked.notes, "cam_layers": {}}  # fmt: skip
+    ranked = rank(
+        args.run,
+        methods=args.methods_rank,
+        n=args.rank_n,
+        data_dir=args.data_dir,
+        device="cpu",
+        settings=RankSettings(seed=args.seed, sanity_n=args.sanity_n),
+        partial_to=out.with_suffix(".partial"),
+    )  # the table so far, kept if the run is stopped
+    result = {
+        "date": date.today().isoformat(),
+        "machine": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "run": str(args.run),
+        "model": spec.name,
+        "images": len(ranked.indices),
+        "sanity_n": args.sanity_n,
+        "seconds": time.perf_counter() - t0,
+        "rows": ranked.rows,
+        "notes": ranked.notes,
+        "cam_layers": {},
+    }
     print(f"\n{ranked.title()}, {result['seconds']:.0f} s in all\n\n{ranked.markdown()}")
     for note in ranked.notes:
         print(f"note: {note}")
     for layer in [x for x in (args.cam_layers or "").split(",") if x]:
-        cams = rank(args.run, methods="cams", n=args.rank_n, data_dir=args.data_dir, device="cpu",
-                    settings=RankSettings(seed=args.seed, sanity_n=args.sanity_n, target_layer=layer))  # fmt: skip
+        cams = rank(
+            args.run,
+            methods="cams",
+            n=args.rank_n,
+            data_dir=args.data_dir,
+            device="cpu",
+            settings=RankSettings(seed=args.seed, sanity_n=args.sanity_n, target_layer=layer),
+        )
         result["cam_layers"][layer] = cams.rows
         print(f"\nCAM methods at {layer}:\n\n{cams.markdown()}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,10 +172,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="500 images, 8 CAM images: checks the script works")
     parser.add_argument("--rank", action="store_true", help="time and score explain rank instead (needs --run)")
     parser.add_argument("--rank-n", type=int, default=500, help="seeded test images of --rank")
-    parser.add_argument("--sanity-n", type=int, default=100, help="images of those the randomisation check runs on (0: all)")
+    parser.add_argument(
+        "--sanity-n", type=int, default=100, help="images of those the randomisation check runs on (0: all)"
+    )
     parser.add_argument("--methods-rank", default="all", help="methods of --rank: all, cams or a list")
     parser.add_argument("--cam-layers", default="", help="--rank: also rank the CAM methods at each of these layers")
-    parser.add_argument("--out", default=None, help="JSON results (default: benchmarks/results/explain_speed[_quick].json)")
+    parser.add_argument(
+        "--out", default=None, help="JSON results (default: benchmarks/results/explain_speed[_quick].json)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.n, args.cam_images = min(args.n, 500), min(args.cam_images, 8)
@@ -173,21 +205,35 @@ def main() -> None:
     cam_rows = time_cams(model, spec, data.test.images[: args.cam_images], args.methods.split(","))
 
     result = {
-        "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(), "threads": threads,
-        "source": source, "layer": layer, "images": int(len(images)), "feature_dims": int(feats.shape[1]),
-        "extract_seconds": extract_s, "extract_images_per_s": len(images) / extract_s,
-        "tsne": tsne_rows, "cam": cam_rows, "cam_images": args.cam_images,
-    }  # fmt: skip
+        "date": date.today().isoformat(),
+        "machine": platform.processor() or platform.machine(),
+        "threads": threads,
+        "source": source,
+        "layer": layer,
+        "images": int(len(images)),
+        "feature_dims": int(feats.shape[1]),
+        "extract_seconds": extract_s,
+        "extract_images_per_s": len(images) / extract_s,
+        "tsne": tsne_rows,
+        "cam": cam_rows,
+        "cam_images": args.cam_images,
+    }
     out = Path(args.out or f"benchmarks/results/explain_speed{'_quick' if args.quick else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"\n{source}, layer {layer} ({feats.shape[1]}-d), {len(images)} test images, {threads} threads\n")
     print(f"feature extraction: {extract_s:.2f} s ({result['extract_images_per_s']:.0f} images/s)\n")
-    print("| t-SNE | seconds | trustworthiness (2,000 pts) | 10-NN acc. in map | speed-up |\n| --- | --- | --- | --- | --- |")
+    print(
+        "| t-SNE | seconds | trustworthiness (2,000 pts) | 10-NN acc. "
+        "in map | speed-up |\n| --- | --- | --- | --- | --- |"
+    )
     for r in tsne_rows:
         speedup = f"{r['speedup_vs_sklearn']:.1f}x" if "speedup_vs_sklearn" in r else "1x"
-        print(f"| {r['backend']} | {r['seconds']:.1f} | {r['trustworthiness']:.4f} | {r['knn_accuracy_2d']:.1%} | {speedup} |")
+        print(
+            f"| {r['backend']} | {r['seconds']:.1f} | {r['trustworthiness']:.4f} "
+            f"| {r['knn_accuracy_2d']:.1%} | {speedup} |"
+        )
     print(f"\n| CAM method ({args.cam_images} images) | ms / image |\n| --- | --- |")
     for r in cam_rows:
         ms = f"{r['seconds_per_image'] * 1000:.1f}" if r["seconds_per_image"] is not None else f"n/a ({r['note']})"

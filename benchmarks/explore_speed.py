@@ -31,8 +31,11 @@ def free_port() -> int:
 
 
 def start(run: str, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "cifarlens.cli", "explore", run, "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifarlens.cli", "explore", run, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
@@ -75,8 +78,14 @@ def main() -> None:
         proc.wait(timeout=30)
     from cifarlens.device import cpu_name
 
-    result = {"run": args.run, "images": args.images, "cpu": cpu_name(), "load_average": os.getloadavg(),
-              "python": platform.python_version(), "rows": rows}  # fmt: skip
+    result = {
+        "run": args.run,
+        "images": args.images,
+        "cpu": cpu_name(),
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "rows": rows,
+    }
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -102,8 +102,17 @@ def load_json(path: Path, metric: str) -> list[Run]:
             if item.get(metric) is None:
                 print(f"skipped {path.name}:{item.get('run', key)}: no {metric}", file=sys.stderr)
                 continue
-            runs.append(Run(key, int(item["seed"]), float(item["train_clock"]), 100 * float(item[metric]),
-                            item.get("epochs"), item.get("settings", ""), item.get("machine", "")))  # fmt: skip
+            runs.append(
+                Run(
+                    key,
+                    int(item["seed"]),
+                    float(item["train_clock"]),
+                    100 * float(item[metric]),
+                    item.get("epochs"),
+                    item.get("settings", ""),
+                    item.get("machine", ""),
+                )
+            )
     return runs
 
 
@@ -112,9 +121,16 @@ def save_runs(runs: list[Run], path: Path, metric: str) -> None:
     after the run directories are gone."""
     out: dict[str, list[dict]] = {}
     for r in sorted(runs, key=lambda r: (r.recipe, r.seed)):
-        out.setdefault(r.recipe, []).append({"seed": r.seed, "train_clock": round(r.seconds, 3),
-                                             metric: r.acc / 100, "epochs": r.epochs, "settings": r.settings,
-                                             "machine": r.machine})  # fmt: skip
+        out.setdefault(r.recipe, []).append(
+            {
+                "seed": r.seed,
+                "train_clock": round(r.seconds, 3),
+                metric: r.acc / 100,
+                "epochs": r.epochs,
+                "settings": r.settings,
+                "machine": r.machine,
+            }
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
 
@@ -132,9 +148,17 @@ def load_run_dirs(folder: Path, metric: str) -> list[Run]:
             continue
         config, prov = run.config, run.provenance
         machine = f"{prov.get('processor')}, {'native bf16' if prov.get('cpu_native_bf16') else 'no native bf16'}"
-        runs.append(Run(name[1], int(name[2]), float(run.metrics[-1]["train_clock"]),
-                        100 * float(run.summary[metric]["accuracy"]), int(config["epochs"]),
-                        describe(config), f"{machine}, {prov.get('precision')}"))  # fmt: skip
+        runs.append(
+            Run(
+                name[1],
+                int(name[2]),
+                float(run.metrics[-1]["train_clock"]),
+                100 * float(run.summary[metric]["accuracy"]),
+                int(config["epochs"]),
+                describe(config),
+                f"{machine}, {prov.get('precision')}",
+            )
+        )
     return runs
 
 
@@ -163,8 +187,10 @@ def machine_name(runs: list[Run], given: str | None, default_inputs: bool) -> st
     if len(recorded) > 1:
         sys.exit(f"runs from {len(recorded)} machines ({'; '.join(recorded)}): plot one machine per figure")
     if recorded and not given and any(not r.machine for r in runs):
-        sys.exit(f"the JSON runs do not record their machine; if it is {recorded[0]!r}, and the trainer the same, "
-                 "say so with --machine")  # fmt: skip
+        sys.exit(
+            f"the JSON runs do not record their machine; if it is {recorded[0]!r}, and the trainer the same, "
+            "say so with --machine"
+        )
     if given:
         return given
     if recorded:
@@ -262,12 +288,17 @@ def _std(values: list[float]) -> float:
 # -- the figure ----------------------------------------------------------------------------------------------
 def plot(recipes: list[Recipe], reference: Recipe, out: Path, machine: str, metric: str, bar: float) -> None:
     """Two panels on one time axis: the accuracy itself, and minus the reference's on the same seeds."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 10), sharex=True, layout="constrained",
-                                      gridspec_kw={"height_ratios": [1, 1]})  # fmt: skip
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(11, 10), sharex=True, layout="constrained", gridspec_kw={"height_ratios": [1, 1]}
+    )
     ref = reference.by_seed()
     labels = panel(top, recipes, lambda r: [(x.seconds, x.acc) for x in r.runs], lambda r: r.name)
-    labels += panel(bottom, recipes, lambda r: [(x.seconds, x.acc - ref[x.seed]) for x in r.runs if x.seed in ref],
-                    lambda r: f"{r.name} ({len(paired_difference(r, reference))})")  # fmt: skip
+    labels += panel(
+        bottom,
+        recipes,
+        lambda r: [(x.seconds, x.acc - ref[x.seed]) for x in r.runs if x.seed in ref],
+        lambda r: f"{r.name} ({len(paired_difference(r, reference))})",
+    )
     ref_s = reference.mean_std("seconds")[0]
     for ax, level in ((top, reference.mean_std("acc")[0]), (bottom, 0.0)):
         ax.axhline(level, color=COLORS["airbench"], lw=0.8, ls=":", zorder=0)
@@ -279,9 +310,12 @@ def plot(recipes: list[Recipe], reference: Recipe, out: Path, machine: str, metr
     top.set_ylabel(METRIC_LABELS.get(metric, metric) + "\non 5,000 held-out training images")
     bottom.set_ylabel(f"minus {reference.name} on the same seed (points)\nlabels: recipe (seeds paired)")
     bottom.set_xlabel("training clock, s (the trainer's clock without per-epoch evaluations)")
-    top.set_title(f"Held-out accuracy against training time on {machine}\n"
-                  f"top: each recipe's mean ± std over seeds; bottom: paired with {reference.name} by seed "
-                  "(the same held-out split)", fontsize=11)  # fmt: skip
+    top.set_title(
+        f"Held-out accuracy against training time on {machine}\n"
+        f"top: each recipe's mean ± std over seeds; bottom: paired with {reference.name} by seed "
+        "(the same held-out split)",
+        fontsize=11,
+    )
     legend(top, reference, recipes)
     place_labels(fig, labels)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -300,8 +334,19 @@ def panel(ax, recipes: list[Recipe], points, name) -> list[tuple]:
         color = COLORS[r.family]
         ax.scatter(xs, ys, s=16, color=color, alpha=0.3, lw=0, zorder=1)
         means[r.name] = statistics.mean(xs), statistics.mean(ys)
-        ax.errorbar(*means[r.name], xerr=_std(xs), yerr=_std(ys), fmt="o", color=color, ms=7, capsize=2, lw=1,
-                    elinewidth=0.8, zorder=3, mfc=color if len(xs) > 1 else "white")  # fmt: skip
+        ax.errorbar(
+            *means[r.name],
+            xerr=_std(xs),
+            yerr=_std(ys),
+            fmt="o",
+            color=color,
+            ms=7,
+            capsize=2,
+            lw=1,
+            elinewidth=0.8,
+            zorder=3,
+            mfc=color if len(xs) > 1 else "white",
+        )
         labels.append((ax, *means[r.name], name(r), color))
     line = [means[r.name] for r in airbench_line(recipes) if r.name in means]
     ax.plot(*zip(*line), color=COLORS["airbench"], lw=1.5, zorder=2)
@@ -331,9 +376,18 @@ def place_labels(fig, labels: list[tuple]) -> None:
     taken = [Bbox.from_bounds(*(ax.transData.transform((x, y)) - 5), 10, 10) for ax, x, y, *_ in labels]  # markers
     for ax, x, y, text, color in labels:
         for dx, dy in OFFSETS:
-            note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8, color=color,
-                               ha="left" if dx > 0 else "right", va="center", zorder=4,
-                               bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})  # fmt: skip
+            note = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=8,
+                color=color,
+                ha="left" if dx > 0 else "right",
+                va="center",
+                zorder=4,
+                bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
+            )
             box = note.get_window_extent(renderer)
             if not any(box.overlaps(other) for other in taken) or (dx, dy) == OFFSETS[-1]:
                 break
@@ -345,8 +399,13 @@ def place_labels(fig, labels: list[tuple]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="*", type=Path, help=f"runs JSON files (default: {DEFAULT_JSON.name})")
-    parser.add_argument("--runs-dir", type=Path, action="append", default=[],
-                        help="a folder of cifarlens run directories KEY-sSEED to add (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder of cifarlens run directories KEY-sSEED to add (repeatable)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
     parser.add_argument("--table", type=Path, help="also write the Markdown table here")
     parser.add_argument("--metric", default="val_tta_translate", help="accuracy key (default: val_tta_translate)")
@@ -366,8 +425,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             runs += load_json(path, args.metric)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-            sys.exit(f"{path} is not a runs JSON ({type(err).__name__}: {err}): each key maps to runs with seed, "
-                     f"train_clock and {args.metric}")
+            sys.exit(
+                f"{path} is not a runs JSON ({type(err).__name__}: {err}): each key maps to runs with seed, "
+                f"train_clock and {args.metric}"
+            )
     runs += [r for folder in args.runs_dir for r in load_run_dirs(folder, args.metric)]
     runs = merge(runs)
     recipes = group(runs, args.reference)

@@ -1,8 +1,8 @@
 """The training and inference part of ``benchmarks/gpu_check.sh``: runs, bench, one JSON and one markdown table.
 
 On the packed subset (``benchmarks/gpu_data.py``: 20,000 training images, 5,000 held out), each as the
-``cifarlens train`` command a user runs: ``fast`` with 5 seeds and ``airbench94`` with 2, scored on the held-out images with
-their recipes' TTA; then ``fast``, ``fast --compile`` and ``airbench94`` once each on the training images
+``cifarlens train`` command a user runs: ``fast`` with 5 seeds and ``airbench94`` with 2, scored on the held-out
+images with their recipes' TTA; then ``fast``, ``fast --compile`` and ``airbench94`` once each on the training images
 repeated to 50,000, to time full-size epochs; then ``cifarlens bench`` of the first ``fast`` run for eager,
 compiled and onnxruntime. Training seconds are the trainer's own (``summary.json``: ``train_s``, CUDA events
 on a GPU, compilation apart in ``compile_s``). ``--dry-run`` does the same on the CPU with a tiny packed subset,
@@ -48,9 +48,14 @@ FULL_SIZE = 50_000
 HIVERGE_A100_S = 2.0  # hiverge/cifar10-speedrun's published A100 record, the issue's anchor
 VERSIONS = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxscript", "safetensors", "timm")
 # The dry run: a few hundred images, 2 epochs, airnet at a sixteenth of its width.
-DRY = {"train": 400, "held_out": 100, "full_size": 1000, "seeds": {"fast": [0, 1], "airbench94": [0]},
-       "args": ["--device", "cpu", "--epochs", "2", "--model-args", "{width: 16, wide: 32}"],
-       "recipe_args": {"fast": ["--early-epochs", "1"]}}  # fmt: skip
+DRY = {
+    "train": 400,
+    "held_out": 100,
+    "full_size": 1000,
+    "seeds": {"fast": [0, 1], "airbench94": [0]},
+    "args": ["--device", "cpu", "--epochs", "2", "--model-args", "{width: 16, wide: 32}"],
+    "recipe_args": {"fast": ["--early-epochs", "1"]},
+}
 
 
 def train(name: str, args: list[str], seed: int, data: Path, work: Path, extra: list[str]) -> dict:
@@ -62,8 +67,21 @@ def train(name: str, args: list[str], seed: int, data: Path, work: Path, extra: 
     recipe_args = args if args else ["--recipe", name]
     # --eval-test-every-epoch: the held-out accuracy of every epoch, for the seconds to a given accuracy (the
     # per-epoch scoring is off the training clock, train_s).
-    cmd = ["train", *recipe_args, "--seed", str(seed), "--data-dir", str(data), "--out", str(out), "--no-download",
-           "--no-report", "--no-evaluate", "--eval-test-every-epoch", *extra]  # fmt: skip
+    cmd = [
+        "train",
+        *recipe_args,
+        "--seed",
+        str(seed),
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--no-download",
+        "--no-report",
+        "--no-evaluate",
+        "--eval-test-every-epoch",
+        *extra,
+    ]
     print("$ cifarlens", " ".join(cmd), flush=True)
     start = time.perf_counter()
     code = app(cmd, standalone_mode=False)
@@ -72,9 +90,20 @@ def train(name: str, args: list[str], seed: int, data: Path, work: Path, extra: 
         raise SystemExit(f"error: {name} seed {seed} failed (exit {code}); its output is above")
     summary = json.loads((out / "summary.json").read_text())["train"]
     acc, views = held_out_accuracy(out, summary["device"])
-    return {"recipe": name, "seed": seed, "images": data.name, "run": str(out), "held_out_acc": acc, "tta": views,
-            "train_s": summary["train_s"], "compile_s": summary["compile_s"], "wall_s": wall,
-            "device": summary["device"], "precision": summary["precision"], "epochs": epoch_curve(out)}  # fmt: skip
+    return {
+        "recipe": name,
+        "seed": seed,
+        "images": data.name,
+        "run": str(out),
+        "held_out_acc": acc,
+        "tta": views,
+        "train_s": summary["train_s"],
+        "compile_s": summary["compile_s"],
+        "wall_s": wall,
+        "device": summary["device"],
+        "precision": summary["precision"],
+        "epochs": epoch_curve(out),
+    }
 
 
 def epoch_curve(run: Path) -> list[dict]:
@@ -82,8 +111,10 @@ def epoch_curve(run: Path) -> list[dict]:
     TTA, from the run's metrics.csv (the held-out images are the packed data's test split)."""
     from cifarlens.run import RunDir
 
-    return [{"epoch": row["epoch"], "train_clock_s": row["train_clock"], "held_out_acc": row.get("test_acc")}
-            for row in RunDir(run).read_metrics()]  # fmt: skip
+    return [
+        {"epoch": row["epoch"], "train_clock_s": row["train_clock"], "held_out_acc": row.get("test_acc")}
+        for row in RunDir(run).read_metrics()
+    ]
 
 
 def held_out_accuracy(run: Path, device: str) -> tuple[float, str]:
@@ -97,15 +128,19 @@ def held_out_accuracy(run: Path, device: str) -> tuple[float, str]:
     model, spec = run.load_model(device)
     test = run.load_data().test
     logits = Predictor(model, spec, device=device, tta=tta, tta_translate=translate).logits(test.images)
-    return float((logits.argmax(1) == test.labels).float().mean()), "mirror + shifts" if translate else "mirror" if tta else "none"
+    return float(
+        (logits.argmax(1) == test.labels).float().mean()
+    ), "mirror + shifts" if translate else "mirror" if tta else "none"
 
 
 BENCH_BACKENDS = "torch,torch-compile,onnxruntime"
 
 
 # cifarlens bench's options: the dry run's, and the GPU's.
-BENCH = {True: {"seconds": 0.2, "test-images": 100, "batch-sizes": "1,32", "device": "cpu"},
-         False: {"seconds": 1, "test-images": 5000, "batch-sizes": "1,256,2000", "device": "cuda"}}  # fmt: skip
+BENCH = {
+    True: {"seconds": 0.2, "test-images": 100, "batch-sizes": "1,32", "device": "cpu"},
+    False: {"seconds": 1, "test-images": 5000, "batch-sizes": "1,256,2000", "device": "cuda"},
+}
 
 
 def bench_seconds(options: dict) -> float:
@@ -116,8 +151,18 @@ def bench_seconds(options: dict) -> float:
 
 def bench(run: str, work: Path, options: dict) -> dict:
     out = work / "bench.json"
-    cmd = [sys.executable, "-m", "cifarlens.cli", "bench", run, "--backends", BENCH_BACKENDS, "--out", str(out),
-           *(arg for name, value in options.items() for arg in (f"--{name}", str(value)))]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cifarlens.cli",
+        "bench",
+        run,
+        "--backends",
+        BENCH_BACKENDS,
+        "--out",
+        str(out),
+        *(arg for name, value in options.items() for arg in (f"--{name}", str(value))),
+    ]
     print("$", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, check=False, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     print(proc.stdout[-4000:], flush=True)
@@ -127,7 +172,11 @@ def bench(run: str, work: Path, options: dict) -> dict:
 
 
 def spread(values: list[float]) -> dict:
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+    return {
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def seconds_to_accuracy(runs: list[dict], recipe: str, target: float | None) -> float | None:
@@ -152,8 +201,11 @@ def final_epoch_accuracy(runs: list[dict], recipe: str) -> float | None:
 
 def summarize(runs: list[dict], timed: list[dict]) -> dict:
     """Mean ± std per recipe of what has run so far; a comparison whose runs are missing is None."""
-    accuracy = {r: spread([x["held_out_acc"] for x in runs if x["recipe"] == r]) for r in SEEDS
-                if any(x["recipe"] == r for x in runs)}  # fmt: skip
+    accuracy = {
+        r: spread([x["held_out_acc"] for x in runs if x["recipe"] == r])
+        for r in SEEDS
+        if any(x["recipe"] == r for x in runs)
+    }
     subset_s = {r: spread([x["train_s"] for x in runs if x["recipe"] == r]) for r in accuracy}
     full = {x["recipe"]: x for x in timed}
     both_full, both_acc = {"fast", "airbench94"} <= full.keys(), {"fast", "airbench94"} <= accuracy.keys()
@@ -174,8 +226,13 @@ def summarize(runs: list[dict], timed: list[dict]) -> dict:
 
 
 def machine() -> dict:
-    info = {"torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"), "versions": versions()}  # fmt: skip
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
     try:
         import onnxruntime
 
@@ -200,8 +257,13 @@ def versions() -> dict[str, str | None]:
 
 def _driver() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], check=False, text=True,
-                             capture_output=True, timeout=30).stdout  # fmt: skip
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            check=False,
+            text=True,
+            capture_output=True,
+            timeout=30,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return out.strip() or None
@@ -215,39 +277,79 @@ def pytest_counts(path: Path) -> dict:
 
 def markdown(result: dict) -> str:
     s, m = result["summary"], result["machine"]
-    where = f"{m.get('gpu', 'CPU (dry run)')}, driver {m.get('driver', '-')}, CUDA {m.get('cuda', '-')}, torch {m['torch']}"
+    where = (
+        f"{m.get('gpu', 'CPU (dry run)')}, driver {m.get('driver', '-')}, CUDA {m.get('cuda', '-')}, torch {m['torch']}"
+    )
     where += "; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v and k != "torch")
     where += f"; onnxruntime providers: {', '.join(m['onnxruntime_providers']) or 'none'}"
-    state = "complete" if result["complete"] else "INCOMPLETE: " + "; ".join(
-        [f"failed {x['step']}: {x['error']}" for x in result["failed"]] + [f"skipped {x}" for x in result["skipped"]]
-        + (["still running"] if not result["failed"] and not result["skipped"] else []))  # fmt: skip
-    lines = [f"# gpu_check {'(dry run) ' if result['dry_run'] else ''}{m['date']}", "", where, "", state, "",
-             f"cuda tests: {result['pytest']}", "",
-             f"Held-out accuracy with TTA ({result['subset']['train']} training images, {result['subset']['held_out']} held out):", "",
-             "| recipe | seeds | held-out acc % | training s (subset) |", "| --- | ---: | ---: | ---: |"]  # fmt: skip
+    state = (
+        "complete"
+        if result["complete"]
+        else "INCOMPLETE: "
+        + "; ".join(
+            [f"failed {x['step']}: {x['error']}" for x in result["failed"]]
+            + [f"skipped {x}" for x in result["skipped"]]
+            + (["still running"] if not result["failed"] and not result["skipped"] else [])
+        )
+    )
+    lines = [
+        f"# gpu_check {'(dry run) ' if result['dry_run'] else ''}{m['date']}",
+        "",
+        where,
+        "",
+        state,
+        "",
+        f"cuda tests: {result['pytest']}",
+        "",
+        f"Held-out accuracy with TTA ({result['subset']['train']} training "
+        f"images, {result['subset']['held_out']} held out):",
+        "",
+        "| recipe | seeds | held-out acc % | training s (subset) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for recipe, acc in s["held_out_acc"].items():
         t = s["train_s_subset"][recipe]
-        lines.append(f"| {recipe} | {acc['n']} | {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} | "
-                     f"{t['mean']:.2f} ± {t['std']:.2f} |")  # fmt: skip
-    lines += ["", f"Full-size epochs ({result['subset']['full_size']} images an epoch, seed 0):", "",
-              "| run | training s | compile s (apart) |", "| --- | ---: | ---: |"]  # fmt: skip
+        lines.append(
+            f"| {recipe} | {acc['n']} | {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} | "
+            f"{t['mean']:.2f} ± {t['std']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Full-size epochs ({result['subset']['full_size']} images an epoch, seed 0):",
+        "",
+        "| run | training s | compile s (apart) |",
+        "| --- | ---: | ---: |",
+    ]
     for name, secs in s["train_s_full_size"].items():
         lines.append(f"| {name} | {secs:.2f} | {s['compile_s_full_size'][name]:.1f} |")
     ratio, gain = s["fast_vs_airbench94_time"], s["fast_minus_airbench94_acc"]
     target, reach = s["airbench94_final_epoch_acc"], s["fast_s_to_airbench94_acc"]
-    lines += ["", (f"fast / airbench94 training time: {'-' if ratio is None else f'{ratio:.2f}x'}; fast minus "
-                   f"airbench94 held-out accuracy: {'-' if gain is None else f'{100 * gain:+.2f} points'}"),
-              "", (f"Seconds of training for fast to reach airbench94's final held-out accuracy "
-                   f"({'-' if target is None else f'{100 * target:.2f}%'}, both without TTA, subset runs): "
-                   f"{'not reached' if reach is None else f'{reach:.2f} s'}"), ""]  # fmt: skip
+    lines += [
+        "",
+        (
+            f"fast / airbench94 training time: {'-' if ratio is None else f'{ratio:.2f}x'}; fast minus "
+            f"airbench94 held-out accuracy: {'-' if gain is None else f'{100 * gain:+.2f} points'}"
+        ),
+        "",
+        (
+            f"Seconds of training for fast to reach airbench94's final held-out accuracy "
+            f"({'-' if target is None else f'{100 * target:.2f}%'}, both without TTA, subset runs): "
+            f"{'not reached' if reach is None else f'{reach:.2f} s'}"
+        ),
+        "",
+    ]
     if result["bench"] is None:
         return "\n".join(lines + ["cifarlens bench: not run"]) + "\n"
-    lines += ["| backend | runs on | accuracy % | p50 ms (b=1) | img/s at largest batch |",
-              "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+    lines += [
+        "| backend | runs on | accuracy % | p50 ms (b=1) | img/s at largest batch |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for r in result["bench"]["results"]:
         big = max(r["throughput"], key=int)
-        lines.append(f"| {r['backend']} | {r['runs_on']} | {r['accuracy']:.2f} | {r['latency_p50_ms']:.2f} | "
-                     f"{r['throughput'][big]:,.0f} |")  # fmt: skip
+        lines.append(
+            f"| {r['backend']} | {r['runs_on']} | {r['accuracy']:.2f} | {r['latency_p50_ms']:.2f} | "
+            f"{r['throughput'][big]:,.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -266,8 +368,11 @@ class Check:
         from the steps done so far) is skipped; an error is recorded instead of stopping the check."""
         elapsed = time.time() - self.started
         if elapsed + guess_s > self.budget_s:
-            print(f"skipped {name}: {elapsed:.0f} s gone + about {guess_s:.0f} s for it > the {self.budget_s:.0f} s budget",
-                  flush=True)  # fmt: skip
+            print(
+                f"skipped {name}: {elapsed:.0f} s gone + about {guess_s:.0f} "
+                f"s for it > the {self.budget_s:.0f} s budget",
+                flush=True,
+            )
             self.result["skipped"].append(name)
             self.write()
             return
@@ -316,9 +421,15 @@ def main() -> None:
     parser.add_argument("--packed", type=Path, default=Path("gpu_data"), help="the packed subset (gpu_data.py pack)")
     parser.add_argument("--pytest-log", type=Path, help="output of the cuda tests, for their counts")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny subset packed here from $CIFARLENS_DATA_DIR")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="seconds after --started by which every step ends")
-    parser.add_argument("--compile-allowance-s", type=float, default=120.0,
-                        help="seconds added to the estimate of a step that compiles (not measured before it runs)")
+    parser.add_argument(
+        "--budget-s", type=float, default=450.0, help="seconds after --started by which every step ends"
+    )
+    parser.add_argument(
+        "--compile-allowance-s",
+        type=float,
+        default=120.0,
+        help="seconds added to the estimate of a step that compiles (not measured before it runs)",
+    )
     parser.add_argument("--started", type=float, default=time.time(), help="when the check began (Unix seconds)")
     args = parser.parse_args()
     seeds, extra, full_size = (DRY["seeds"], DRY["args"], DRY["full_size"]) if args.dry_run else (SEEDS, [], FULL_SIZE)
@@ -330,16 +441,26 @@ def main() -> None:
         pack(None, packed, DRY["train"], DRY["held_out"], seed=0, method=0)
     elif not (packed / "subset.json").is_file():
         raise SystemExit(f"error: no packed subset in {packed}; run python benchmarks/gpu_data.py pack, carry gpu_data")
-    data = {"subset": unpack(packed, args.work / "subset"),
-            "full": unpack(packed, args.work / f"full{full_size}", repeat_to=full_size)}  # fmt: skip
+    data = {
+        "subset": unpack(packed, args.work / "subset"),
+        "full": unpack(packed, args.work / f"full{full_size}", repeat_to=full_size),
+    }
     index = json.loads((packed / "subset.json").read_text())
     check = Check(args.out, args.budget_s, args.started)
     counts = pytest_counts(args.pytest_log) if args.pytest_log else {}
     check.result = {
-        "dry_run": args.dry_run, "complete": False, "machine": machine(),
+        "dry_run": args.dry_run,
+        "complete": False,
+        "machine": machine(),
         "subset": {"train": index["train"]["n"], "held_out": index["held_out"]["n"], "full_size": full_size},
-        "pytest": counts, "failed": [], "skipped": [], "step_s": {}, "runs": [], "timed": [], "bench": None,
-    }  # fmt: skip
+        "pytest": counts,
+        "failed": [],
+        "skipped": [],
+        "step_s": {},
+        "runs": [],
+        "timed": [],
+        "bench": None,
+    }
     if args.pytest_log and not args.dry_run and not counts.get("passed"):
         check.result["failed"].append({"step": "cuda tests", "error": f"no cuda test passed ({counts or 'no counts'})"})
     check.write()
@@ -365,7 +486,9 @@ def main() -> None:
     print(markdown(check.result))
     print(f"wrote {args.out / 'gpu_check.json'} and {args.out / 'gpu_check.md'}")
     if not check.result["complete"]:
-        raise SystemExit("error: the check is incomplete (failed or skipped steps above); what ran is in gpu_check.json")
+        raise SystemExit(
+            "error: the check is incomplete (failed or skipped steps above); what ran is in gpu_check.json"
+        )
 
 
 if __name__ == "__main__":

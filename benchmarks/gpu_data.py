@@ -43,8 +43,12 @@ def pack(data_dir: str | None, out: Path, train: int, held_out: int, seed: int, 
     for name, idx in (("train", train_idx), ("held_out", held_idx)):
         images = data.train.images[idx].numpy()
         Image.fromarray(_mosaic(images)).save(out / f"{name}.webp", lossless=True, quality=100, method=method)
-        index[name] = {"n": len(idx), "labels": data.train.labels[idx].tolist(), "indices": idx.tolist(),
-                       "sha256": hashlib.sha256(images.tobytes()).hexdigest()}  # fmt: skip
+        index[name] = {
+            "n": len(idx),
+            "labels": data.train.labels[idx].tolist(),
+            "indices": idx.tolist(),
+            "sha256": hashlib.sha256(images.tobytes()).hexdigest(),
+        }
     (out / INDEX).write_text(json.dumps(index) + "\n")
     return index
 
@@ -53,7 +57,9 @@ def unpack(packed: Path, out: Path, repeat_to: int = 0) -> Path:
     """Write ``out/cifar-10-batches-py`` from the packed subset; return ``out``."""
     _need_webp()
     index = json.loads((packed / INDEX).read_text())
-    splits = {name: (_read(packed, name, index[name]), np.array(index[name]["labels"])) for name in ("train", "held_out")}
+    splits = {
+        name: (_read(packed, name, index[name]), np.array(index[name]["labels"])) for name in ("train", "held_out")
+    }
     images, labels = splits["train"]
     if repeat_to:
         images, labels = np.resize(images, (repeat_to, *images.shape[1:])), np.resize(labels, repeat_to)
@@ -94,7 +100,9 @@ def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
 
 def _need_webp() -> None:
     if not features.check("webp"):
-        raise SystemExit("error: this Pillow was built without WebP; install a Pillow wheel from PyPI (they include it)")
+        raise SystemExit(
+            "error: this Pillow was built without WebP; install a Pillow wheel from PyPI (they include it)"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,8 +125,10 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--train and --held-out need at least 10 images (one per class)")
         index = pack(args.data_dir, args.out, args.train, args.held_out, args.seed, args.method)
         size = sum(f.stat().st_size for f in args.out.iterdir())
-        print(f"packed {index['train']['n']} training + {index['held_out']['n']} held-out images into {args.out} "
-              f"({size / 2**20:.1f} MiB)")  # fmt: skip
+        print(
+            f"packed {index['train']['n']} training + {index['held_out']['n']} held-out images into {args.out} "
+            f"({size / 2**20:.1f} MiB)"
+        )
     else:
         if not (args.packed / INDEX).is_file():
             sys.exit(f"error: no packed subset in {args.packed}; run: python benchmarks/gpu_data.py pack")

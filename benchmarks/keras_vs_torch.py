@@ -40,7 +40,6 @@ are printed as a Markdown table.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -53,6 +52,7 @@ from pathlib import Path
 
 from cifarlens.data import CIFAR10_MEAN, CIFAR10_STD  # what cifarlens normalises PyTorch models' inputs with
 from cifarlens.device import cpu_fields
+from cifarlens.run import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFARLENS = [sys.executable, "-m", "cifarlens"]
@@ -142,11 +142,27 @@ def parameter_counts(keras_file: Path) -> dict:
 def train(model: str, seed: int, out: Path, args) -> float:
     """One ``cifarlens train`` process; returns its wall seconds."""
     cmd = CIFARLENS + [
-        "train", "--recipe", "conv_blocks", "--model", model, "--seed", str(seed), "--out", str(out),
-        "--val-size", str(args.val_size), "--subset", str(args.subset), "--threads", str(args.threads),
-        "--precision", args.precision, "--no-report", "--no-download",
+        "train",
+        "--recipe",
+        "conv_blocks",
+        "--model",
+        model,
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+        "--val-size",
+        str(args.val_size),
+        "--subset",
+        str(args.subset),
+        "--threads",
+        str(args.threads),
+        "--precision",
+        args.precision,
+        "--no-report",
+        "--no-download",
         "--eval-test-every-epoch" if args.test_every_epoch else "--no-eval-test-every-epoch",
-    ]  # fmt: skip
+    ]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
     if args.data_dir:
@@ -160,8 +176,22 @@ def train(model: str, seed: int, out: Path, args) -> float:
 def bench(run: Path, args) -> float | None:
     """Inference images/s at batch 256 (torch eager, fp32) of a run, or None when ``cifarlens bench`` fails."""
     out = run / "bench_keras_vs_torch.json"
-    cmd = CIFARLENS + ["bench", str(run), "--backends", "torch", "--batch-sizes", "256", "--seconds",
-                       str(args.bench_seconds), "--test-images", "512", "--threads", str(args.threads), "--out", str(out)]  # fmt: skip
+    cmd = CIFARLENS + [
+        "bench",
+        str(run),
+        "--backends",
+        "torch",
+        "--batch-sizes",
+        "256",
+        "--seconds",
+        str(args.bench_seconds),
+        "--test-images",
+        "512",
+        "--threads",
+        str(args.threads),
+        "--out",
+        str(out),
+    ]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -173,8 +203,7 @@ def bench(run: Path, args) -> float | None:
 
 def read_run(run: Path, wall_s: float) -> dict:
     """What one run directory says: last-epoch val accuracy, final test accuracy, speed."""
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = RunDir(run).read_metrics()
     summary = json.loads((run / "summary.json").read_text())
     provenance = json.loads((run / "provenance.json").read_text())
     last = rows[-1]
@@ -249,9 +278,11 @@ def markdown(result: dict) -> str:
     for row in (torch_row, keras_row):
         infer = row["inference_images_per_s_b256"]
         lines.append(
-            f"| {row['framework']} | {row['params']:,} | {_pct(row['val_acc_mean'], row['val_acc_std'], row['seeds'])} | "
+            f"| {row['framework']} | {row['params']:,} | {_pct(row['val_acc_mean'], row['val_acc_std'], row['seeds'])} "
+            "| "
             f"{_pct(row['test_acc_mean'], row['test_acc_std'], row['seeds'])} | {row['train_images_per_s']:.0f} | "
-            f"{row['train_s_per_epoch']:.1f} | {row['wall_s_per_epoch']:.1f} | {'-' if infer is None else f'{infer:.0f}'} |"
+            f"{row['train_s_per_epoch']:.1f} | {row['wall_s_per_epoch']:.1f} "
+            f"| {'-' if infer is None else f'{infer:.0f}'} |"
         )
     r = result["ratios"]
 
@@ -259,7 +290,8 @@ def markdown(result: dict) -> str:
         return "-" if v is None else fmt.format(v)
 
     lines.append(
-        f"| Keras / PyTorch | | {ratio(r['val_acc_points'], '{:+.2f} points')} | {ratio(r['test_acc_points'], '{:+.2f} points')} "
+        f"| Keras / PyTorch | | {ratio(r['val_acc_points'], '{:+.2f} points')} "
+        f"| {ratio(r['test_acc_points'], '{:+.2f} points')} "
         f"| {r['train_images_per_s']:.2f}x | {r['train_s_per_epoch']:.2f}x | {r['wall_s_per_epoch']:.2f}x | "
         f"{ratio(r['inference_images_per_s'], '{:.2f}x')} |"
     )
@@ -289,16 +321,24 @@ def main() -> None:
     parser.add_argument(
         "--subset", type=int, default=0, help="stratified subset of N images for a quick check (0: all)"
     )
-    parser.add_argument("--keras-input", choices=("normalize", "scale"), default="normalize",
-                        help="normalize: a Normalization layer with CIFAR-10 mean/std, the PyTorch model's input; "
-                             "scale: 0-1 pixels only, the seed report's Keras input")  # fmt: skip
+    parser.add_argument(
+        "--keras-input",
+        choices=("normalize", "scale"),
+        default="normalize",
+        help="normalize: a Normalization layer with CIFAR-10 mean/std, the PyTorch model's input; "
+        "scale: 0-1 pixels only, the seed report's Keras input",
+    )
     parser.add_argument(
         "--precision", default="auto", help="--precision of both runs (auto: bf16 on a CPU with native bf16)"
     )
     parser.add_argument("--threads", type=int, default=0, help="--threads of both runs (0: torch's default)")
     parser.add_argument("--test-every-epoch", action="store_true", help="also score the test split after every epoch")
-    parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True,
-                        help="measure inference images/s with `cifarlens bench` (first seed)")  # fmt: skip
+    parser.add_argument(
+        "--bench",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure inference images/s with `cifarlens bench` (first seed)",
+    )
     parser.add_argument("--bench-seconds", type=float, default=2.0, help="seconds per bench measurement")
     parser.add_argument("--data-dir", default=os.environ.get("CIFARLENS_DATA_DIR"), help="default $CIFARLENS_DATA_DIR")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "keras_vs_torch", help="run directories")
@@ -313,9 +353,13 @@ def main() -> None:
     keras_file = workdir / f"conv_blocks_{args.keras_input}.keras"
     write_keras_model(keras_file, args.keras_input)
     params = parameter_counts(keras_file)
-    print(f"trainable parameters: PyTorch conv_blocks {params['torch']:,}, Keras {params['keras']:,} "
-          f"(as cifarlens trains it: {params['keras_in_cifarlens']:,}; Keras non-trainable {params['keras_non_trainable']:,}"
-          f" BN moving statistics); cifarlens runs it channels_first: {params['keras_channels_first']}", flush=True)  # fmt: skip
+    print(
+        f"trainable parameters: PyTorch conv_blocks {params['torch']:,}, Keras {params['keras']:,} "
+        f"(as cifarlens trains it: {params['keras_in_cifarlens']:,}; "
+        f"Keras non-trainable {params['keras_non_trainable']:,}"
+        f" BN moving statistics); cifarlens runs it channels_first: {params['keras_channels_first']}",
+        flush=True,
+    )
     if not params["torch"] == params["keras"] == params["keras_in_cifarlens"]:
         raise SystemExit("the two models do not have the same trainable parameters; they are not the same architecture")
     if not params["keras_channels_first"]:
@@ -330,8 +374,18 @@ def main() -> None:
             wall = train(model, seed, out, args)
             runs[name].append(read_run(out, wall))
             r = runs[name][-1]
-            print(json.dumps({"framework": name, "seed": seed, "val_acc": r["val_acc"], "test_acc": r["test_acc"],
-                              "images_per_s": round(r["images_per_s_median"], 1)}), flush=True)  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "framework": name,
+                        "seed": seed,
+                        "val_acc": r["val_acc"],
+                        "test_acc": r["test_acc"],
+                        "images_per_s": round(r["images_per_s_median"], 1),
+                    }
+                ),
+                flush=True,
+            )
     inference = {name: bench(Path(runs[name][0]["run"]), args) if args.bench else None for name in models}
 
     import keras

@@ -48,8 +48,10 @@ def variants(run: Path, workdir: Path, threads: int) -> tuple[dict[str, Classifi
     if not fp32.is_file():
         raise SystemExit(f"{fp32} is missing; run cifarlens export {run} first")
     data = load_eval_images(run)
-    classifiers = {"torch eager fp32": open_classifier(run, backend="torch", threads=threads),
-                   "onnxruntime fp32": OnnxClassifier(fp32, threads=threads)}  # fmt: skip
+    classifiers = {
+        "torch eager fp32": open_classifier(run, backend="torch", threads=threads),
+        "onnxruntime fp32": OnnxClassifier(fp32, threads=threads),
+    }
     graphs = {name: workdir / (name.replace(" ", "_") + ".onnx") for name in QUANTISED}
     for name, options in QUANTISED.items():
         details = quantize_int8(fp32, graphs[name], data.calibration, **options)
@@ -57,8 +59,9 @@ def variants(run: Path, workdir: Path, threads: int) -> tuple[dict[str, Classifi
         classifiers[name] = OnnxClassifier(graphs[name], threads=threads)
     exported = graphs["QDQ per-channel"]  # what cifarlens export writes
     for level in ("disable", "basic", "extended"):
-        classifiers[f"QDQ per-channel, optimisation {level}"] = OnnxClassifier(exported, threads=threads,
-                                                                               optimization=level)  # fmt: skip
+        classifiers[f"QDQ per-channel, optimisation {level}"] = OnnxClassifier(
+            exported, threads=threads, optimization=level
+        )
     if threads > 1:
         classifiers["QDQ per-channel, 1 thread"] = OnnxClassifier(exported, threads=1)
     return classifiers, data
@@ -81,12 +84,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cifarlens-int8-options-") as tmp:
         classifiers, data = variants(args.run, Path(tmp), args.threads)
         accuracy = {name: accuracy_percent(c, data.test_images, data.test_labels) for name, c in classifiers.items()}
-        speeds = throughput_rounds(classifiers, data.test_images, batch_sizes=[args.batch_size],
-                                   seconds=args.seconds, rounds=args.rounds)  # fmt: skip
+        speeds = throughput_rounds(
+            classifiers, data.test_images, batch_sizes=[args.batch_size], seconds=args.seconds, rounds=args.rounds
+        )
     reference = np.array(speeds["torch eager fp32"][args.batch_size])
     rows = {}
-    print(f"{cpu_name()}, {args.threads} threads, batch {args.batch_size}, {args.rounds} rounds; "
-          f"{len(data.test_labels)} test images\n")  # fmt: skip
+    print(
+        f"{cpu_name()}, {args.threads} threads, batch {args.batch_size}, {args.rounds} rounds; "
+        f"{len(data.test_labels)} test images\n"
+    )
     print("| variant | accuracy % | img/s (median) | vs torch eager fp32 (median of per-round ratios) |")
     print("|---|---:|---:|---:|")
     for name, per_size in speeds.items():
@@ -95,10 +101,22 @@ def main() -> None:
         rows[name] = {"accuracy": accuracy[name], "images_per_s": values, "median_ratio": ratio}
         print(f"| {name} | {accuracy[name]:.2f} | {statistics.median(values):,.0f} | {ratio:.2f}x |")
     if args.out:
-        args.out.write_text(json.dumps({"date": date.today().isoformat(), "cpu": cpu_name(), "run": str(args.run),
-                                        "threads": args.threads, "batch_size": args.batch_size,
-                                        "rounds": args.rounds, "seconds": args.seconds, "variants": rows},
-                                       indent=2) + "\n")  # fmt: skip
+        args.out.write_text(
+            json.dumps(
+                {
+                    "date": date.today().isoformat(),
+                    "cpu": cpu_name(),
+                    "run": str(args.run),
+                    "threads": args.threads,
+                    "batch_size": args.batch_size,
+                    "rounds": args.rounds,
+                    "seconds": args.seconds,
+                    "variants": rows,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

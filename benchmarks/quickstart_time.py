@@ -54,13 +54,22 @@ def timed_steps(command: str, cwd: Path, env: dict[str, str], extra_train_args: 
         steps = [s + " " + shlex.join(extra_train_args) if is_train(s) else s for s in steps]
     script = ["set -e", 't() { local s=$EPOCHREALTIME; eval "$1"; echo "STEP_T $s $EPOCHREALTIME"; }']
     script += [f"t {shlex.quote(s)}" for s in steps]
-    proc = subprocess.run(["bash", "-c", "\n".join(script)], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, check=False)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", "-c", "\n".join(script)],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
     print(proc.stdout[-6000:], flush=True)
     seconds = [float(b) - float(a) for a, b in re.findall(r"^STEP_T ([0-9.]+) ([0-9.]+)$", proc.stdout, re.M)]
     if proc.returncode or len(seconds) != len(steps):
-        raise SystemExit(f"error: step {len(seconds) + 1} of the quickstart failed (exit {proc.returncode}): "
-                         f"{steps[len(seconds)] if len(seconds) < len(steps) else steps[-1]}")  # fmt: skip
+        raise SystemExit(
+            f"error: step {len(seconds) + 1} of the quickstart failed (exit {proc.returncode}): "
+            f"{steps[len(seconds)] if len(seconds) < len(steps) else steps[-1]}"
+        )
     return [{"step": s, "seconds": sec} for s, sec in zip(steps, seconds)]
 
 
@@ -97,7 +106,9 @@ def main() -> None:
     clone = scratch / "cifarlens"
     shared = ROOT.parent / "shared"
     if not (shared / "data").is_dir():
-        raise SystemExit(f"error: {shared}/data not found; the quickstart reads ../shared/data/cifar10 from the checkout")
+        raise SystemExit(
+            f"error: {shared}/data not found; the quickstart reads ../shared/data/cifar10 from the checkout"
+        )
     try:
         scratch.mkdir(parents=True, exist_ok=True)
         (scratch / "shared").symlink_to(shared, target_is_directory=True)
@@ -110,13 +121,19 @@ def main() -> None:
         runs = sorted((clone / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
         train_step = next(s for s in steps if is_train(s["step"]))
         result = {
-            "command": command, "train_args_added": args.train_args, "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "cpu": {k: cpu.get(k) for k in ("model name", "cpu family", "model")} | {"avx512_bf16": "avx512_bf16" in cpu.get("flags", "")},
-            "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], text=True,
-                                                          capture_output=True, check=False).stdout.strip(),
-            "steps": steps, "total_s": total, "train": train_parts(runs[-1], train_step["seconds"]),
+            "command": command,
+            "train_args_added": args.train_args,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "cpu": {k: cpu.get(k) for k in ("model name", "cpu family", "model")}
+            | {"avx512_bf16": "avx512_bf16" in cpu.get("flags", "")},
+            "commit": subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "HEAD"], text=True, capture_output=True, check=False
+            ).stdout.strip(),
+            "steps": steps,
+            "total_s": total,
+            "train": train_parts(runs[-1], train_step["seconds"]),
             "benchmark_command": "python benchmarks/quickstart_time.py " + shlex.join(sys.argv[1:]),
-        }  # fmt: skip
+        }
     finally:
         if args.keep is None:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -19,7 +19,6 @@ Results go to ``--out`` (JSON) and are printed as Markdown for BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import tempfile
@@ -35,6 +34,7 @@ from cifarlens.data import prepare_data
 from cifarlens.device import cpu_name
 from cifarlens.errors import CifarlensError, first_line
 from cifarlens.models.registry import list_models
+from cifarlens.run import RunDir
 from cifarlens.training import TrainConfig, recipe_options
 from cifarlens.training.recipes import recipe_for_model
 from cifarlens.training.trainer import train
@@ -46,8 +46,7 @@ SEED_MODELS = ["tutorial", "seed_bn8", "vgg_small", "conv_blocks", "resnet18", "
 
 def run(cfg: TrainConfig, data) -> list[dict]:
     out = train(cfg, data=data)
-    with open(out / "metrics.csv") as f:
-        return list(csv.DictReader(f))
+    return RunDir(out).read_metrics()
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -63,9 +62,17 @@ def timing(models, subset, data_dir, workdir) -> list[dict]:
             cfg = build_config(
                 TrainConfig,
                 recipe_options(row["recipe"]),
-                {"model": model, "epochs": 1, "precision": precision, "out": str(workdir / f"t-{model}-{precision}"),
-                 "evaluate": False, "eval_test_every_epoch": False, "data_dir": data_dir, "download": False},
-            )  # fmt: skip
+                {
+                    "model": model,
+                    "epochs": 1,
+                    "precision": precision,
+                    "out": str(workdir / f"t-{model}-{precision}"),
+                    "evaluate": False,
+                    "eval_test_every_epoch": False,
+                    "data_dir": data_dir,
+                    "download": False,
+                },
+            )
             ips = float(run(cfg, data)[-1]["images_per_s"])
             row[f"{precision}_images_per_s"] = ips
             row[f"{precision}_epoch_s"] = 50_000 / ips
@@ -82,8 +89,15 @@ def accuracy(models, seeds, data_dir, workdir, epochs, val_size=0) -> list[dict]
         accs, val_accs, train_secs, epoch_secs, cfg = [], [], [], [], None
         for seed in seeds:
             data = prepare_data(data_dir, download=False, seed=seed, val_size=val_size)
-            overrides = {"model": model, "seed": seed, "out": str(workdir / f"a-{model}-{seed}"), "evaluate": False,
-                         "data_dir": data_dir, "download": False, "val_size": val_size}  # fmt: skip
+            overrides = {
+                "model": model,
+                "seed": seed,
+                "out": str(workdir / f"a-{model}-{seed}"),
+                "evaluate": False,
+                "data_dir": data_dir,
+                "download": False,
+                "val_size": val_size,
+            }
             if epochs:
                 overrides["epochs"] = epochs
             cfg = build_config(TrainConfig, recipe_options(recipe_for_model(model)), overrides)
@@ -93,8 +107,18 @@ def accuracy(models, seeds, data_dir, workdir, epochs, val_size=0) -> list[dict]
                 val_accs.append(float(rows[-1]["val_acc"]))
             epoch_secs += [float(r["seconds"]) for r in rows]
             train_secs.append(sum(float(r["seconds"]) for r in rows))
-            print(json.dumps({"model": model, "seed": seed, "test_acc": accs[-1], "val_acc": val_accs[-1:],
-                              "train_s": train_secs[-1]}), flush=True)  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "model": model,
+                        "seed": seed,
+                        "test_acc": accs[-1],
+                        "val_acc": val_accs[-1:],
+                        "train_s": train_secs[-1],
+                    }
+                ),
+                flush=True,
+            )
         test_mean, test_std = mean_std(accs)
         results.append(
             {
@@ -120,7 +144,10 @@ def accuracy(models, seeds, data_dir, workdir, epochs, val_size=0) -> list[dict]
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Machine: {result['machine']}; torch {result['torch']}, {result['threads']} threads; {result['date']}", ""]
+    lines = [
+        f"Machine: {result['machine']}; torch {result['torch']}, {result['threads']} threads; {result['date']}",
+        "",
+    ]
     if result["timing"]:
         lines += [
             f"Timing: one epoch on a stratified {result['timing_subset']}-image subset, projected to 50,000 images.",
@@ -131,7 +158,8 @@ def markdown(result: dict) -> str:
         for r in result["timing"]:
             lines.append(
                 f"| {r['model']} | {r['recipe']} | {r['batch_size']} | {r['fp32_images_per_s']:.0f} | "
-                f"{r['bf16_images_per_s']:.0f} | {r['bf16_speedup']:.2f}x | {r['fp32_epoch_s']:.0f} | {r['bf16_epoch_s']:.0f} |"
+                f"{r['bf16_images_per_s']:.0f} | {r['bf16_speedup']:.2f}x "
+                f"| {r['fp32_epoch_s']:.0f} | {r['bf16_epoch_s']:.0f} |"
             )
     if result["accuracy"]:
         lines += [
@@ -144,7 +172,8 @@ def markdown(result: dict) -> str:
         for r in result["accuracy"]:
             lines.append(
                 f"| {r['model']} | {r['optimizer']} | {r['lr']:g} | {r['batch_size']} | {r['epochs']} | "
-                f"{100 * r['test_acc_mean']:.2f} ± {100 * r['test_acc_std']:.2f} | {len(r['seeds'])} | {r['epoch_s_mean']:.0f} |"
+                f"{100 * r['test_acc_mean']:.2f} ± {100 * r['test_acc_std']:.2f} "
+                f"| {len(r['seeds'])} | {r['epoch_s_mean']:.0f} |"
             )
         held_out = [r for r in result["accuracy"] if r.get("val_accs")]
         if held_out:
@@ -202,9 +231,11 @@ def main() -> None:
             "machine": f"{cpu_name()}, {torch.get_num_threads()} threads",
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
-            "command": "python benchmarks/seed_models.py " + " ".join(
+            "command": "python benchmarks/seed_models.py "
+            + " ".join(
                 f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
-                for k, v in vars(args).items() if v not in (None, "")
+                for k, v in vars(args).items()
+                if v not in (None, "")
             ),
             "timing_subset": args.timing_subset,
         }

@@ -30,7 +30,6 @@ finished ones, so a long benchmark can be spread over several sessions.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shlex
@@ -46,6 +45,7 @@ import torch
 
 import cifarlens
 from cifarlens.device import cpu_name
+from cifarlens.run import RunDir
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_TARGETS = "0.80,0.853"
@@ -62,15 +62,26 @@ def run_job(recipe: str, seed: int, workdir: Path, extra: list[str], val_size: i
         shutil.rmtree(out)  # an unfinished run from an interrupted benchmark: start it again
     if val_size:
         extra = [*extra, "--val-size", str(val_size)]
-    cmd = [sys.executable, "-m", "cifarlens.cli", "train", "--recipe", recipe, "--seed", str(seed),
-           "--out", str(out), "--no-download", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cifarlens.cli",
+        "train",
+        "--recipe",
+        recipe,
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+        "--no-download",
+        *extra,
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    with open(out / "metrics.csv") as f:
-        rows = [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(f)]
+    rows = RunDir(out).read_metrics()
     summary = json.loads((out / "summary.json").read_text())
     # The recipe's own final evaluation: mirror TTA, TTA with one-pixel shifts, or none.
     tta_key = next((k for k in ("test_tta_translate", "test_tta") if k in summary), None)
@@ -92,21 +103,23 @@ def run_job(recipe: str, seed: int, workdir: Path, extra: list[str], val_size: i
         "tta": tta_key is not None,
         "tta_translate": tta_key == "test_tta_translate",
         "final_eval_s": final.get("seconds"),
-        "curve": [(r["train_clock"], r["test_acc"]) for r in rows if r["test_acc"] is not None],
+        "curve": [(r["train_clock"], r["test_acc"]) for r in rows if r.get("test_acc") is not None],
         "val_size": val_size,
         "val_acc": summary[val_key]["accuracy"] if val_size else None,
-        "val_curve": [(r["train_clock"], r["val_acc"]) for r in rows if r["val_acc"] is not None],
+        "val_curve": [(r["train_clock"], r["val_acc"]) for r in rows if r.get("val_acc") is not None],
         "epochs": len(rows),
         "images_per_s": statistics.mean(r["images_per_s"] for r in rows),
         "gflops": statistics.mean(r["gflops"] for r in rows),
-        "phases": {k: sum(r[k] or 0.0 for r in rows) for k in ("data_s", "forward_s", "backward_s", "step_s")},
+        "phases": {k: sum(r.get(k, 0.0) for r in rows) for k in ("data_s", "forward_s", "backward_s", "step_s")},
         "config": config,
     }
 
 
 def time_to(result: dict, target: float, split: str = "test") -> float | None:
     """Seconds on the training clock until ``split`` accuracy first reached ``target`` (None: never)."""
-    curve, final = (result["curve"], result["test_acc"]) if split == "test" else (result["val_curve"], result["val_acc"])
+    curve, final = (
+        (result["curve"], result["test_acc"]) if split == "test" else (result["val_curve"], result["val_acc"])
+    )
     for clock, acc in curve:
         if acc >= target:
             return clock
@@ -142,21 +155,36 @@ def summarize(results: list[dict], targets: list[float], split: str = "test") ->
 def markdown(result: dict) -> str:
     targets = result["targets"]
     held_out = any("val_mean" in r for r in result["summary"])
-    head = "| recipe | epochs | seeds | test acc % (mean ± std) | " + ("held-out acc % | " if held_out else "") + "wall s | " + " | ".join(
-        f"s to {100 * t:g}%" for t in targets
-    ) + " | GFLOP/s | data / fwd / bwd / step |"
+    head = (
+        "| recipe | epochs | seeds | test acc % (mean ± std) | "
+        + ("held-out acc % | " if held_out else "")
+        + "wall s | "
+        + " | ".join(f"s to {100 * t:g}%" for t in targets)
+        + " | GFLOP/s | data / fwd / bwd / step |"
+    )
     lines = [
         f"Machine: {result['machine']}; torch {result['torch']}; cifarlens {result['cifarlens']}; {result['date']}",
         "",
         head,
-        "| --- | ---: | ---: | ---: | " + ("---: | " if held_out else "") + "---: | " + " | ".join("---:" for _ in targets) + " | ---: | --- |",
+        "| --- | ---: | ---: | ---: | "
+        + ("---: | " if held_out else "")
+        + "---: | "
+        + " | ".join("---:" for _ in targets)
+        + " | ---: | --- |",
     ]
     for r in result["summary"]:
         times = " | ".join("-" if r[f"time_to_{t}"] is None else f"{r[f'time_to_{t}']:.0f}" for t in targets)
         share = " / ".join(f"{100 * r['phase_share'][k]:.0f}%" for k in ("data_s", "forward_s", "backward_s", "step_s"))
         lines.append(
-            f"| {r['recipe']} | {r['epochs']} | {len(r['seeds'])} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} "
-            + (f"| {100 * r['val_mean']:.2f} ± {100 * r['val_std']:.2f} " if "val_mean" in r else "| - " if held_out else "")
+            f"| {r['recipe']} | {r['epochs']} | {len(r['seeds'])} | {100 * r['acc_mean']:.2f} "
+            f"± {100 * r['acc_std']:.2f} "
+            + (
+                f"| {100 * r['val_mean']:.2f} ± {100 * r['val_std']:.2f} "
+                if "val_mean" in r
+                else "| - "
+                if held_out
+                else ""
+            )
             + f"| {r['wall_s_mean']:.0f} | {times} | {r['gflops_mean']:.0f} | {share} |"
         )
     return "\n".join(lines)
@@ -178,12 +206,18 @@ def main() -> None:
     parser.add_argument("--reference-seeds", default="0")
     parser.add_argument("--baselines", default="resnet18,seed", help="recipes trained for the first recipe's wall time")
     parser.add_argument("--baseline-ips", default="", help="known images/s per baseline, e.g. resnet18=41,seed=119")
-    parser.add_argument("--targets", default=DEFAULT_TARGETS, help="test accuracies to time, on this data dir's test set")
     parser.add_argument(
-        "--val-size", type=int, default=0,
+        "--targets", default=DEFAULT_TARGETS, help="test accuracies to time, on this data dir's test set"
+    )
+    parser.add_argument(
+        "--val-size",
+        type=int,
+        default=0,
         help="hold out N pixel-exact training images in every run and score them (the test set here is JPEG-recovered)",
     )
-    parser.add_argument("--train-args", default="", help="options added to every train command (e.g. a smoke test's tiny runs)")
+    parser.add_argument(
+        "--train-args", default="", help="options added to every train command (e.g. a smoke test's tiny runs)"
+    )
     parser.add_argument("--targets-on", choices=("test", "val"), default="test", help="which split --targets time")
     parser.add_argument("--workdir", default=str(ROOT / "runs"), help="where the run directories go")
     parser.add_argument("--out", default=str(ROOT / "results" / "time_to_accuracy.json"))

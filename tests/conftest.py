@@ -49,7 +49,9 @@ def write_batch(path: Path, labels: np.ndarray, rng: np.random.Generator, bytes_
         pickle.dump(entry, f, protocol=2)
 
 
-def write_cifar(root: Path, per_batch: int = 100, test_size: int = 100, seed: int = 0, bytes_keys: bool = False) -> Path:
+def write_cifar(
+    root: Path, per_batch: int = 100, test_size: int = 100, seed: int = 0, bytes_keys: bool = False
+) -> Path:
     """Write data_batch_1..5, test_batch and batches.meta under ``root/cifar-10-batches-py``."""
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"
@@ -100,8 +102,11 @@ def roll_back_to_epoch(run: Path, epoch: int) -> None:
     """Make a finished run look killed right after ``epoch``: its checkpoint of that epoch is the latest, the
     next epoch's and the final weights are gone (``resume`` must then redo the rest)."""
     ckpt = run / "checkpoint"
-    (ckpt / "latest.json").write_text(json.dumps(
-        {"epoch": epoch, "weights": f"epoch-{epoch:04d}.safetensors", "state": f"epoch-{epoch:04d}.state.pt"}))
+    (ckpt / "latest.json").write_text(
+        json.dumps(
+            {"epoch": epoch, "weights": f"epoch-{epoch:04d}.safetensors", "state": f"epoch-{epoch:04d}.state.pt"}
+        )
+    )
     (ckpt / f"epoch-{epoch + 1:04d}.safetensors").unlink()
     (run / "model.safetensors").unlink()
 
@@ -125,10 +130,21 @@ def run_dir(cifar_root, tmp_path_factory):
     """The tutorial net trained for 2 epochs on the synthetic CIFAR-10 (500 train, 100 test images)."""
     out = tmp_path_factory.mktemp("explain") / "tutorial"
     options = {
-        "model": "tutorial", "epochs": 2, "batch_size": 25, "optimizer": "sgd", "lr": 0.05, "schedule": "cosine",
-        "augment": "flip", "data_dir": str(cifar_root), "download": False, "out": str(out), "precision": "fp32",
-        "evaluate": False, "channels_last": False, "threads": 1,
-    }  # fmt: skip
+        "model": "tutorial",
+        "epochs": 2,
+        "batch_size": 25,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "schedule": "cosine",
+        "augment": "flip",
+        "data_dir": str(cifar_root),
+        "download": False,
+        "out": str(out),
+        "precision": "fp32",
+        "evaluate": False,
+        "channels_last": False,
+        "threads": 1,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train(build_config(TrainConfig, recipe_options("seed"), options))
@@ -164,9 +180,7 @@ SQUARE_SPEC = ModelSpec("square", {}, 2, ("empty", "square"), (0.5, 0.5, 0.5), (
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
-    from cifarlens.explain.images import model_input
-
-    return model_input(images, SQUARE_SPEC)
+    return SQUARE_SPEC.inputs(images)
 
 
 @pytest.fixture(scope="module")

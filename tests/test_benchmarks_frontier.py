@@ -26,8 +26,9 @@ def write_run_dir(path: Path, seconds: float, acc: float, processor: str = "Test
     rundir.write_config({"recipe": "airbench94", "epochs": 7, "seed": 0})
     rundir.write_metrics([{"epoch": 7, "train_clock": seconds}])
     rundir.merge_summary("val_tta_translate", {"accuracy": acc})
-    (path / RunDir.PROVENANCE).write_text(json.dumps({"processor": processor, "cpu_native_bf16": True,
-                                                      "precision": "bf16"}))  # fmt: skip
+    (path / RunDir.PROVENANCE).write_text(
+        json.dumps({"processor": processor, "cpu_native_bf16": True, "precision": "bf16"})
+    )
 
 
 def test_table_pairs_by_seed(tmp_path, capsys):
@@ -39,8 +40,19 @@ def test_table_pairs_by_seed(tmp_path, capsys):
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     write_run_dir(tmp_path / "dirs" / "ab7-s0", 95.0, 0.933)
     out, table = tmp_path / "f.png", tmp_path / "f.md"
-    frontier.main([str(tmp_path / "runs.json"), "--runs-dir", str(tmp_path / "dirs"), "--out", str(out),
-                   "--table", str(table), "--machine", "Test CPU"])  # fmt: skip
+    frontier.main(
+        [
+            str(tmp_path / "runs.json"),
+            "--runs-dir",
+            str(tmp_path / "dirs"),
+            "--out",
+            str(out),
+            "--table",
+            str(table),
+            "--machine",
+            "Test CPU",
+        ]
+    )
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.read_text().splitlines()}
     # time: 70/110 and 60/90 on the shared seeds 1 and 2
     assert rows["fast"][2:] == ["1, 2, 5", "92.77 ± 0.93", "65 ± 5", "0.65x", "-0.35 ± 0.21 (2)", "0.65 ± 0.02x |"]
@@ -75,8 +87,21 @@ def test_saved_runs_redraw_the_same_table_without_the_run_directories(tmp_path):
     write_run_dir(tmp_path / "dirs" / "airbench94-s1", 110.0, 0.940)
     write_run_dir(tmp_path / "dirs" / "ab7-s1", 95.0, 0.933)
     first, again, saved = tmp_path / "first.md", tmp_path / "again.md", tmp_path / "saved.json"
-    frontier.main([str(tmp_path / "runs.json"), "--runs-dir", str(tmp_path / "dirs"), "--machine", "Test CPU",
-                   "--out", str(tmp_path / "f.png"), "--table", str(first), "--save-runs", str(saved)])  # fmt: skip
+    frontier.main(
+        [
+            str(tmp_path / "runs.json"),
+            "--runs-dir",
+            str(tmp_path / "dirs"),
+            "--machine",
+            "Test CPU",
+            "--out",
+            str(tmp_path / "f.png"),
+            "--table",
+            str(first),
+            "--save-runs",
+            str(saved),
+        ]
+    )
     assert sorted(json.loads(saved.read_text())) == ["ab7", "airbench94"]
     frontier.main([str(saved), "--machine", "Test CPU", "--out", str(tmp_path / "g.png"), "--table", str(again)])
     assert again.read_text() == first.read_text()

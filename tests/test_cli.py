@@ -12,6 +12,7 @@ import pytest
 from conftest import assert_one_line_error, cifarlens, real_data_dir, write_cifar
 
 from cifarlens.data.cifar10 import find_batches_dir
+from cifarlens.run import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +25,24 @@ def data_dir(tmp_path_factory):
 def trained_run(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tutorial"
     result = cifarlens(
-        "train", "--recipe", "tutorial", "--epochs", 1, "--batch-size", 16, "--optimizer", "adam", "--lr", 2e-3,
-        "--subset", 2000, "--data-dir", data_dir, "--out", out,
-    )  # fmt: skip
+        "train",
+        "--recipe",
+        "tutorial",
+        "--epochs",
+        1,
+        "--batch-size",
+        16,
+        "--optimizer",
+        "adam",
+        "--lr",
+        2e-3,
+        "--subset",
+        2000,
+        "--data-dir",
+        data_dir,
+        "--out",
+        out,
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     return out, result
 
@@ -54,10 +70,30 @@ def test_evaluate_run_prints_per_class_table(trained_run):
 def test_kill_and_resume(data_dir, tmp_path):
     out = tmp_path / "killed"
     args = [
-        "train", "--model", "tutorial", "--epochs", 4, "--batch-size", 4, "--optimizer", "sgd", "--lr", 0.01,
-        "--subset", 2000, "--data-dir", data_dir, "--out", out, "--no-evaluate", "--precision", "fp32",
-    ]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "cifarlens.cli", *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        "train",
+        "--model",
+        "tutorial",
+        "--epochs",
+        4,
+        "--batch-size",
+        4,
+        "--optimizer",
+        "sgd",
+        "--lr",
+        0.01,
+        "--subset",
+        2000,
+        "--data-dir",
+        data_dir,
+        "--out",
+        out,
+        "--no-evaluate",
+        "--precision",
+        "fp32",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifarlens.cli", *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     latest = out / "checkpoint" / "latest.json"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -74,8 +110,7 @@ def test_kill_and_resume(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"resuming {out} after epoch {done}/4" in result.stdout.replace("\n", "")
     assert (out / "model.safetensors").is_file()
-    rows = (out / "metrics.csv").read_text().strip().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    assert [r["epoch"] for r in RunDir(out).read_metrics()] == [1, 2, 3, 4]
 
 
 def test_resume_refuses_new_options(trained_run):
@@ -89,9 +124,19 @@ def test_run_found_by_evaluate_without_the_data_env_var(tmp_path):
     env["CIFARLENS_DATA_DIR"] = str(data)
     out = tmp_path / "run"
     result = cifarlens(
-        "train", "--recipe", "tutorial", "--epochs", 1, "--subset", 100, "--no-evaluate", "--no-download",
-        "--out", out, env=env,
-    )  # fmt: skip
+        "train",
+        "--recipe",
+        "tutorial",
+        "--epochs",
+        1,
+        "--subset",
+        100,
+        "--no-evaluate",
+        "--no-download",
+        "--out",
+        out,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     env.pop("CIFARLENS_DATA_DIR")
     env["XDG_CACHE_HOME"] = str(tmp_path / "empty_cache")
@@ -110,9 +155,19 @@ def test_run_found_by_evaluate_without_the_data_env_var(tmp_path):
 def test_early_size_on_a_fixed_size_model_is_a_clear_error(tmp_path):
     data = write_cifar(tmp_path / "data", per_batch=20, test_size=20)
     result = cifarlens(
-        "train", "--recipe", "tutorial", "--early-size", 24, "--early-epochs", 1, "--data-dir", data,
-        "--no-download", "--out", tmp_path / "r",
-    )  # fmt: skip
+        "train",
+        "--recipe",
+        "tutorial",
+        "--early-size",
+        24,
+        "--early-epochs",
+        1,
+        "--data-dir",
+        data,
+        "--no-download",
+        "--out",
+        tmp_path / "r",
+    )
     assert_one_line_error(result, "does not take 24x24 inputs", "--early-size")
     assert not (tmp_path / "r").exists()  # the run folder is made only once the options are known to work
 
@@ -213,9 +268,14 @@ def test_ctrl_c_names_the_run_to_resume(data_dir, tmp_path):
     args = ["train", "--model", "tutorial", "--epochs", 50, "--batch-size", 4, "--subset", 2000, "--data-dir", data_dir]
     # A shell that starts jobs in the background (nohup cmd &) ignores SIGINT for them and their
     # children; Python then installs no KeyboardInterrupt handler. Start the child as a terminal would.
-    proc = subprocess.Popen([sys.executable, "-m", "cifarlens.cli", *map(str, args)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifarlens.cli", *map(str, args)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not list(tmp_path.glob("runs/*/checkpoint/latest.json")):
         time.sleep(0.05)

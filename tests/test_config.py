@@ -91,8 +91,22 @@ def test_train_says_what_a_shorter_recipe_became(cifar_root, tmp_path):
     from cifarlens.run import RunDir
 
     out = tmp_path / "run"
-    result = cifarlens("train", "--recipe", "fast", "--epochs", "2", "--data-dir", str(cifar_root), "--no-download",
-                       "--model-args", "{width: 8, wide: 16}", "--no-report", "--no-evaluate", "--out", str(out))  # fmt: skip
+    result = cifarlens(
+        "train",
+        "--recipe",
+        "fast",
+        "--epochs",
+        "2",
+        "--data-dir",
+        str(cifar_root),
+        "--no-download",
+        "--model-args",
+        "{width: 8, wide: 16}",
+        "--no-report",
+        "--no-evaluate",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert "--early-epochs 5 -> 1, --whiten-bias-epochs 3 -> 0.75" in result.stdout
     config = RunDir(out).config

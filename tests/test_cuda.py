@@ -1,4 +1,5 @@
-"""The GPU path of the trainer (tests marked ``cuda``, skipped without a GPU) and ``benchmarks/gpu_check.sh --dry-run``."""
+"""The GPU path of the trainer (tests marked ``cuda``, skipped without a GPU), and ``benchmarks/gpu_check.sh
+--dry-run``."""
 
 from __future__ import annotations
 
@@ -26,8 +27,17 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 
 def gpu_config(root: Path, out: Path, **options) -> TrainConfig:
     """The fast recipe on the synthetic data, 3 short epochs of a narrow airnet on the GPU."""
-    quick = {"data_dir": str(root), "out": str(out), "device": "cuda", "download": False, "report": False,
-             "epochs": 3, "early_epochs": 1, "batch_size": 100, "model_args": {"width": 16, "wide": 32}}  # fmt: skip
+    quick = {
+        "data_dir": str(root),
+        "out": str(out),
+        "device": "cuda",
+        "download": False,
+        "report": False,
+        "epochs": 3,
+        "early_epochs": 1,
+        "batch_size": 100,
+        "model_args": {"width": 16, "wide": 32},
+    }
     return build_config(TrainConfig, recipe_options("fast"), quick | options)
 
 
@@ -117,8 +127,15 @@ def test_a_training_step_on_the_gpu_never_waits_for_the_device(cifar_root, tmp_p
 def test_gpu_check_dry_run_writes_numbers(cifar_root, tmp_path):
     out = tmp_path / "out"
     env = os.environ | {"CIFARLENS_DATA_DIR": str(cifar_root), "OUT": str(out), "PYTHON": sys.executable}
-    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, text=True,
-                            capture_output=True, timeout=600, check=False)  # fmt: skip
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run"],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     report = json.loads((out / "gpu_check.json").read_text())
     summary = report["summary"]
@@ -180,8 +197,15 @@ class FakeSteps:
 
     def train(self, name, args, seed, data, work, extra):
         self._look()
-        return {"recipe": name, "seed": seed, "run": str(work), "held_out_acc": 0.9 - 0.01 * seed, "train_s": 1.0,
-                "compile_s": 0.0, "epochs": [{"epoch": 1, "train_clock_s": 1.0, "held_out_acc": 0.8}]}  # fmt: skip
+        return {
+            "recipe": name,
+            "seed": seed,
+            "run": str(work),
+            "held_out_acc": 0.9 - 0.01 * seed,
+            "train_s": 1.0,
+            "compile_s": 0.0,
+            "epochs": [{"epoch": 1, "train_clock_s": 1.0, "held_out_acc": 0.8}],
+        }
 
     def bench(self, run, work, options):
         self._look()
@@ -196,8 +220,9 @@ def fake_check(monkeypatch, cifar_root, tmp_path, *flags):
     monkeypatch.setattr(check, "bench", steps.bench)
     monkeypatch.setenv("CIFARLENS_DATA_DIR", str(cifar_root))
     monkeypatch.delenv("TORCHDYNAMO_DISABLE", raising=False)
-    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--work", str(tmp_path / "work"), "--out", str(out),
-                                      "--started", "0", *flags])  # fmt: skip
+    monkeypatch.setattr(
+        sys, "argv", ["gpu_check.py", "--work", str(tmp_path / "work"), "--out", str(out), "--started", "0", *flags]
+    )
     return check, steps, out
 
 
@@ -208,17 +233,22 @@ def test_gpu_check_has_every_finished_step_on_disk_before_the_next_begins(cifar_
     runs = len(check.plan(check.DRY["seeds"]))
     assert steps.seen == list(range(runs)) + [runs]  # bench, the last step, saw every run on disk
     report = json.loads((out / "gpu_check.json").read_text())
-    assert report["complete"] and len(report["runs"]) + len(report["timed"]) == runs and report["bench"] == {"results": []}
-    assert set(report["step_s"]) == {*(f"{n} seed {s} ({sp})" for sp, n, _, s in check.plan(check.DRY["seeds"])),
-                                     "cifarlens bench"}  # fmt: skip
+    assert (
+        report["complete"] and len(report["runs"]) + len(report["timed"]) == runs and report["bench"] == {"results": []}
+    )
+    assert set(report["step_s"]) == {
+        *(f"{n} seed {s} ({sp})" for sp, n, _, s in check.plan(check.DRY["seeds"])),
+        "cifarlens bench",
+    }
 
 
 def test_gpu_check_skips_a_step_that_would_not_end_within_the_budget(cifar_root, tmp_path, monkeypatch):
     """100 s a step, a 450 s budget: the four headline steps end at 400 s; the next subset run would end at
     500 s (its like took 100 s), so it is skipped although it could begin in time; the compiled run is
     estimated from the eager one; bench (a few seconds) still fits."""
-    check, steps, out = fake_check(monkeypatch, cifar_root, tmp_path, "--dry-run", "--budget-s", "450",
-                                   "--compile-allowance-s", "0")  # fmt: skip
+    check, steps, out = fake_check(
+        monkeypatch, cifar_root, tmp_path, "--dry-run", "--budget-s", "450", "--compile-allowance-s", "0"
+    )
     with pytest.raises(SystemExit, match="incomplete"):
         check.main()
     report = json.loads((out / "gpu_check.json").read_text())
@@ -230,8 +260,9 @@ def test_gpu_check_skips_a_step_that_would_not_end_within_the_budget(cifar_root,
 
 def test_gpu_check_without_a_gpu_stops_at_once_outside_the_dry_run(tmp_path):
     env = os.environ | {"OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, text=True, capture_output=True,
-                            timeout=120, check=False)  # fmt: skip
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, text=True, capture_output=True, timeout=120, check=False
+    )
     assert_one_line_error(result, "sees no CUDA GPU")
     assert "tests marked cuda" not in result.stdout
 
@@ -243,22 +274,37 @@ def test_gpu_check_fails_when_no_cuda_test_passed(cifar_root, tmp_path, monkeypa
     log = tmp_path / "pytest.txt"
     log.write_text("5 skipped, 6 deselected in 0.04s\n")
     monkeypatch.setattr(check.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(check, "machine", lambda: {"torch": "x", "date": "d", "versions": {}, "onnxruntime_providers": []})
+    monkeypatch.setattr(
+        check, "machine", lambda: {"torch": "x", "date": "d", "versions": {}, "onnxruntime_providers": []}
+    )
     monkeypatch.setattr(check, "FULL_SIZE", 1000)
     sys.argv += ["--packed", str(tmp_path / "packed"), "--pytest-log", str(log), "--budget-s", "1e9"]
     with pytest.raises(SystemExit, match="incomplete"):
         check.main()
     report = json.loads((out / "gpu_check.json").read_text())
-    assert report["failed"] == [{"step": "cuda tests", "error": "no cuda test passed ({'skipped': 5, 'deselected': 6})"}]
+    assert report["failed"] == [
+        {"step": "cuda tests", "error": "no cuda test passed ({'skipped': 5, 'deselected': 6})"}
+    ]
     assert len(report["runs"]) == 7  # the runs still went on
 
 
 def test_gpu_check_past_its_budget_skips_the_steps_and_says_so(cifar_root, tmp_path):
     out = tmp_path / "out"
-    env = os.environ | {"CIFARLENS_DATA_DIR": str(cifar_root), "OUT": str(out), "PYTHON": sys.executable,
-                        "BUDGET_S": "0"}  # fmt: skip
-    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, text=True,
-                            capture_output=True, timeout=600, check=False)  # fmt: skip
+    env = os.environ | {
+        "CIFARLENS_DATA_DIR": str(cifar_root),
+        "OUT": str(out),
+        "PYTHON": sys.executable,
+        "BUDGET_S": "0",
+    }
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run"],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 1 and "the check is incomplete" in result.stdout + result.stderr
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["runs"] == report["timed"] == [] and report["bench"] is None and not report["failed"]
@@ -270,8 +316,15 @@ def test_gpu_check_past_its_budget_skips_the_steps_and_says_so(cifar_root, tmp_p
 def test_gpu_check_refuses_a_limit_that_is_not_seconds_before_running_anything(tmp_path):
     for limit in ("BUDGET_S", "TESTS_TIMEOUT_S"):
         env = os.environ | {"OUT": str(tmp_path / limit), "PYTHON": sys.executable, limit: "5min"}
-        result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, text=True,
-                                capture_output=True, timeout=60, check=False)  # fmt: skip
+        result = subprocess.run(
+            ["bash", "benchmarks/gpu_check.sh", "--dry-run"],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         assert_one_line_error(result, f"{limit}=5min is not a whole number of seconds")
         assert not (tmp_path / limit).exists()  # stopped before the output folder was made
 

@@ -205,7 +205,9 @@ def test_normalize_uses_cifar_statistics():
 
 def test_batches_cover_split_once(cifar_root):
     data = load_quiet(cifar_root, download=False)
-    labels = torch.cat([y for _, y in iterate_batches(data.train, 64, shuffle=True, generator=torch.Generator().manual_seed(0))])
+    labels = torch.cat(
+        [y for _, y in iterate_batches(data.train, 64, shuffle=True, generator=torch.Generator().manual_seed(0))]
+    )
     assert sorted(labels.tolist()) == sorted(data.train.labels.tolist())
 
 

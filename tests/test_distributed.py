@@ -18,9 +18,17 @@ from cifarlens.errors import ConfigError
 from cifarlens.training import TrainConfig, recipe_options, train
 
 SETTINGS = {
-    "recipe": "tutorial", "epochs": 2, "batch_size": 50, "optimizer": "sgd", "lr": 0.05, "subset": 200,
-    "threads": 1, "precision": "fp32", "download": False, "evaluate": False,
-}  # fmt: skip
+    "recipe": "tutorial",
+    "epochs": 2,
+    "batch_size": 50,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "subset": 200,
+    "threads": 1,
+    "precision": "fp32",
+    "download": False,
+    "evaluate": False,
+}
 OPTIONS = [
     arg for k, v in SETTINGS.items() for arg in ([f"--no-{k}"] if v is False else [f"--{k.replace('_', '-')}", str(v)])
 ]
@@ -29,10 +37,23 @@ OPTIONS = [
 def torchrun(*args, timeout=120):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "cifarlens.cli", "train", *map(str, args)],
-        capture_output=True, text=True, env=env, timeout=timeout,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "cifarlens.cli",
+            "train",
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +74,12 @@ def test_two_processes_write_one_run_that_matches_a_single_process_run(ddp_run, 
     assert result.stdout.count("run saved to") == 1  # only rank 0 prints and writes
     assert json.loads((out / "provenance.json").read_text())["world_size"] == 2
     assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [
-        "epoch-0001.safetensors", "epoch-0001.state.pt", "epoch-0002.safetensors", "epoch-0002.state.pt", "latest.json",
-    ]  # fmt: skip
+        "epoch-0001.safetensors",
+        "epoch-0001.state.pt",
+        "epoch-0002.safetensors",
+        "epoch-0002.state.pt",
+        "latest.json",
+    ]
     assert [p.name for p in out.parent.iterdir()] == ["run"]
 
     with warnings.catch_warnings():

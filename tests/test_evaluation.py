@@ -210,7 +210,14 @@ def read_metrics(path):
 def test_plot_curves_skips_missing_series(tmp_path):
     metrics = tmp_path / "metrics.csv"
     rows = [
-        {"epoch": e, "train_loss": 2 / e, "train_acc": 0.3 + 0.05 * e, "lr": 0.1 * (1 - e / 8), "seconds": 1, "images_per_s": 100}
+        {
+            "epoch": e,
+            "train_loss": 2 / e,
+            "train_acc": 0.3 + 0.05 * e,
+            "lr": 0.1 * (1 - e / 8),
+            "seconds": 1,
+            "images_per_s": 100,
+        }
         | ({"test_loss": 2.1 / e, "test_acc": 0.28 + 0.05 * e} if e in (2, 4, 8) else {})
         for e in range(1, 9)
     ]  # no val at all, test only on some epochs
@@ -310,7 +317,17 @@ def run_dir(tmp_path, monkeypatch):
     rundir.save_weights(model, spec, run / rundir.RunDir.WEIGHTS)
     write_metrics(
         run / rundir.RunDir.METRICS,
-        [{"epoch": e, "train_loss": 2 / e, "train_acc": 0.1 * e, "val_loss": 2.2 / e, "val_acc": 0.09 * e, "lr": 0.01} for e in (1, 2, 3)],
+        [
+            {
+                "epoch": e,
+                "train_loss": 2 / e,
+                "train_acc": 0.1 * e,
+                "val_loss": 2.2 / e,
+                "val_acc": 0.09 * e,
+                "lr": 0.01,
+            }
+            for e in (1, 2, 3)
+        ],
     )
     rundir.write_json(run / rundir.RunDir.SUMMARY, {"train": {"epochs": 3}})
     return run

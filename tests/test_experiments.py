@@ -28,10 +28,19 @@ ROOT = Path(__file__).resolve().parents[1]
 def base_options(cifar_root, **overrides):
     """A tiny, fast trial: the tutorial net, 2 epochs, one thread."""
     return {
-        "model": "tutorial", "epochs": 2, "batch_size": 50, "optimizer": "sgd", "lr": 0.05, "augment": "flip",
-        "data_dir": str(cifar_root), "download": False, "precision": "fp32", "channels_last": False,
-        "threads": 1, "report": False,
-    } | overrides  # fmt: skip
+        "model": "tutorial",
+        "epochs": 2,
+        "batch_size": 50,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "augment": "flip",
+        "data_dir": str(cifar_root),
+        "download": False,
+        "precision": "fp32",
+        "channels_last": False,
+        "threads": 1,
+        "report": False,
+    } | overrides
 
 
 def write_sweep(path: Path, **content) -> Path:
@@ -92,9 +101,9 @@ def test_grid_sweep_tunes_on_val_and_scores_only_finalists_on_test(grid_sweep):
     assert sorted((float(r["val_acc"]) for r in finalists), reverse=True) == best_val
     for row in rows:
         run = Path(row["run"])
-        metrics = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
-        assert all(m["test_acc"] == "" for m in metrics), "the test split was scored during a trial"
-        assert float(metrics[-1]["val_acc"]) == pytest.approx(float(row["val_acc"]))
+        metrics = RunDir(run).read_metrics()
+        assert all("test_acc" not in m for m in metrics), "the test split was scored during a trial"
+        assert metrics[-1]["val_acc"] == pytest.approx(float(row["val_acc"]))
         summary = json.loads((run / "summary.json").read_text())
         assert ("test" in summary) == bool(row["test_acc"])
         config = yaml.safe_load((run / "config.yaml").read_text())
@@ -122,7 +131,7 @@ def test_grid_sweep_resumes_and_refuses_a_changed_sweep(grid_sweep, cifar_root, 
     sweep_quietly(write_sweep(tmp_path / "moved.yaml", **spec))
     assert weights.stat().st_mtime_ns == before, "a finished trial was trained again"
     assert (killed / "model.safetensors").is_file()
-    assert [r["epoch"] for r in csv.DictReader((killed / "metrics.csv").read_text().splitlines())] == ["1", "2"]
+    assert [r["epoch"] for r in RunDir(killed).read_metrics()] == [1, 2]
     config = yaml.safe_load((killed / "config.yaml").read_text())
     assert config["data_dir"] == str((moved / "cifar-10-batches-py").resolve())
     changed = yaml.safe_load(path.read_text())

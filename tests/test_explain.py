@@ -31,7 +31,7 @@ from cifarlens.explain.cam import METHODS, CamExplainer, classic_cam_layers
 from cifarlens.explain.dataset_examples import overlays, top_activations
 from cifarlens.explain.faithfulness import DeletionInsertion
 from cifarlens.explain.features import extract_features
-from cifarlens.explain.images import ImageFileError, load_image_files, model_input
+from cifarlens.explain.images import ImageFileError, load_image_files
 from cifarlens.explain.probe import fit_knn_probe, fit_linear_probe
 from cifarlens.explain.projection import Projector, map_quality
 from cifarlens.models import create_model, guess_capabilities, list_models, model_capabilities
@@ -83,9 +83,11 @@ def test_guessed_layers_of_known_architectures_match_their_declarations():
     assert guessed.gap_features == declared.gap_features == "layer4"  # the original CAM needs the pooled layer
     assert classic_cam_layers(resnet, declared)[1] is resnet.fc
     airnet = create_model("airnet", width=8, wide=16).eval()
-    assert default_stages(list_layers(airnet)) == list(model_capabilities("airnet").probe_stages) == [
-        "act", "blocks.block1.act2", "blocks.block2.act2", "blocks.block3.act2", "flatten"
-    ]  # fmt: skip
+    assert (
+        default_stages(list_layers(airnet))
+        == list(model_capabilities("airnet").probe_stages)
+        == ["act", "blocks.block1.act2", "blocks.block2.act2", "blocks.block3.act2", "flatten"]
+    )
     assert guess_capabilities(airnet).gap_features is None
     with pytest.raises(CifarlensError, match="global-average-pool"):
         classic_cam_layers(airnet, model_capabilities("airnet"))  # max pooling and scaled logits: a clear refusal
@@ -109,8 +111,10 @@ def test_features_are_pooled_batched_and_round_trip(run_dir, tmp_path):
     small = extract_features(model, spec, images, labels, layers, batch_size=4)
     whole = extract_features(model, spec, images, labels, layers, batch_size=500)
     assert {k: v.shape for k, v in small.layers.items()} == {
-        "features.relu1": (23, 6), "features.pool2": (23, 16), "classifier.relu1": (23, 120)
-    }  # fmt: skip
+        "features.relu1": (23, 6),
+        "features.pool2": (23, 16),
+        "classifier.relu1": (23, 120),
+    }
     for name in layers:
         # oneDNN picks kernels by batch size, so sums run in another order: equal to float32 rounding
         np.testing.assert_allclose(small.layers[name], whole.layers[name], rtol=1e-4, atol=1e-5)
@@ -195,8 +199,11 @@ def test_deletion_of_salient_pixels_hurts_more_than_random(square_net):
 
 def pointing_hits(maps: np.ndarray, corners: list[tuple[int, int]]) -> float:
     """Share of maps whose most-attributed pixel lies in the planted square (the pointing game)."""
-    hits = [y <= np.unravel_index(m.argmax(), m.shape)[0] < y + SQUARE and x <= np.unravel_index(m.argmax(), m.shape)[1] < x + SQUARE
-            for m, (y, x) in zip(maps, corners)]  # fmt: skip
+    hits = [
+        y <= np.unravel_index(m.argmax(), m.shape)[0] < y + SQUARE
+        and x <= np.unravel_index(m.argmax(), m.shape)[1] < x + SQUARE
+        for m, (y, x) in zip(maps, corners)
+    ]
     return float(np.mean(hits))
 
 
@@ -206,14 +213,24 @@ def test_attribution_points_at_the_planted_square(square_net, method):
     rng = np.random.default_rng(11)
     corners = [tuple(int(v) for v in rng.integers(0, 32 - SQUARE, size=2)) for _ in range(12)]
     x = torch.cat([to_input(square_images(1, rng, np.array([True]), at=c)) for c in corners])
-    maps = attribute_maps(square_net, x, [1] * len(x), [method], mean=SQUARE_SPEC.mean, std=SQUARE_SPEC.std)[method].maps
+    maps = attribute_maps(square_net, x, [1] * len(x), [method], mean=SQUARE_SPEC.mean, std=SQUARE_SPEC.std)[
+        method
+    ].maps
     chance = pointing_hits(np.random.default_rng(0).random(maps.shape), corners)
     assert pointing_hits(maps, corners) >= 0.75 > chance + 0.5, (method, pointing_hits(maps, corners), chance)
 
 
 # timm's resnet10t at 64 px (as --image-size 64): at 32 px its last features are 1x1, where a CAM is one number
-@pytest.mark.parametrize("name, kwargs, size", [("airnet", {"width": 8, "wide": 16}, 32), ("tutorial", {}, 32),
-                                                ("resnet18", {}, 32), ("mobilenet_v2", {}, 32), ("timm:resnet10t", {}, 64)])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, kwargs, size",
+    [
+        ("airnet", {"width": 8, "wide": 16}, 32),
+        ("tutorial", {}, 32),
+        ("resnet18", {}, 32),
+        ("mobilenet_v2", {}, 32),
+        ("timm:resnet10t", {}, 64),
+    ],
+)
 def test_every_attribution_method_maps_every_pixel_of_real_architectures(name, kwargs, size):
     torch.manual_seed(0)
     x = torch.randn(2, 3, size, size)
@@ -265,7 +282,9 @@ def test_activation_max_beats_real_images_and_is_seeded(square_net):
     real = square_images(64, np.random.default_rng(7), np.ones(64, bool)).float() / 255
     with torch.no_grad():
         real_logits = maximiser.unit_activations(real)[:, 1]
-        start = maximiser.unit_activations(FourierImage(1, 32, torch.eye(3), generator=torch.Generator().manual_seed(0))())
+        start = maximiser.unit_activations(
+            FourierImage(1, 32, torch.eye(3), generator=torch.Generator().manual_seed(0))()
+        )
     assert result.activations[0] > real_logits.median() and result.activations[0] > start[0, 1] + 1
     again = ActivationMaximiser(square_net, SQUARE_SPEC, "logits", steps=48, lr=0.05, seed=0)([1])
     torch.testing.assert_close(result.images, again.images)
@@ -306,7 +325,11 @@ def test_cli_commands_write_pictures_and_numbers(run_dir, tmp_path):
     result = invoke("projection", run_dir, "--method", "pca", "--sample", 80, "--thumbnails", 5)
     assert result.exit_code == 0, result.output
     info = json.loads((out / "projection/classifier.relu2_pca.json").read_text())
-    assert info["images"] == 100 and info["trustworthiness_points"] == 80 and (out / "projection/classifier.relu2_pca.png").is_file()
+    assert (
+        info["images"] == 100
+        and info["trustworthiness_points"] == 80
+        and (out / "projection/classifier.relu2_pca.png").is_file()
+    )
 
     assert invoke("filters", run_dir).exit_code == 0
     assert json.loads((out / "filters/features.conv1.json").read_text())["filters"] == 6
@@ -476,8 +499,9 @@ def test_top_images_are_the_planted_squares_and_the_overlay_peaks_on_them():
 
 
 def test_cli_top_images_writes_k_sorted_examples_per_channel(run_dir):
-    result = invoke("top-images", run_dir, "--layer", "features.relu2", "--channels", "0-2", "--k", 4, "--limit", 60,
-                    "--steps", 4)  # fmt: skip
+    result = invoke(
+        "top-images", run_dir, "--layer", "features.relu2", "--channels", "0-2", "--k", 4, "--limit", 60, "--steps", 4
+    )
     assert result.exit_code == 0, result.output
     out = run_dir / "explain/top-images"
     assert (out / "features.relu2.png").is_file() and "features.relu2 ch0: best" in result.output
@@ -487,7 +511,7 @@ def test_cli_top_images_writes_k_sorted_examples_per_channel(run_dir):
     model, spec = RunDir(run_dir).load_model()
     test = RunDir(run_dir).load_data().test
     with torch.no_grad():
-        maps = FeatureExtractor(model, ["features.relu2"])(model_input(test.images[:60], spec))["features.relu2"]
+        maps = FeatureExtractor(model, ["features.relu2"])(spec.inputs(test.images[:60]))["features.relu2"]
     scores = maps.amax(dim=(2, 3))
     for c in found["channels"]:
         top = c["top"]
@@ -499,15 +523,21 @@ def test_cli_top_images_writes_k_sorted_examples_per_channel(run_dir):
 
 
 def test_cli_top_images_bad_layer_or_channel_is_one_line(run_dir):
-    assert_user_error(invoke("top-images", run_dir, "--layer", "flatten"),
-                      "layer 'flatten' outputs (400,), not (C, H, W) maps; pick a layer with spatial maps: "
-                      "features.conv1, features.relu1")  # fmt: skip
-    assert_user_error(invoke("top-images", run_dir, "--layer", "features.relu2", "--channels", "3,99"),
-                      "channel 99 is out of range: features.relu2 has 16 channels (0-15)")  # fmt: skip
+    assert_user_error(
+        invoke("top-images", run_dir, "--layer", "flatten"),
+        "layer 'flatten' outputs (400,), not (C, H, W) maps; pick a layer with spatial maps: "
+        "features.conv1, features.relu1",
+    )
+    assert_user_error(
+        invoke("top-images", run_dir, "--layer", "features.relu2", "--channels", "3,99"),
+        "channel 99 is out of range: features.relu2 has 16 channels (0-15)",
+    )
 
 
 def test_features_write_an_embedding_projector_log_tensorboard_reads(run_dir, tmp_path):
-    result = invoke("features", run_dir, "--layers", "classifier.relu2", "--limit", 40, "--tensorboard", tmp_path / "tb")
+    result = invoke(
+        "features", run_dir, "--layers", "classifier.relu2", "--limit", 40, "--tensorboard", tmp_path / "tb"
+    )
     assert result.exit_code == 0, result.output
     config = next((tmp_path / "tb").rglob("projector_config.pbtxt")).read_text()
     assert "classifier.relu2" in config and "sprite" in config and "metadata_path" in config

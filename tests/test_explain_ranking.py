@@ -29,8 +29,12 @@ from cifarlens.models import create_model, model_capabilities
 from cifarlens.models.registry import Capabilities
 
 runner = CliRunner()
-SQUARE_CAPS = Capabilities(classifier="fc", cam_layer="features.4", probe_stages=("features.1", "features.4", "flatten"),
-                           gap_features="features")  # fmt: skip
+SQUARE_CAPS = Capabilities(
+    classifier="fc",
+    cam_layer="features.4",
+    probe_stages=("features.1", "features.4", "flatten"),
+    gap_features="features",
+)
 
 
 def by_method(rows: list[dict]) -> dict[str, dict]:
@@ -41,9 +45,16 @@ def by_method(rows: list[dict]) -> dict[str, dict]:
 def square_rank(square_net):
     """rank_maps of four methods on 12 images with the square at random places (class 1: square)."""
     x = to_input(square_images(12, np.random.default_rng(3), np.ones(12, bool)))
-    rows, curves = rank_maps(square_net, x, [1] * 12, ["saliency", "guided-backprop", "integrated-gradients", "gradcam"],
-                             capabilities=SQUARE_CAPS, mean=SQUARE_SPEC.mean, std=SQUARE_SPEC.std,
-                             settings=RankSettings(batch_size=5, steps=8))  # fmt: skip
+    rows, curves = rank_maps(
+        square_net,
+        x,
+        [1] * 12,
+        ["saliency", "guided-backprop", "integrated-gradients", "gradcam"],
+        capabilities=SQUARE_CAPS,
+        mean=SQUARE_SPEC.mean,
+        std=SQUARE_SPEC.std,
+        settings=RankSettings(batch_size=5, steps=8),
+    )
     return rows, curves, x
 
 
@@ -87,30 +98,52 @@ def test_faithful_methods_beat_both_references_on_the_planted_square(square_rank
         assert row["deletion_auc"] < rows["random"]["deletion_auc"] - 0.2
         assert row["road_morf"] < rows["centre"]["road_morf"] - 0.2  # imputing the square removes the evidence
     assert [r["rank"] for r in square_rank[0]] == list(range(1, 7))
-    assert list(square_rank[0][0])[0] == "method" and set(rows) == {*REFERENCES, "saliency", "guided-backprop",
-                                                                    "integrated-gradients", "gradcam"}  # fmt: skip
+    assert list(square_rank[0][0])[0] == "method" and set(rows) == {
+        *REFERENCES,
+        "saliency",
+        "guided-backprop",
+        "integrated-gradients",
+        "gradcam",
+    }
     assert len(square_rank[1]["saliency"]["deletion"]) == 9  # the mean curve: steps + 1 points
 
 
 def test_the_ranking_is_seeded(square_net, square_rank):
     rows, _, x = square_rank
-    again, _ = rank_maps(square_net, x, [1] * 12, ["saliency", "guided-backprop", "integrated-gradients", "gradcam"],
-                         capabilities=SQUARE_CAPS, mean=SQUARE_SPEC.mean, std=SQUARE_SPEC.std,
-                         settings=RankSettings(batch_size=5, steps=8))  # fmt: skip
-    drop_time = lambda rs: [{k: v for k, v in r.items() if k != "ms_per_image"} for r in rs]
+    again, _ = rank_maps(
+        square_net,
+        x,
+        [1] * 12,
+        ["saliency", "guided-backprop", "integrated-gradients", "gradcam"],
+        capabilities=SQUARE_CAPS,
+        mean=SQUARE_SPEC.mean,
+        std=SQUARE_SPEC.std,
+        settings=RankSettings(batch_size=5, steps=8),
+    )
+
+    def drop_time(rows):
+        return [{k: v for k, v in r.items() if k != "ms_per_image"} for r in rows]
+
     assert drop_time(again) == drop_time(rows)
 
 
 def test_centre_reference_peaks_in_the_middle_and_images_are_seeded():
     maps = centre_maps(2, 32, 32)
-    assert maps.shape == (2, 32, 32) and np.unravel_index(maps[0].argmax(), (32, 32)) in {(15, 15), (15, 16), (16, 15), (16, 16)}
+    assert maps.shape == (2, 32, 32) and np.unravel_index(maps[0].argmax(), (32, 32)) in {
+        (15, 15),
+        (15, 16),
+        (16, 15),
+        (16, 16),
+    }
     assert seeded_indices(100, 10, 0) == seeded_indices(100, 10, 0) != seeded_indices(100, 10, 1)
     assert len(set(seeded_indices(100, 10, 0))) == 10 and seeded_indices(5, 10, 0) == [0, 1, 2, 3, 4]
 
 
 def test_all_and_cams_leave_out_what_the_model_cannot_do():
     airnet = model_capabilities("airnet")
-    assert "cam" not in resolve_methods("all", airnet) and "cam" in resolve_methods("all", model_capabilities("resnet18"))
+    assert "cam" not in resolve_methods("all", airnet) and "cam" in resolve_methods(
+        "all", model_capabilities("resnet18")
+    )
     cams = resolve_methods("cams", model_capabilities("resnet18"))
     assert "gradcam" in cams and "saliency" not in cams and "guided-gradcam" not in cams
     with pytest.raises(CifarlensError, match="unknown attribution method magic; choose from"):
@@ -122,17 +155,30 @@ def invoke(*args):
 
 
 def test_cli_rank_writes_table_chart_and_numbers(run_dir):
-    result = invoke("rank", run_dir, "--methods", "saliency,gradcam,guided-backprop", "--n", 6, "--steps", 4,
-                    "--device", "cpu")  # fmt: skip
+    result = invoke(
+        "rank", run_dir, "--methods", "saliency,gradcam,guided-backprop", "--n", 6, "--steps", 4, "--device", "cpu"
+    )
     assert result.exit_code == 0, result.output
     out = run_dir / "explain/rank"
     with open(out / "rank.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0])[0] == "method" and {r["method"] for r in rows} == {"saliency", "gradcam", "guided-backprop",
-                                                                          "random", "centre"}  # fmt: skip
+    assert list(rows[0])[0] == "method" and {r["method"] for r in rows} == {
+        "saliency",
+        "gradcam",
+        "guided-backprop",
+        "random",
+        "centre",
+    }
     assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4, 5]
-    for column in ("deletion_auc", "insertion_auc", "road_morf", "road_lerf", "randomisation_corr_head",
-                   "randomisation_corr_all", "ms_per_image"):  # fmt: skip
+    for column in (
+        "deletion_auc",
+        "insertion_auc",
+        "road_morf",
+        "road_lerf",
+        "randomisation_corr_head",
+        "randomisation_corr_all",
+        "ms_per_image",
+    ):
         assert all(np.isfinite(float(r[column])) for r in rows), column
     saved = json.loads((out / "rank.json").read_text())
     assert len(saved["indices"]) == 6 and saved["settings"]["steps"] == 4 and saved["device"] == "cpu"
@@ -146,12 +192,16 @@ def test_cli_rank_writes_table_chart_and_numbers(run_dir):
 
 
 def test_cli_rank_bad_input_is_one_line(run_dir):
-    for args, fragment in ((("--methods", "saliency,magic"), "unknown attribution method magic"),
-                           (("--n", 0), "--n must be at least 1"),
-                           (("--methods", "cam"), "global-average-pool"),
-                           (("--baseline", "grey"), "unknown baseline 'grey'"),
-                           (("--methods", "gradcam", "--target-layer", "nope"), "unknown module 'nope'; valid target layers: "
-                            "features, features.conv1")):  # fmt: skip
+    for args, fragment in (
+        (("--methods", "saliency,magic"), "unknown attribution method magic"),
+        (("--n", 0), "--n must be at least 1"),
+        (("--methods", "cam"), "global-average-pool"),
+        (("--baseline", "grey"), "unknown baseline 'grey'"),
+        (
+            ("--methods", "gradcam", "--target-layer", "nope"),
+            "unknown module 'nope'; valid target layers: features, features.conv1",
+        ),
+    ):
         result = invoke("rank", run_dir, *args)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert fragment in result.output.replace("\n", " "), result.output
@@ -190,8 +240,15 @@ def test_a_ranking_stopped_half_way_keeps_the_images_it_finished(run_dir, tmp_pa
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        rank(run_dir, methods="saliency", n=6, device="cpu", settings=RankSettings(batch_size=2, steps=4),
-             partial_to=tmp_path / "partial", on_batch=stop_after_the_first_batch)  # fmt: skip
+        rank(
+            run_dir,
+            methods="saliency",
+            n=6,
+            device="cpu",
+            settings=RankSettings(batch_size=2, steps=4),
+            partial_to=tmp_path / "partial",
+            on_batch=stop_after_the_first_batch,
+        )
     saved = json.loads((tmp_path / "partial/rank.json").read_text())
     assert len(saved["indices"]) == 2 and saved["planned"] == 6 and len(saved["rows"]) == 3
     assert "PARTIAL: the first 2 of 6 images" in (tmp_path / "partial/rank.md").read_text()

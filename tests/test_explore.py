@@ -34,10 +34,21 @@ def second_run(cifar_root, tmp_path_factory):
     """Another tutorial net on the same synthetic data (other seed, one epoch): a run to compare with."""
     out = tmp_path_factory.mktemp("explore") / "other"
     options = {
-        "model": "tutorial", "epochs": 1, "batch_size": 25, "optimizer": "sgd", "lr": 0.05, "augment": "flip",
-        "data_dir": str(cifar_root), "download": False, "out": str(out), "precision": "fp32", "evaluate": False,
-        "channels_last": False, "threads": 1, "seed": 1,
-    }  # fmt: skip
+        "model": "tutorial",
+        "epochs": 1,
+        "batch_size": 25,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "augment": "flip",
+        "data_dir": str(cifar_root),
+        "download": False,
+        "out": str(out),
+        "precision": "fp32",
+        "evaluate": False,
+        "channels_last": False,
+        "threads": 1,
+        "seed": 1,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return train(build_config(TrainConfig, recipe_options("seed"), options))
@@ -68,8 +79,9 @@ def test_two_runs_disagreements_are_right_in_one_and_wrong_in_the_other(explorer
     d = explorer.disagreements()
     truth = explorer.labels.numpy()
     right = [explorer.probabilities(r).argmax(1) == truth for r in (0, 1)]
-    assert [row["index"] for row in d["only_first"]] and all(right[0][row["index"]] and not right[1][row["index"]]
-                                                             for row in d["only_first"])  # fmt: skip
+    assert [row["index"] for row in d["only_first"]] and all(
+        right[0][row["index"]] and not right[1][row["index"]] for row in d["only_first"]
+    )
     assert len(d["only_second"]) == (right[1] & ~right[0]).sum()
     assert d["both_right"] + d["both_wrong"] + len(d["only_first"]) + len(d["only_second"]) == len(truth)
 
@@ -87,7 +99,8 @@ def test_predictions_and_maps_are_cached_in_the_run(run_dir, second_run, monkeyp
     again = Explorer([run_dir])
     points = again.projection(0, method="pca")
     assert len(points["x"]) == 100 and points["correct"].count(True) == sum(
-        a == b for a, b in zip(points["label"], points["predicted"]))  # fmt: skip
+        a == b for a, b in zip(points["label"], points["predicted"])
+    )
     with pytest.raises(ConfigError, match="unknown projection method 'mds'"):
         again.projection(0, method="mds")
 
@@ -96,7 +109,10 @@ def test_an_image_gets_its_top5_attribution_overlays_and_feature_maps(explorer):
     result = explorer.explain(0, explorer.image(7), methods=["saliency", "gradcam"], index=7)
     probs = [row["probability"] for row in result["top5"]]
     assert len(probs) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
-    assert result["explained"] == result["top5"][0]["class"] and result["label"] == explorer.classes[int(explorer.labels[7])]
+    assert (
+        result["explained"] == result["top5"][0]["class"]
+        and result["label"] == explorer.classes[int(explorer.labels[7])]
+    )
     assert [a["method"] for a in result["attributions"]] == ["saliency", "gradcam"]
     overlay = Image.open(io.BytesIO(_png(result["attributions"][0]["image"])))
     assert overlay.size == (256, 256)
@@ -116,7 +132,9 @@ def test_channels_show_the_optimised_image_and_the_top_images_once_computed(expl
 def test_thumbnails_are_pixel_sharp(explorer):
     big = np.array(Image.open(io.BytesIO(explorer.thumbnail(5, scale=4))))
     small = explorer.image(5).permute(1, 2, 0).numpy()
-    assert big.shape == (128, 128, 3) and np.array_equal(big[::4, ::4], small) and np.array_equal(big[3::4, 3::4], small)
+    assert (
+        big.shape == (128, 128, 3) and np.array_equal(big[::4, ::4], small) and np.array_equal(big[3::4, 3::4], small)
+    )
 
 
 def test_headline_accuracy_prefers_tta_and_keeps_the_plain_one(tmp_path):
@@ -137,9 +155,23 @@ def server(run_dir, second_run):
     """``cifarlens explore RUN RUN2`` in its own process; yields its base URL."""
     httpx = pytest.importorskip("httpx")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cifarlens.cli", "explore", str(run_dir), str(second_run),
-                             "--port", str(port), "--max-bytes", "200000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cifarlens.cli",
+            "explore",
+            str(run_dir),
+            str(second_run),
+            "--port",
+            str(port),
+            "--max-bytes",
+            "200000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -161,7 +193,11 @@ def test_the_json_endpoints_of_the_real_server(server, explorer):
     import httpx
 
     info = httpx.get(f"{server}/api/info").json()
-    assert info["images"] == 100 and info["runs"] == [RunDir(r).path.name for r in explorer.runs] and "saliency" in info["methods"]
+    assert (
+        info["images"] == 100
+        and info["runs"] == [RunDir(r).path.name for r in explorer.runs]
+        and "saliency" in info["methods"]
+    )
     confusion = httpx.get(f"{server}/api/runs/0/confusion").json()
     assert confusion["matrix"] == explorer.confusion(0)["matrix"]
     cell = httpx.get(f"{server}/api/runs/1/cell", params={"true": 2, "predicted": 2}).json()
@@ -171,9 +207,12 @@ def test_the_json_endpoints_of_the_real_server(server, explorer):
     assert png.headers["content-type"] == "image/png" and Image.open(io.BytesIO(png.content)).size == (128, 128)
     image = httpx.get(f"{server}/api/runs/0/images/3", params={"methods": "saliency"}, timeout=60).json()
     assert image["index"] == 3 and [a["method"] for a in image["attributions"]] == ["saliency"]
-    for path, status, words in (("/api/runs/2/overview", 404, "no run 2"), ("/api/images/100.png", 404, "images 0-99"),
-                                ("/api/runs/0/images/1?methods=nope", 400, "unknown attribution method"),
-                                ("/api/runs/0/map?layer=fc9", 404, "no probe stage 'fc9'")):  # fmt: skip
+    for path, status, words in (
+        ("/api/runs/2/overview", 404, "no run 2"),
+        ("/api/images/100.png", 404, "images 0-99"),
+        ("/api/runs/0/images/1?methods=nope", 400, "unknown attribution method"),
+        ("/api/runs/0/map?layer=fc9", 404, "no probe stage 'fc9'"),
+    ):
         response = httpx.get(server + path, timeout=60)
         assert response.status_code == status and words in response.json()["detail"], (path, response.text)
 
@@ -183,8 +222,12 @@ def test_uploads_get_the_limits_and_errors_of_serve(server):
 
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buf, format="PNG")
-    ok = httpx.post(f"{server}/api/runs/0/upload?methods=saliency", content=buf.getvalue(),
-                    headers={"Content-Type": "image/png"}, timeout=60)  # fmt: skip
+    ok = httpx.post(
+        f"{server}/api/runs/0/upload?methods=saliency",
+        content=buf.getvalue(),
+        headers={"Content-Type": "image/png"},
+        timeout=60,
+    )
     assert ok.status_code == 200 and len(ok.json()["top5"]) == 5 and ok.json()["index"] is None
     too_big = httpx.post(f"{server}/api/runs/0/upload", content=b"\0" * 300_000, headers={"Content-Type": "image/png"})
     assert too_big.status_code == 413 and "over the limit of 200,000 bytes" in too_big.json()["detail"]
@@ -233,12 +276,15 @@ def test_the_pages_work_in_headless_chromium(server, explorer):
             page.screenshot(path=str(ARTIFACTS / "confusion.png"), full_page=True)
 
             page.click("nav a[data-page=map]")
-            page.wait_for_function("document.querySelector('#map-status').textContent.includes('images')", timeout=120_000)
-            drawn = page.evaluate("""() => [...document.querySelectorAll('#map .scatterlayer .trace')].flatMap((trace) =>
-                [...trace.querySelectorAll('path.point')].map((point) => {
+            page.wait_for_function(
+                "document.querySelector('#map-status').textContent.includes('images')", timeout=120_000
+            )
+            drawn = page.evaluate("""() => [...document.querySelectorAll('#map .scatterlayer .trace')]
+                .flatMap((trace) => [...trace.querySelectorAll('path.point')].map((point) => {
                     const r = point.getBoundingClientRect();
-                    return [r.left + r.width / 2, r.top + r.height / 2, trace.__data__[0].trace.customdata[point.__data__.i]];
-                }))""")  # fmt: skip
+                    const index = trace.__data__[0].trace.customdata[point.__data__.i];
+                    return [r.left + r.width / 2, r.top + r.height / 2, index];
+                }))""")
             assert len(drawn) == 100
             x, y, _ = drawn[len(drawn) // 2]
             page.mouse.move(x, y)
@@ -247,15 +293,20 @@ def test_the_pages_work_in_headless_chromium(server, explorer):
             shown = int(page.locator("#hover-text").text_content().split()[0].lstrip("#"))
             position = {index: (px, py) for px, py, index in drawn}[shown]  # the tutorial net stacks some points
             assert abs(position[0] - x) < 4 and abs(position[1] - y) < 4, (shown, position, (x, y))
-            assert page.evaluate("document.querySelector('#hover-image').src").endswith(f"/api/images/{shown}.png?scale=4")
+            assert page.evaluate("document.querySelector('#hover-image').src").endswith(
+                f"/api/images/{shown}.png?scale=4"
+            )
             page.screenshot(path=str(ARTIFACTS / "map.png"))
 
             page.goto(f"{server}/#image/7")
             page.wait_for_function("document.querySelectorAll('#attributions img').length > 0", timeout=60_000)
-            page.wait_for_function("[...document.querySelectorAll('#attributions img')].every((i) => i.naturalWidth === 256)")
+            page.wait_for_function(
+                "[...document.querySelectorAll('#attributions img')].every((i) => i.naturalWidth === 256)"
+            )
             shown = page.eval_on_selector_all("#attributions figcaption", "cs => cs.map((c) => c.textContent)")
-            assert [s.split(" ")[0] for s in shown] == [m for m in explorer.info()["default_methods"]
-                                                        if m in explorer.info()["methods"]]  # fmt: skip
+            assert [s.split(" ")[0] for s in shown] == [
+                m for m in explorer.info()["default_methods"] if m in explorer.info()["methods"]
+            ]
             page.screenshot(path=str(ARTIFACTS / "image.png"), full_page=True)
             assert errors == []
         finally:

@@ -50,10 +50,21 @@ def run(cifar_root, tmp_path_factory):
     from cifarlens.training import TrainConfig, recipe_options, train
 
     options = dict(
-        model="tutorial", epochs=2, batch_size=25, optimizer="adam", lr=2e-3, schedule="cosine", augment="flip",
-        data_dir=str(cifar_root), download=False, out=str(tmp_path_factory.mktemp("runs") / "tut"),
-        precision="fp32", evaluate=False, channels_last=False, threads=1,
-    )  # fmt: skip
+        model="tutorial",
+        epochs=2,
+        batch_size=25,
+        optimizer="adam",
+        lr=2e-3,
+        schedule="cosine",
+        augment="flip",
+        data_dir=str(cifar_root),
+        download=False,
+        out=str(tmp_path_factory.mktemp("runs") / "tut"),
+        precision="fp32",
+        evaluate=False,
+        channels_last=False,
+        threads=1,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data = prepare_data(cifar_root, download=False)
@@ -283,9 +294,21 @@ def test_mismatched_checkpoint_names_the_first_bad_tensor(run, tmp_path):
 def test_bench_measures_every_backend_on_the_same_images(exported, run):
     out = run / "export" / "bench_test.json"
     result = cifarlens(
-        "bench", run, "--backends", "torch,onnxruntime,onnxruntime-int8", "--batch-sizes", "1,16",
-        "--seconds", 0.1, "--rounds", 2, "--threads", 1, "--out", out,
-    )  # fmt: skip
+        "bench",
+        run,
+        "--backends",
+        "torch,onnxruntime,onnxruntime-int8",
+        "--batch-sizes",
+        "1,16",
+        "--seconds",
+        0.1,
+        "--rounds",
+        2,
+        "--threads",
+        1,
+        "--out",
+        out,
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     report = json.loads(out.read_text())
     assert report["threads"] == 1 and report["peak_gflops_fp32_matmul"] > 0

@@ -128,8 +128,12 @@ def test_missing_extra_is_named_in_one_line(run):
     )
     result = subprocess.run(
         [sys.executable, "-c", block, "export", str(run), "--format", "tflite"],
-        capture_output=True, text=True, env=os.environ.copy(), timeout=300, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=300,
+        check=False,
+    )
     assert_one_line_error(result, "TensorFlow is not installed", "pip install 'cifarlens[tf]'")
 
 

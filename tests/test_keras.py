@@ -19,6 +19,7 @@ from cifarlens.data import prepare_data
 from cifarlens.data.cifar10 import load_cifar10, resolve_data_dir
 from cifarlens.errors import ConfigError
 from cifarlens.models import create_model, model_capabilities
+from cifarlens.models.keras_models import import_keras
 from cifarlens.models.pretrained import WeightsUnavailable
 from cifarlens.run import RunDir
 from cifarlens.training import TrainConfig, recipe_options, resume, train
@@ -65,10 +66,22 @@ def data(cifar_root):
 
 def keras_config(root, out, model, **overrides):
     options = {
-        "model": model, "epochs": 2, "batch_size": 50, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
-        "augment": "flip", "data_dir": str(root), "download": False, "out": str(out), "precision": "fp32",
-        "evaluate": False, "report": False, "channels_last": False, "threads": 1,
-    }  # fmt: skip
+        "model": model,
+        "epochs": 2,
+        "batch_size": 50,
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "schedule": "cosine",
+        "augment": "flip",
+        "data_dir": str(root),
+        "download": False,
+        "out": str(out),
+        "precision": "fp32",
+        "evaluate": False,
+        "report": False,
+        "channels_last": False,
+        "threads": 1,
+    }
     return build_config(TrainConfig, recipe_options("seed"), {"recipe": "seed"} | options | overrides)
 
 
@@ -102,7 +115,9 @@ def test_a_normalization_layer_keeps_the_channels_first_rebuild(tmp_path):
         assert torch.allclose(model(x), reference(x.permute(0, 2, 3, 1)), atol=1e-5)
 
 
-def test_a_keras_file_trains_resumes_bit_identically_and_rebuilds_without_the_file(keras_file, cifar_root, data, tmp_path):
+def test_a_keras_file_trains_resumes_bit_identically_and_rebuilds_without_the_file(
+    keras_file, cifar_root, data, tmp_path
+):
     path, _ = keras_file
     local = tmp_path / "model.keras"
     local.write_bytes(path.read_bytes())
@@ -140,8 +155,18 @@ def test_keras_run_explains_and_exports(keras_file, cifar_root, data, tmp_path):
 def test_a_lambda_layer_is_refused_in_one_line_unless_trusted(cifar_root, tmp_path):
     path = tmp_path / "lambda.keras"
     conv_blocks_keras(path, lambda_layer=True)
-    done = cifarlens("train", "--model", f"keras:{path}", "--data-dir", cifar_root, "--no-download",
-                     "--out", tmp_path / "run", "--epochs", "1")  # fmt: skip
+    done = cifarlens(
+        "train",
+        "--model",
+        f"keras:{path}",
+        "--data-dir",
+        cifar_root,
+        "--no-download",
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "1",
+    )
     assert_one_line_error(done, "Lambda", "--trust-code")
     assert not (tmp_path / "run").exists()
     model = create_model(f"keras:{path}", trust_code=True)  # the user's word: safe_mode off for this file
@@ -224,3 +249,12 @@ def test_timm_legacy_xception_pretrained_from_the_torch_hub_cache(tmp_path, monk
     got = model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in reference.items() if not k.startswith("fc."))
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_keras_keeps_tensorflows_log_lines_off_the_output_unless_asked(monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    import_keras()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"  # TensorFlow's C++ logs off
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    import_keras()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"  # the user's own level is kept

@@ -1,8 +1,10 @@
-"""The package as a whole: no import circles, ``python -m cifarlens``, and one line per epoch in a pipe."""
+"""The package as a whole: imports only down the layers, no import circles, ``python -m cifarlens``, one line
+per epoch in a pipe."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +29,10 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 # `from pkg import sub` imports the submodule when there is one, else a name of pkg
-                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                           for a in node.names]  # fmt: skip
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                ]
             else:
                 continue
             graph[name] |= {t for t in targets if t in modules and t != name}
@@ -70,7 +74,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_circles_even_through_function_level_imports():
     graph = import_graph()
     assert "cifarlens.run" in graph["cifarlens.training.trainer"]  # function-level imports are read too:
-    assert "cifarlens.training.features" in graph["cifarlens.training.trainer"]
+    assert "cifarlens.training.linear_probe" in graph["cifarlens.training.trainer"]
     assert cycles(graph) == []
 
 
@@ -84,8 +88,23 @@ def test_python_dash_m_cifarlens_runs_the_cli():
 
 
 def test_training_output_to_a_pipe_has_one_line_per_epoch(cifar_root, tmp_path):
-    result = cifarlens("train", "--recipe", "tutorial", "--epochs", "2", "--batch-size", "50", "--data-dir",
-                       str(cifar_root), "--no-download", "--out", str(tmp_path / "run"), "--no-report", "--threads", "1")  # fmt: skip
+    result = cifarlens(
+        "train",
+        "--recipe",
+        "tutorial",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "50",
+        "--data-dir",
+        str(cifar_root),
+        "--no-download",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-report",
+        "--threads",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     epochs = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
@@ -93,10 +112,93 @@ def test_training_output_to_a_pipe_has_one_line_per_epoch(cifar_root, tmp_path):
     assert "" not in lines[: epochs[1] + 1], result.stdout
 
 
-def test_every_lazily_exported_name_resolves():
-    import cifarlens.evaluation
-    import cifarlens.explain
+def test_every_exported_name_resolves():
+    for name in LAYERS[LAYERS.index("data") : -1]:
+        package = importlib.import_module(f"cifarlens.{name}")
+        for exported in getattr(package, "__all__", []):
+            assert getattr(package, exported) is not None, f"{package.__name__}.{exported}"
 
-    for package in (cifarlens.explain, cifarlens.evaluation):
-        for name in package.__all__:
-            assert getattr(package, name) is not None, f"{package.__name__}.{name}"
+
+# Loaded only by the capability that needs them: training, the command line and --help never pay for them.
+CAPABILITY_LIBRARIES = (
+    "captum",
+    "pytorch_grad_cam",
+    "onnx",
+    "onnxruntime",
+    "openvino",
+    "tensorflow",
+    "keras",
+    "optuna",
+    "fastapi",
+    "uvicorn",
+    "timm",
+    "openTSNE",
+    "umap",
+    "sklearn",
+    "matplotlib",
+)
+
+
+def test_training_and_the_command_line_load_no_capability_library():
+    code = (
+        "import sys, cifarlens.cli, cifarlens.training; "
+        f"print(sorted(m for m in {CAPABILITY_LIBRARIES!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+# The layers, bottom up: a module may import only from its own layer and those below it.
+LAYERS = (
+    "errors",
+    "io",
+    "config",
+    "device",
+    "console",
+    "data",
+    "models",
+    "run",
+    "training",
+    "evaluation",
+    "explain",
+    "experiments",
+    "deploy",
+    "report",
+    "explore",
+    "cli",
+)
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    if len(parts) == 1:  # the package itself holds only __version__
+        return 0
+    if parts[1] == "__main__":  # `python -m cifarlens` runs the command line
+        return len(LAYERS) - 1
+    return LAYERS.index(parts[1])
+
+
+def test_every_import_points_down_the_layers():
+    upward = [
+        f"{module} ({LAYERS[layer_of(module)]}) imports {target} ({LAYERS[layer_of(target)]})"
+        for module, targets in sorted(import_graph().items())
+        for target in sorted(targets)
+        if layer_of(target) > layer_of(module)
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_the_code_is_formatted_and_lint_free():
+    root = SRC.parent
+    for command in (["format", "--check"], ["check"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "src", "tests", "benchmarks"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, (
+            f"ruff {' '.join(command)}: fix with `ruff format` / `ruff check --fix`\n{out.stdout}"
+        )

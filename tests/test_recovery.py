@@ -24,8 +24,23 @@ from cifarlens.training import TrainConfig, recipe_options, resume, train
 from cifarlens.training.trainer import setup
 
 # seed_bn8 on the synthetic set, one thread: about 3 s an epoch of 12 steps, long enough to kill inside one.
-FLAGS = ("--recipe", "seed", "--epochs", "2", "--batch-size", "25", "--subset", "300", "--precision", "fp32",
-         "--threads", "1", "--no-evaluate", "--no-report", "--no-download")  # fmt: skip
+FLAGS = (
+    "--recipe",
+    "seed",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "25",
+    "--subset",
+    "300",
+    "--precision",
+    "fp32",
+    "--threads",
+    "1",
+    "--no-evaluate",
+    "--no-report",
+    "--no-download",
+)
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -41,7 +56,18 @@ def latest(run: Path) -> dict:
 
 
 def start(run: Path, cifar_root: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cifarlens.cli", "train", *FLAGS, "--data-dir", str(cifar_root), "--out", str(run), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cifarlens.cli",
+        "train",
+        *FLAGS,
+        "--data-dir",
+        str(cifar_root),
+        "--out",
+        str(run),
+        *extra,
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -63,7 +89,10 @@ def reference(cifar_root, tmp_path_factory) -> Path:
 
 MOMENTS = {
     # before any checkpoint: the first epoch is under way (its config is written just before it starts)
-    "first-epoch": (("--checkpoint-every", "0"), lambda run: (run / "config.yaml").is_file() and time.sleep(1.0) is None),
+    "first-epoch": (
+        ("--checkpoint-every", "0"),
+        lambda run: (run / "config.yaml").is_file() and time.sleep(1.0) is None,
+    ),
     # after a recovery checkpoint inside an epoch
     "mid-epoch": (("--checkpoint-every", "0.3"), lambda run: latest(run).get("step", 0) > 0),
     # right after the first epoch's checkpoint, as the second epoch begins
@@ -107,8 +136,18 @@ def test_sigterm_writes_a_checkpoint_exits_nonzero_and_resumes_bit_identical(ref
 
 
 def quick(cifar_root: Path, out: Path, **overrides) -> TrainConfig:
-    options = {"epochs": 3, "batch_size": 50, "subset": 200, "precision": "fp32", "threads": 1, "evaluate": False,
-               "report": False, "data_dir": str(cifar_root), "download": False, "out": str(out)}  # fmt: skip
+    options = {
+        "epochs": 3,
+        "batch_size": 50,
+        "subset": 200,
+        "precision": "fp32",
+        "threads": 1,
+        "evaluate": False,
+        "report": False,
+        "data_dir": str(cifar_root),
+        "download": False,
+        "out": str(out),
+    }
     return build_config(TrainConfig, recipe_options("tutorial"), options | overrides)
 
 
@@ -142,7 +181,9 @@ def test_resume_of_a_run_without_a_checkpoint_starts_it_with_its_saved_config(ci
         warnings.simplefilter("ignore")
         whole = train(quick(cifar_root, tmp_path / "whole"))
         run = tmp_path / "fresh"
-        setup(quick(cifar_root, run, lr=0.02))  # the run folder and its config, as a kill before the first step leaves them
+        setup(
+            quick(cifar_root, run, lr=0.02)
+        )  # the run folder and its config, as a kill before the first step leaves them
         resume(run)
     assert not same_weights(run, whole)  # it trained with its own saved lr, not the defaults
     again = train(quick(cifar_root, tmp_path / "again", lr=0.02))

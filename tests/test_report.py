@@ -21,13 +21,25 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 def tiny_run(cifar_root, out, **overrides):
     options = {
-        "model": "tutorial", "epochs": 2, "batch_size": 50, "optimizer": "sgd", "lr": 0.05, "augment": "flip",
-        "data_dir": str(cifar_root), "download": False, "out": str(out), "precision": "fp32",
-        "channels_last": False, "threads": 1, "val_size": 50,
-    } | overrides  # fmt: skip
+        "model": "tutorial",
+        "epochs": 2,
+        "batch_size": 50,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "augment": "flip",
+        "data_dir": str(cifar_root),
+        "download": False,
+        "out": str(out),
+        "precision": "fp32",
+        "channels_last": False,
+        "threads": 1,
+        "val_size": 50,
+    } | overrides
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return after_training(train(build_config(TrainConfig, recipe_options("seed"), options)), console=Console(quiet=True))
+        return after_training(
+            train(build_config(TrainConfig, recipe_options("seed"), options)), console=Console(quiet=True)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +60,14 @@ def test_train_writes_a_self_contained_report(runs):
     a, b = runs
     page = (a / "report.html").read_text()
     assert not (b / "report.html").exists()  # --no-report
-    for heading in ("Training curves", "Per-class accuracy (test)", "Confusion matrix (test)",
-                    "Misclassified examples (test)", "Config", "Metrics per epoch"):  # fmt: skip
+    for heading in (
+        "Training curves",
+        "Per-class accuracy (test)",
+        "Confusion matrix (test)",
+        "Misclassified examples (test)",
+        "Config",
+        "Metrics per epoch",
+    ):
         assert heading in page, heading
     sources = re.findall(r'<img src="([^"]*)"', page)
     assert len(sources) >= 3 and all(s.startswith("data:image/png;base64,") for s in sources)

@@ -1,6 +1,5 @@
 """Training loop, checkpoints and resume, on the synthetic dataset."""
 
-import csv
 import dataclasses
 import json
 import platform
@@ -56,9 +55,9 @@ def test_run_directory_is_complete_and_model_rebuilds(cifar_root, tmp_path, data
     out = after_training(train(cfg, data=data), console=Console(quiet=True), data=data)
     for name in ("config.yaml", "metrics.csv", "model.safetensors", "summary.json", "provenance.json"):
         assert (out / name).is_file(), name
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert all(r["val_acc"] and r["test_acc"] for r in rows)
+    rows = RunDir(out).read_metrics()
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all("val_acc" in r and "test_acc" in r for r in rows)
     spec, meta = read_spec(out / "model.safetensors")
     assert spec.name == "tutorial" and spec.classes[0] == "airplane" and meta["cifarlens_version"]
     model, _ = RunDir(out).load_model()
@@ -73,10 +72,12 @@ def test_run_directory_is_complete_and_model_rebuilds(cifar_root, tmp_path, data
 
 
 def test_training_learns_the_synthetic_classes(cifar_root, tmp_path, data):
-    cfg = quick_config(cifar_root, tmp_path / "run", epochs=6, lr=0.02, optimizer="sgd", schedule="onecycle")  # 0.05 diverged at the one-cycle peak
+    cfg = quick_config(
+        cifar_root, tmp_path / "run", epochs=6, lr=0.02, optimizer="sgd", schedule="onecycle"
+    )  # 0.05 diverged at the one-cycle peak
     out = train(cfg, data=data)
-    last = list(csv.DictReader(open(out / "metrics.csv")))[-1]
-    assert float(last["test_acc"]) > 0.5  # chance is 0.1
+    last = RunDir(out).read_metrics()[-1]
+    assert last["test_acc"] > 0.5  # chance is 0.1
 
 
 def test_same_seed_same_numbers_and_other_seed_differs(cifar_root, tmp_path, data):
@@ -89,16 +90,18 @@ def test_same_seed_same_numbers_and_other_seed_differs(cifar_root, tmp_path, dat
 
 
 def test_resume_matches_uninterrupted_run(cifar_root, tmp_path, data):
-    full = train(quick_config(cifar_root, tmp_path / "full", epochs=3, model="seed_bn8", optimizer="adam", lr=1e-3), data=data)
+    full = train(
+        quick_config(cifar_root, tmp_path / "full", epochs=3, model="seed_bn8", optimizer="adam", lr=1e-3), data=data
+    )
     part = tmp_path / "part"
     train(quick_config(cifar_root, part, epochs=3, model="seed_bn8", optimizer="adam", lr=1e-3), data=data)
     roll_back_to_epoch(part, 2)  # a kill after epoch 2
     resume(part, data=data)
     wf, wp = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
     assert all(torch.equal(wf[k], wp[k]) for k in wf)
-    rows_full = list(csv.DictReader(open(full / "metrics.csv")))
-    rows_part = list(csv.DictReader(open(part / "metrics.csv")))
-    assert [r["test_acc"] for r in rows_full] == [r["test_acc"] for r in rows_part]
+    rows_full = RunDir(full).read_metrics()
+    rows_part = RunDir(part).read_metrics()
+    assert [r.get("test_acc") for r in rows_full] == [r.get("test_acc") for r in rows_part]
 
 
 def test_resume_after_the_data_moved(tmp_path):
@@ -116,7 +119,7 @@ def test_resume_after_the_data_moved(tmp_path):
     with pytest.raises(DataError, match=r"data_dir in .*config\.yaml\); if the data moved, pass --data-dir"):
         resume(out)
     resume(out, {"data_dir": tmp_path / "moved"})
-    assert [row["epoch"] for row in csv.DictReader(open(out / "metrics.csv"))] == ["1", "2"]
+    assert [row["epoch"] for row in RunDir(out).read_metrics()] == [1, 2]
     # config.yaml now names the new folder, so later commands need no --data-dir.
     assert read_yaml(out / "config.yaml")["data_dir"] == str((tmp_path / "moved" / "cifar-10-batches-py").resolve())
 
@@ -137,7 +140,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(cifar_root, tmp_path, d
     assert ckpt.epoch == 1
     assert all(torch.isfinite(t).all() for t in ckpt.model_state.values())
     assert not (out / "model.safetensors").exists()
-    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 2  # header + epoch 1
+    assert [row["epoch"] for row in RunDir(out).read_metrics()] == [1]  # epoch 1 only
 
 
 def test_bf16_autocast_trains_on_cpu(cifar_root, tmp_path, data):
@@ -173,8 +176,10 @@ def test_the_default_config_is_fast_and_other_recipes_inherit_none_of_it(tmp_pat
     seed = build_config(TrainConfig, recipe_options("seed"))
     assert (seed.model, seed.optimizer, seed.lr, seed.batch_size, seed.epochs) == ("seed_bn8", "adam", 5e-4, 60, 20)
     assert (default_recipe({}), default_recipe({"model": "seed_bn8"}), default_recipe({"model": "resnet18"})) == (
-        "fast", "seed", "resnet18"
-    )  # fmt: skip
+        "fast",
+        "seed",
+        "resnet18",
+    )
     trial = trial_config(SweepConfig(params={"lr": [0.1]}), {}, tmp_path / "t")  # a sweep base without a recipe
     forced = {"val_size": 5000, "out": str(tmp_path / "t"), "evaluate": False, "eval_test_every_epoch": False}
     assert trial == build_config(TrainConfig, recipe_options("fast"), forced)
@@ -189,17 +194,32 @@ def test_tensorboard_logs_every_epoch(cifar_root, tmp_path, data):
 
 
 def test_data_dependent_init_runs_on_new_runs(cifar_root, tmp_path, data):
-    out = train(quick_config(cifar_root, tmp_path / "run", model="airnet", epochs=1, batch_size=50,
-                             model_args={"width": 8, "wide": 16}), data=data)  # fmt: skip
+    out = train(
+        quick_config(
+            cifar_root, tmp_path / "run", model="airnet", epochs=1, batch_size=50, model_args={"width": 8, "wide": 16}
+        ),
+        data=data,
+    )
     weights = load_file(str(out / "model.safetensors"))
     whiten = weights["whiten.weight"]
     assert torch.equal(whiten[12:], -whiten[:12])  # fitted: each eigenvector with both signs
 
 
 def test_silu_airnet_with_color_jitter_is_rebuilt_from_its_run(cifar_root, tmp_path, data):
-    out = train(quick_config(cifar_root, tmp_path / "run", model="airnet", epochs=1, batch_size=50,
-                             model_args={"width": 8, "wide": 16, "act": "silu"}, augment="crop,altflip,color",
-                             color_brightness=0.1, color_contrast=0.3), data=data)  # fmt: skip
+    out = train(
+        quick_config(
+            cifar_root,
+            tmp_path / "run",
+            model="airnet",
+            epochs=1,
+            batch_size=50,
+            model_args={"width": 8, "wide": 16, "act": "silu"},
+            augment="crop,altflip,color",
+            color_brightness=0.1,
+            color_contrast=0.3,
+        ),
+        data=data,
+    )
     saved = read_yaml(out / "config.yaml")
     assert (saved["color_brightness"], saved["color_contrast"]) == (0.1, 0.3)
     model, _ = RunDir(out).load_model()
@@ -212,27 +232,49 @@ def test_recipes_train_through_the_normal_trainer(cifar_root, tmp_path, data):
     tiny = {"airnet": {"width": 8, "wide": 16}}
     for name in ("fast", "fast10", "fast90", "fast95", "airbench94"):
         options = recipe_options(name)
-        options |= {"epochs": 1, "batch_size": 100, "compile": False, "data_dir": str(cifar_root), "download": False,
-                    "out": str(tmp_path / name), "evaluate": False, "threads": 1, "warmup": 0.0}  # fmt: skip
+        options |= {
+            "epochs": 1,
+            "batch_size": 100,
+            "compile": False,
+            "data_dir": str(cifar_root),
+            "download": False,
+            "out": str(tmp_path / name),
+            "evaluate": False,
+            "threads": 1,
+            "warmup": 0.0,
+        }
         options["model_args"] = tiny.get(options["model"], {})
         if "whiten_bias_epochs" in options:
             options["whiten_bias_epochs"] = min(options["whiten_bias_epochs"], 1.0)
         if options.get("early_epochs"):
             options["early_epochs"] = 1
         out = train(build_config(TrainConfig, options), data=data)
-        row = next(csv.DictReader(open(out / "metrics.csv")))
-        assert float(row["test_acc"]) > 0.2, name  # 10 synthetic classes: chance is 0.1
-        assert int(row["image_size"]) == (24 if name in ("fast", "fast10") else 32), name
+        row = RunDir(out).read_metrics()[0]
+        assert row["test_acc"] > 0.2, name  # 10 synthetic classes: chance is 0.1
+        assert row["image_size"] == (24 if name in ("fast", "fast10") else 32), name
     assert "fast" in RECIPES and TrainConfig().recipe == "fast"
 
 
 def test_muon_trains_and_keeps_filters_normalised(cifar_root, tmp_path, data):
-    cfg = quick_config(cifar_root, tmp_path / "run", model="airnet", model_args={"width": 8, "wide": 16},
-                       optimizer="muon", lr=0.2, bias_lr=1.0, head_lr=0.5, momentum=0.85, nesterov=True,
-                       schedule="linear", batch_size=50, epochs=3, channels_last=True)  # fmt: skip
+    cfg = quick_config(
+        cifar_root,
+        tmp_path / "run",
+        model="airnet",
+        model_args={"width": 8, "wide": 16},
+        optimizer="muon",
+        lr=0.2,
+        bias_lr=1.0,
+        head_lr=0.5,
+        momentum=0.85,
+        nesterov=True,
+        schedule="linear",
+        batch_size=50,
+        epochs=3,
+        channels_last=True,
+    )
     out = train(cfg, data=data)
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert float(rows[-1]["train_acc"]) > 0.5  # 10 synthetic classes: chance is 0.1
+    rows = RunDir(out).read_metrics()
+    assert rows[-1]["train_acc"] > 0.5  # 10 synthetic classes: chance is 0.1
     weights = load_file(str(out / "model.safetensors"))
     conv = weights["blocks.block2.conv2.weight"]
     # Muon rescales each filter bank to norm sqrt(out_channels) before its (unit-scale) update.
@@ -252,9 +294,19 @@ def test_orthogonalize_flattens_the_spectrum():
 
 
 def test_whitening_bias_stops_training_after_its_epochs(cifar_root, tmp_path, data):
-    cfg = quick_config(cifar_root, tmp_path / "run", model="airnet", model_args={"width": 8, "wide": 16},
-                       optimizer="muon", lr=0.2, bias_lr=1.0, whiten_bias_epochs=1.0, schedule="linear",
-                       batch_size=50, epochs=3)  # fmt: skip
+    cfg = quick_config(
+        cifar_root,
+        tmp_path / "run",
+        model="airnet",
+        model_args={"width": 8, "wide": 16},
+        optimizer="muon",
+        lr=0.2,
+        bias_lr=1.0,
+        whiten_bias_epochs=1.0,
+        schedule="linear",
+        batch_size=50,
+        epochs=3,
+    )
     train(cfg, data=data)
     ckpt = tmp_path / "run" / "checkpoint"
     after_1 = load_file(str(ckpt / "epoch-0002.safetensors"))["whiten.bias"]
@@ -266,8 +318,9 @@ def test_whitening_bias_gets_no_gradient_once_its_lr_reached_zero():
     from cifarlens.models import create_model, model_capabilities
 
     model = create_model("airnet", width=8, wide=16)
-    cfg = build_config(TrainConfig, {"model": "airnet", "optimizer": "muon", "whiten_bias_epochs": 1.0, "epochs": 2,
-                                     "early_epochs": 1})  # fmt: skip
+    cfg = build_config(
+        TrainConfig, {"model": "airnet", "optimizer": "muon", "whiten_bias_epochs": 1.0, "epochs": 2, "early_epochs": 1}
+    )
     optimizer = build_optimizer(model, cfg, model_capabilities("airnet"))
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=4)
     trains = []
@@ -313,35 +366,54 @@ def test_metrics_report_flops_and_time_per_phase(cifar_root, tmp_path, data):
     from cifarlens.models.summary import summarize
 
     out = train(quick_config(cifar_root, tmp_path / "run", epochs=1), data=data)
-    row = next(csv.DictReader(open(out / "metrics.csv")))
-    phases = sum(float(row[k]) for k in ("data_s", "forward_s", "backward_s", "step_s"))
-    assert 0 < phases <= float(row["seconds"]) and float(row["train_clock"]) >= phases
+    row = RunDir(out).read_metrics()[0]
+    phases = sum(row[k] for k in ("data_s", "forward_s", "backward_s", "step_s"))
+    assert 0 < phases <= row["seconds"] and row["train_clock"] >= phases
     macs = summarize(create_model("tutorial"))["total"]["macs"]
-    flops_per_image = float(row["gflops"]) * 1e9 / float(row["images_per_s"])
+    flops_per_image = row["gflops"] * 1e9 / row["images_per_s"]
     assert 2 * 2 * macs < flops_per_image < 3.1 * 2 * macs  # forward + backward: about 3x the forward FLOPs
 
 
 @pytest.mark.parametrize("mode, sizes", [("crop", [16, 16, 32]), ("resize", [16, 16, 32]), ("ramp", [16, 24, 32])])
 def test_early_epochs_train_on_small_images_at_lower_cost(cifar_root, tmp_path, data, mode, sizes):
-    cfg = quick_config(cifar_root, tmp_path / "run", model="airnet", model_args={"width": 8, "wide": 16},
-                       augment="crop,flip", crop_padding=2, early_size=16, early_epochs=2, early_mode=mode,
-                       epochs=3, batch_size=100)  # fmt: skip
+    cfg = quick_config(
+        cifar_root,
+        tmp_path / "run",
+        model="airnet",
+        model_args={"width": 8, "wide": 16},
+        augment="crop,flip",
+        crop_padding=2,
+        early_size=16,
+        early_epochs=2,
+        early_mode=mode,
+        epochs=3,
+        batch_size=100,
+    )
     out = train(cfg, data=data)
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert [int(r["image_size"]) for r in rows] == sizes
-    flops = [float(r["gflops"]) * 1e9 / float(r["images_per_s"]) for r in rows]
+    rows = RunDir(out).read_metrics()
+    assert [r["image_size"] for r in rows] == sizes
+    flops = [r["gflops"] * 1e9 / r["images_per_s"] for r in rows]
     # Cost scales with pixels: 16x16 inputs cost about a quarter of 32x32 ones, 24x24 about half
     for size, cost in zip(sizes, flops):
         assert cost == pytest.approx(flops[-1] * (size / 32) ** 2, rel=0.15)
         assert cost == pytest.approx(flops[sizes.index(size)], rel=1e-3)  # epochs of one size cost the same
-    assert float(rows[-1]["train_acc"]) > 0.2  # still learns the synthetic classes (chance 0.1; 0.28 with resize)
+    assert rows[-1]["train_acc"] > 0.2  # still learns the synthetic classes (chance 0.1; 0.28 with resize)
 
 
 def test_compiled_training_runs(cifar_root, tmp_path, data):
-    cfg = quick_config(cifar_root, tmp_path / "run", model="airnet", model_args={"width": 8, "wide": 16},
-                       compile=True, epochs=1, batch_size=100, channels_last=True)  # fmt: skip
-    compiled = next(csv.DictReader(open(train(cfg, data=data) / "metrics.csv")))
-    eager = next(csv.DictReader(open(train(dataclasses.replace(cfg, compile=False, out=str(tmp_path / "eager")),
-                                           data=data) / "metrics.csv")))  # fmt: skip
+    cfg = quick_config(
+        cifar_root,
+        tmp_path / "run",
+        model="airnet",
+        model_args={"width": 8, "wide": 16},
+        compile=True,
+        epochs=1,
+        batch_size=100,
+        channels_last=True,
+    )
+    compiled = RunDir(train(cfg, data=data)).read_metrics()[0]
+    eager = RunDir(
+        train(dataclasses.replace(cfg, compile=False, out=str(tmp_path / "eager")), data=data)
+    ).read_metrics()[0]
     # Inductor reorders float sums, so not bit-identical, but the same training to a few parts in a thousand
-    assert float(compiled["train_loss"]) == pytest.approx(float(eager["train_loss"]), rel=0.01)
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=0.01)

@@ -108,9 +108,18 @@ def test_failed_download_names_the_file_and_the_folder(tmp_path, monkeypatch):
 def test_cli_offline_error_is_one_line(cifar_root, tmp_path):
     env = os.environ | {"TORCH_HOME": str(tmp_path / "th"), "CIFARLENS_OFFLINE": "1"}
     result = cifarlens(
-        "train", "--model", "convnext_tiny", "--pretrained", "--data-dir", cifar_root, "--out", tmp_path / "run",
-        "--no-download", env=env, timeout=300,
-    )  # fmt: skip
+        "train",
+        "--model",
+        "convnext_tiny",
+        "--pretrained",
+        "--data-dir",
+        cifar_root,
+        "--out",
+        tmp_path / "run",
+        "--no-download",
+        env=env,
+        timeout=300,
+    )
     assert_one_line_error(result, "convnext_tiny-983f1562.pth")
 
 
@@ -119,9 +128,16 @@ def pretrained_run(cifar_root, data, torch_home, tmp_path_factory):
     home, state = torch_home
     out = tmp_path_factory.mktemp("runs") / "mnv2"
     cfg = quick_config(
-        cifar_root, out, model="mobilenet_v2", pretrained=True, freeze="backbone", image_size=64, evaluate=True,
-        lr=0.01, model_args={"dropout": 0.0},
-    )  # fmt: skip
+        cifar_root,
+        out,
+        model="mobilenet_v2",
+        pretrained=True,
+        freeze="backbone",
+        image_size=64,
+        evaluate=True,
+        lr=0.01,
+        model_args={"dropout": 0.0},
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(home))
         mp.setenv("CIFARLENS_OFFLINE", "1")
@@ -237,7 +253,7 @@ def test_features_from_a_run_fits_logistic_regression_that_evaluate_reproduces(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from cifarlens.training.features import penultimate_features
+    from cifarlens.training.linear_probe import penultimate_features
 
     x_train = penultimate_features(source, data.train.images, spec, torch.device("cpu")).numpy()
     x_test = penultimate_features(source, data.test.images, spec, torch.device("cpu")).numpy()

@@ -21,16 +21,22 @@ from cifarlens.errors import ConfigError
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """Map each dataclass field of ``cls`` to the comment written after it in the source."""
+    """Map each dataclass field of ``cls`` to its comment: the one after it on its line, else the block of comment
+    lines right above it (a comment too long for one line)."""
     comments: dict[str, str] = {}
-    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline)
+    above: list[str] = []  # comment lines since the last statement
     line_name: dict[int, str] = {}
-    for tok in tokens:
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
         row = tok.start[0]
-        if tok.type == tokenize.NAME and row not in line_name and tok.start[1] == 4:
-            line_name[row] = tok.string
-        elif tok.type == tokenize.COMMENT and row in line_name:
+        if tok.type == tokenize.COMMENT and row in line_name:
             comments[line_name[row]] = tok.string.lstrip("#").strip()
+        elif tok.type == tokenize.COMMENT and tok.start[1] == 4:
+            above.append(tok.string.lstrip("#").strip())
+        elif tok.type == tokenize.NAME and row not in line_name and tok.start[1] == 4:
+            line_name[row] = tok.string
+            if above:
+                comments[tok.string] = " ".join(above)
+            above = []
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in comments.items() if k in names}
 
@@ -47,9 +53,7 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
     if origin is Literal:
         choices = get_args(annotation)
         if value not in choices:
-            raise ConfigError(
-                f"invalid value {value!r} for {name}; choose one of: {', '.join(map(str, choices))}"
-            )
+            raise ConfigError(f"invalid value {value!r} for {name}; choose one of: {', '.join(map(str, choices))}")
         return value
     if annotation is bool:
         if isinstance(value, bool):
@@ -126,9 +130,7 @@ def build_config(cls: type, *layers: dict[str, Any], sources: tuple[str, ...] = 
         for key, value in layer.items():
             name = key.replace("-", "_")
             if name not in hints:
-                raise ConfigError(
-                    f"unknown option {key!r} in {source}; valid options: {', '.join(sorted(hints))}"
-                )
+                raise ConfigError(f"unknown option {key!r} in {source}; valid options: {', '.join(sorted(hints))}")
             if value is None:
                 continue
             values[name] = coerce(name, value, hints[name])
@@ -142,10 +144,3 @@ def build_config(cls: type, *layers: dict[str, Any], sources: tuple[str, ...] = 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain dict of a config dataclass, ready for YAML/JSON."""
     return dataclasses.asdict(cfg)
-
-
-def save_yaml(data: dict[str, Any], path: str | Path) -> None:
-    """Write ``data`` as YAML, atomically."""
-    from cifarlens.io import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

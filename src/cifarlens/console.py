@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cifarlens.config import field_comments, field_types
 from cifarlens.errors import CifarlensError, TrainingInterrupted
 
 PIPED_WIDTH = 200
@@ -58,7 +59,6 @@ def config_options(cls: type, defaults: dict[str, Any]) -> list[inspect.Paramete
 
     Every option defaults to None so that only flags the user typed override lower layers.
     """
-    from cifarlens.config import field_comments, field_types
 
     comments = field_comments(cls)
     params = []

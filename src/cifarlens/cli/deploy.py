@@ -1,7 +1,7 @@
 """CLI commands of the deployment area: ``export``, ``predict``, ``bench``, ``serve``.
 
-Registered in ``cifarlens.cli``; heavy imports (onnx, onnxruntime, fastapi) stay inside the
-commands so ``cifarlens --help`` stays fast.
+Registered in ``cifarlens.cli``; like every command, each imports the library call it runs inside its body, so
+that a command loads only what it runs (``train`` never loads onnxruntime or FastAPI).
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ TrustPickle = Annotated[
 ]
 Backend = Annotated[
     str,
-    typer.Option(help="auto (PyTorch for weights, onnxruntime for a graph), torch, torch-compile, torch-bf16, "
-                      "onnxruntime, onnxruntime-int8, openvino, openvino-bf16 or openvino-int8 (the last five run "
-                      "the graphs of cifarlens export)"),
+    typer.Option(
+        help="auto (PyTorch for weights, onnxruntime for a graph), torch, torch-compile, torch-bf16, "
+        "onnxruntime, onnxruntime-int8, openvino, openvino-bf16 or openvino-int8 (the last five run "
+        "the graphs of cifarlens export)"
+    ),
 ]
 Threads = Annotated[int, typer.Option(help="CPU threads for the backend (0: its default)")]
 ModelName = Annotated[str | None, typer.Option("--model", help="architecture of a --trust-pickle state dict")]
@@ -77,9 +79,16 @@ def export(
     out = out or default_onnx_path(source)
     data = load_eval_images(source, data_dir, test_images=test_images, calibration_images=calibration_images)
     result = export_run(
-        source, data, out=out, opset=opset, dynamic_batch=dynamic_batch, quantize=quantize,
-        trust_pickle=trust_pickle, model_name=model, model_args=_model_args(model_args),
-    )  # fmt: skip
+        source,
+        data,
+        out=out,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        quantize=quantize,
+        trust_pickle=trust_pickle,
+        model_name=model,
+        model_args=_model_args(model_args),
+    )
     table = Table(title=f"ONNX export of {escape(str(source))} (verified on {len(data.test_labels)} test images)")
     for column in ("graph", "exporter", "max |logit diff|", "top-1 agreement", "accuracy", "vs"):
         table.add_column(column, justify="left" if column in ("graph", "vs") else "right")
@@ -88,9 +97,13 @@ def export(
         if info:
             v = info["verification"]
             table.add_row(
-                escape(path.name), info["exporter"], f"{v['max_abs_logit_diff']:.2e}", f"{v['top1_agreement']:.2%}",
-                f"{v['accuracy']:.2f}%", f"{v['against']} {v['reference_accuracy']:.2f}%",
-            )  # fmt: skip
+                escape(path.name),
+                info["exporter"],
+                f"{v['max_abs_logit_diff']:.2e}",
+                f"{v['top1_agreement']:.2%}",
+                f"{v['accuracy']:.2f}%",
+                f"{v['against']} {v['reference_accuracy']:.2f}%",
+            )
     console.print(table)
     graphs = [str(out)] + ([str(int8_out)] if result["int8"] else [])
     console.print(escape(f"wrote {', '.join(graphs)} and {out.with_suffix('.json')} (classes, input contract)"))
@@ -101,14 +114,20 @@ def default_tf_path(source: Path, fmt: str) -> Path:
     from cifarlens.run import RunDir
 
     if source.is_dir():
-        return RunDir(source).export_dir / ("model.tflite" if fmt == "tflite" else "saved_model")
+        return RunDir(source).tf_file(fmt)
     return source.with_suffix(".tflite") if fmt == "tflite" else source.with_name(f"{source.stem}_saved_model")
 
 
 def _export_tf(
-    source: Path, fmt: str, out: Path | None, quantize: str, test_images: int, data_dir: str | None,
-    model_args: dict[str, Any], **options: Any,
-) -> None:  # fmt: skip
+    source: Path,
+    fmt: str,
+    out: Path | None,
+    quantize: str,
+    test_images: int,
+    data_dir: str | None,
+    model_args: dict[str, Any],
+    **options: Any,
+) -> None:
     from cifarlens.deploy.onnx_export import load_eval_images
     from cifarlens.deploy.tf_export import TF_FORMATS, export_tf_run, import_onnx2tf
     from cifarlens.deploy.tf_runtime import tf_sidecar_path
@@ -126,9 +145,12 @@ def _export_tf(
     for column in ("model", "max |logit diff|", "top-1 agreement", "accuracy", "vs"):
         table.add_column(column, justify="left" if column in ("model", "vs") else "right")
     table.add_row(
-        escape(out.name), f"{v['max_abs_logit_diff']:.2e}", f"{v['top1_agreement']:.2%}", f"{v['accuracy']:.2f}%",
+        escape(out.name),
+        f"{v['max_abs_logit_diff']:.2e}",
+        f"{v['top1_agreement']:.2%}",
+        f"{v['accuracy']:.2f}%",
         f"{v['against']} {v['reference_accuracy']:.2f}%",
-    )  # fmt: skip
+    )
     console.print(table)
     console.print(escape(f"wrote {out} and {tf_sidecar_path(out)} (classes, input contract: uint8 NHWC)"))
 
@@ -155,8 +177,14 @@ def predict(
     if top_k < 1 or batch_size < 1 or max_pixels < 1:
         raise ConfigError("--top-k, --batch-size and --max-pixels must be at least 1")
     set_pillow_pixel_limit(max_pixels)
-    classifier = open_classifier(source, backend=backend, threads=threads or None, trust_pickle=trust_pickle,
-                                 model=model, model_args=_model_args(model_args))  # fmt: skip
+    classifier = open_classifier(
+        source,
+        backend=backend,
+        threads=threads or None,
+        trust_pickle=trust_pickle,
+        model=model,
+        model_args=_model_args(model_args),
+    )
     failed = done = 0
     table = None
     if not json_lines:
@@ -190,8 +218,11 @@ def bench(
     source: Annotated[Path, typer.Argument(help="run directory or cifarlens .safetensors")],
     batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes for throughput")] = "1,32,256",
     backends: Annotated[
-        str, typer.Option(help="auto (every backend this machine has), or comma-separated: torch, torch-compile, "
-                               "torch-bf16, onnxruntime, onnxruntime-int8, openvino, openvino-bf16, openvino-int8")
+        str,
+        typer.Option(
+            help="auto (every backend this machine has), or comma-separated: torch, torch-compile, "
+            "torch-bf16, onnxruntime, onnxruntime-int8, openvino, openvino-bf16, openvino-int8"
+        ),
     ] = "auto",
     threads: Annotated[int, typer.Option(help="threads for every backend (0: torch's default)")] = 0,
     seconds: Annotated[float, typer.Option(help="time per backend per batch size, split over --rounds")] = 2.0,
@@ -199,72 +230,40 @@ def bench(
     test_images: Annotated[int, typer.Option(help="test images for accuracy (0: the run's whole test split)")] = 0,
     data_dir: DataDir = None,
     out: Annotated[Path | None, typer.Option(help="JSON results (default RUN/export/bench.json)")] = None,
-    device: Annotated[str, typer.Option(help="cpu, or cuda: torch on the GPU, onnxruntime with its CUDA provider if it has one")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="cpu, or cuda: torch on the GPU, onnxruntime with its CUDA provider if it has one")
+    ] = "cpu",
 ) -> None:
-    """Latency (p50/p99 at batch 1), throughput and accuracy of each backend on this CPU (or GPU), same images and threads."""
-    import torch
-
-    from cifarlens.deploy.bench import available_backends, bench_backends, matmul_peak_gflops, model_flops, parse_list
-    from cifarlens.deploy.onnx_export import export_run, load_eval_images
-    from cifarlens.deploy.runtime import (
-        BACKENDS,
-        TORCH_BACKENDS,
-        default_onnx_path,
-        exported_graph,
-        graph_backend,
-        load_torch,
-        torch_backend,
-    )
-    from cifarlens.device import resolve_device
-    from cifarlens.run import provenance, write_json
+    """Latency (p50/p99 at batch 1), throughput and accuracy of each backend on this CPU or GPU, same images."""
+    from cifarlens.deploy.bench import available_backends, bench_run, parse_list
+    from cifarlens.deploy.runtime import BACKENDS
+    from cifarlens.run import RunDir, write_json
 
     sizes = parse_list(batch_sizes, int, "--batch-sizes")
     chosen = available_backends(device) if backends == "auto" else parse_list(backends, str, "--backends", BACKENDS)
-    if any(b.startswith("openvino") for b in chosen):
-        from cifarlens.deploy.openvino_runtime import import_openvino
-
-        import_openvino()  # not installed: one line before any work
-    if seconds <= 0:
-        raise ConfigError(f"--seconds must be positive, got {seconds}")
-    if rounds < 1:
-        raise ConfigError(f"--rounds must be 1 or more, got {rounds}")
-    if threads < 0:
-        raise ConfigError(f"--threads must be 0 (default) or more, got {threads}")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
-    resolve_device(device)  # no GPU visible: one line
-    if source.suffix == ".onnx":
-        raise ConfigError("bench compares against PyTorch; pass the run directory or .safetensors, not the .onnx")
-    if threads:
-        torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
-    data = load_eval_images(source, data_dir, test_images=test_images)
-    model, spec = load_torch(source)
-    onnx_path = default_onnx_path(source)
-    graphs = {b: exported_graph(source, b) for b in chosen if b not in TORCH_BACKENDS}
-    if any(not graph.is_file() for graph in graphs.values()):
-        int8 = any(b.endswith("-int8") for b in graphs)
-        console.print(f"exporting {escape(str(onnx_path))} first (cifarlens export{' --quantize int8' * int8})")
-        export_run(source, data, out=onnx_path, quantize="int8" if int8 else "none")
-    base = torch_backend(model, spec, source, "torch", device=device)
-    flops = model_flops(model, spec)
-    peak = matmul_peak_gflops(device=device)
-    console.print(
-        f"{spec.name}: {flops / 1e6:.1f} MFLOP/image; {threads} threads; fp32 matmul {peak:.0f} GFLOP/s; "
-        f"{len(data.test_labels)} test images"
+    report = bench_run(
+        source,
+        chosen,
+        batch_sizes=sizes,
+        threads=threads,
+        seconds=seconds,
+        rounds=rounds,
+        test_images=test_images,
+        data_dir=data_dir,
+        device=device,
+        log=lambda line: console.print(line, markup=False, highlight=False),
     )
-    classifiers = {}
-    for name in chosen:
-        if name in graphs:
-            classifiers[name] = graph_backend(graphs[name], name, threads=threads, device=device)
-        else:
-            classifiers[name] = base if name == "torch" else torch_backend(model, spec, source, name, device=device)
-    console.print(f"measuring {', '.join(chosen)} in {rounds} round-robin rounds ...")
-    results = bench_backends(classifiers, data.test_images, data.test_labels, batch_sizes=sizes, flops_per_image=flops,
-                             peak_gflops=peak, seconds=seconds, rounds=rounds)  # fmt: skip
-    ref = results[0].reference
-    where = "this CPU" if device == "cpu" else torch.cuda.get_device_name()
-    table = Table(title=f"inference on {where}: {escape(str(source))} ({spec.name}, {threads} threads)")
+    console.print(_bench_table(report))
+    out = out or (RunDir(source).bench_file if source.is_dir() else source.with_suffix(".bench.json"))
+    write_json(out, report.to_dict())
+    console.print(f"wrote {escape(str(out))}")
+
+
+def _bench_table(report) -> Table:
+    """``bench``'s table: a row per backend, a throughput column per batch size."""
+    sizes, ref = report.batch_sizes, report.results[0].reference
+    where = "this CPU" if report.device == "cpu" else report.device
+    table = Table(title=f"inference on {where}: {escape(report.source)} ({report.spec.name}, {report.threads} threads)")
     table.add_column("backend", style="bold")
     table.add_column("runs on")
     table.add_column("accuracy", justify="right")
@@ -273,32 +272,17 @@ def bench(
         table.add_column(f"img/s b={size}", justify="right")
     table.add_column(f"vs {ref} b={max(sizes)}", justify="right")
     table.add_column("GFLOP/s (x fp32 matmul)", justify="right")
-    for r in results:
+    for r in report.results:
         table.add_row(
-            r.backend, r.runs_on, f"{r.accuracy:.2f}%", f"{r.latency_p50_ms:.2f} / {r.latency_p99_ms:.2f}",
-            *(f"{r.throughput[s]:,.0f}" for s in sizes), f"{r.vs_reference:.2f}x",
+            r.backend,
+            r.runs_on,
+            f"{r.accuracy:.2f}%",
+            f"{r.latency_p50_ms:.2f} / {r.latency_p99_ms:.2f}",
+            *(f"{r.throughput[s]:,.0f}" for s in sizes),
+            f"{r.vs_reference:.2f}x",
             f"{r.gflops:.1f} ({r.vs_fp32_matmul:.2f}x)",
-        )  # fmt: skip
-    console.print(table)
-    out = out or (onnx_path.parent / "bench.json" if source.is_dir() else source.with_suffix(".bench.json"))
-    write_json(
-        out,
-        {
-            "source": str(source),
-            "model": spec.name,
-            "model_args": spec.kwargs,
-            "threads": threads,
-            "device": device if device == "cpu" else torch.cuda.get_device_name(),
-            "seconds_per_measurement": seconds,
-            "rounds": rounds,
-            "test_images": len(data.test_labels),
-            "flops_per_image": flops,
-            "peak_gflops_fp32_matmul": peak,
-            "results": [r.to_dict() for r in results],
-            "provenance": provenance(),
-        },
-    )
-    console.print(f"wrote {escape(str(out))}")
+        )
+    return table
 
 
 @user_errors
@@ -324,8 +308,14 @@ def serve(
     if max_bytes < 1 or max_pixels < 1:
         raise ConfigError("--max-bytes and --max-pixels must be at least 1")
     set_pillow_pixel_limit(max_pixels)
-    classifier = open_classifier(source, backend=backend, threads=threads or None, trust_pickle=trust_pickle,
-                                 model=model, model_args=_model_args(model_args))  # fmt: skip
+    classifier = open_classifier(
+        source,
+        backend=backend,
+        threads=threads or None,
+        trust_pickle=trust_pickle,
+        model=model,
+        model_args=_model_args(model_args),
+    )
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(
             f"[yellow]warning:[/] listening on {host}: other machines can reach this API", highlight=False

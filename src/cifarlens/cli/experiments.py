@@ -27,8 +27,14 @@ def sweep(
     from cifarlens.experiments.sweep import load_sweep, run_sweep
     from cifarlens.report import after_training
 
-    given = {"out": out, "budget": budget, "trials": trials, "worker_trials": worker_trials,
-             "storage": storage, "study_name": study_name}  # fmt: skip
+    given = {
+        "out": out,
+        "budget": budget,
+        "trials": trials,
+        "worker_trials": worker_trials,
+        "storage": storage,
+        "study_name": study_name,
+    }
     cfg = load_sweep(config, {k: v for k, v in given.items() if v is not None})
     run_sweep(cfg, console=console, after_training=after_training)
 

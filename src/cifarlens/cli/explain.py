@@ -46,7 +46,9 @@ def _wrote(*paths: Path) -> None:
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise CifarlensError(f"no layer names in {text!r}; pass a comma-separated list (see cifarlens explain layers RUN)")
+        raise CifarlensError(
+            f"no layer names in {text!r}; pass a comma-separated list (see cifarlens explain layers RUN)"
+        )
     return names
 
 
@@ -61,8 +63,9 @@ def layers_command(run: RunArg, device: DeviceOpt = "auto") -> None:
     for col in ("layer", "module", "output shape", "stage"):
         table.add_column(col)
     for row in result.rows:
-        table.add_row(escape(row["name"]), row["module"] or "(op)", "x".join(map(str, row["shape"])),
-                      "*" if row["stage"] else "")  # fmt: skip
+        table.add_row(
+            escape(row["name"]), row["module"] or "(op)", "x".join(map(str, row["shape"])), "*" if row["stage"] else ""
+        )
     console.print(table)
     height, width = result.cam_map_size
     console.print(escape(f"default CAM target layer: {result.cam_layer} ({height}x{width})"))
@@ -78,31 +81,51 @@ def features_command(
     limit: LimitOpt = 0,
     pool: Annotated[str, typer.Option(help="global pooling of (C, H, W) maps: avg or max")] = "avg",
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 500,
-    tensorboard: Annotated[Optional[Path], typer.Option(help="also write a TensorBoard Embedding Projector log here "
-                                                        "(features, label/prediction/correct, image sprite)")] = None,
+    tensorboard: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="also write a TensorBoard Embedding Projector log here "
+            "(features, label/prediction/correct, image sprite)"
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Extract pooled activations of layers for a split into RUN/explain/features/<split>.safetensors."""
     from cifarlens.explain.features import features_run
 
-    result = features_run(run, layers=_names(layers), split=split, limit=limit, pool=pool, batch_size=batch_size,
-                          data_dir=data_dir, device=device, show_progress=True,
-                          with_predictions=tensorboard is not None)  # fmt: skip
+    result = features_run(
+        run,
+        layers=_names(layers),
+        split=split,
+        limit=limit,
+        pool=pool,
+        batch_size=batch_size,
+        data_dir=data_dir,
+        device=device,
+        show_progress=True,
+        with_predictions=tensorboard is not None,
+    )
     info = result.info()
     widths = ", ".join(f"{name} {shape[1]}-d" for name, shape in info["layers"].items())
-    console.print(f"{info['images']} images, {len(info['layers'])} layers in {info['seconds']:.1f}s "
-                  f"({info['images_per_s']:.0f} img/s): {widths}")  # fmt: skip
+    console.print(
+        f"{info['images']} images, {len(info['layers'])} layers in {info['seconds']:.1f}s "
+        f"({info['images_per_s']:.0f} img/s): {widths}"
+    )
     _wrote(*result.write(_out(run, "features")))
     if tensorboard is not None:
-        console.print(escape(f"projector log in {result.write_projector(tensorboard)}: tensorboard --logdir {tensorboard}"))
+        console.print(
+            escape(f"projector log in {result.write_projector(tensorboard)}: tensorboard --logdir {tensorboard}")
+        )
 
 
 @app.command("projection")
 @user_errors
 def projection_command(
     run: RunArg,
-    layer: Annotated[Optional[str], typer.Option(help="layer to project (default: the input of the last linear layer)")] = None,
+    layer: Annotated[
+        Optional[str], typer.Option(help="layer to project (default: the input of the last linear layer)")
+    ] = None,
     method: Annotated[str, typer.Option(help="pca, tsne (openTSNE, FFT) or umap")] = "tsne",
     split: SplitOpt = "test",
     limit: LimitOpt = 0,
@@ -115,8 +138,19 @@ def projection_command(
     """2-D map of a layer's features coloured by class, with trustworthiness and kNN accuracy in the map."""
     from cifarlens.explain.projection import projection_run
 
-    result = projection_run(run, layer=layer, method=method, split=split, limit=limit, seed=seed, thumbnails=thumbnails,
-                            sample=sample, data_dir=data_dir, device=device, show_progress=True)  # fmt: skip
+    result = projection_run(
+        run,
+        layer=layer,
+        method=method,
+        split=split,
+        limit=limit,
+        seed=seed,
+        thumbnails=thumbnails,
+        sample=sample,
+        data_dir=data_dir,
+        device=device,
+        show_progress=True,
+    )
     paths = result.write(_out(run, "projection"))
     console.print(result.title)
     _wrote(*paths)
@@ -126,7 +160,9 @@ def projection_command(
 @user_errors
 def probe_command(
     run: RunArg,
-    layers: Annotated[Optional[str], typer.Option(help="comma-separated layers (default: every stage, see explain layers)")] = None,
+    layers: Annotated[
+        Optional[str], typer.Option(help="comma-separated layers (default: every stage, see explain layers)")
+    ] = None,
     train_limit: Annotated[int, typer.Option(help="training images the probes are fitted on (0: all)")] = 5000,
     test_limit: Annotated[int, typer.Option(help="test images the probes are scored on (0: all)")] = 0,
     k: Annotated[int, typer.Option(help="neighbours of the kNN probe")] = 10,
@@ -138,10 +174,23 @@ def probe_command(
     """Linear-probe and kNN accuracy of every stage: how class-specific the features become with depth."""
     from cifarlens.explain.probe import probe_run
 
-    result = probe_run(run, layers=_names(layers) if layers else None, train_limit=train_limit, test_limit=test_limit,
-                       k=k, C=c, seed=seed, data_dir=data_dir, device=device, show_progress=True)  # fmt: skip
-    table = Table(title=f"{result.model_name}: probes fitted on {result.train_images} train, scored on "
-                  f"{result.test_images} test images", title_justify="left")  # fmt: skip
+    result = probe_run(
+        run,
+        layers=_names(layers) if layers else None,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        k=k,
+        C=c,
+        seed=seed,
+        data_dir=data_dir,
+        device=device,
+        show_progress=True,
+    )
+    table = Table(
+        title=f"{result.model_name}: probes fitted on {result.train_images} train, scored on "
+        f"{result.test_images} test images",
+        title_justify="left",
+    )
     for col in ("layer", "dims", "linear probe", "kNN"):
         table.add_column(col, justify="left" if col == "layer" else "right")
     for r in result.rows:
@@ -154,7 +203,9 @@ def probe_command(
 @user_errors
 def filters_command(
     run: RunArg,
-    layer: Annotated[Optional[str], typer.Option(help="conv layer (default: the first; RGB when it sees the image)")] = None,
+    layer: Annotated[
+        Optional[str], typer.Option(help="conv layer (default: the first; RGB when it sees the image)")
+    ] = None,
     max_filters: Annotated[int, typer.Option(help="filters shown")] = 64,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -182,8 +233,16 @@ def feature_maps_command(
     """Activations of chosen layers for one image as grids, with per-channel means and sparsity."""
     from cifarlens.explain.filters import feature_maps_run
 
-    result = feature_maps_run(run, image=image, index=index, layers=_names(layers) if layers else None,
-                              channels=channels, split=split, data_dir=data_dir, device=device)  # fmt: skip
+    result = feature_maps_run(
+        run,
+        image=image,
+        index=index,
+        layers=_names(layers) if layers else None,
+        channels=channels,
+        split=split,
+        data_dir=data_dir,
+        device=device,
+    )
     paths = result.write(_out(run, "feature-maps"))
     for layer in result.maps:
         console.print(result.title(layer))
@@ -203,12 +262,21 @@ def activation_max_command(
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Images that maximise channels of a layer (or class logits): Fourier, decorrelated, transform-robust (as lucent)."""
+    """Images that maximise channels of a layer (or class logits): Fourier, decorrelated, transform-robust (lucent)."""
     from cifarlens.explain.activation_max import activation_max_run
 
     with console.status(f"optimising images for {steps} steps"):
-        result = activation_max_run(run, layer=layer, channels=channels, classes=classes, steps=steps, lr=lr, seed=seed,
-                                    data_dir=data_dir, device=device)  # fmt: skip
+        result = activation_max_run(
+            run,
+            layer=layer,
+            channels=channels,
+            classes=classes,
+            steps=steps,
+            lr=lr,
+            seed=seed,
+            data_dir=data_dir,
+            device=device,
+        )
     paths = result.write(_out(run, "activation-max"))
     console.print(result.title)
     _wrote(*paths)
@@ -220,7 +288,9 @@ def _methods(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise CifarlensError(f"unknown CAM method {unknown[0] if unknown else text!r}; choose from: {', '.join(METHODS)}")
+        raise CifarlensError(
+            f"unknown CAM method {unknown[0] if unknown else text!r}; choose from: {', '.join(METHODS)}"
+        )
     return methods
 
 
@@ -230,20 +300,35 @@ def cam_command(
     run: RunArg,
     images: Annotated[Optional[list[Path]], typer.Argument(help="image files (PNG/JPEG); or use --index")] = None,
     index: Annotated[Optional[str], typer.Option(help="indices of images in --split, e.g. 0-7 or 3,5")] = None,
-    method: Annotated[str, typer.Option(help="gradcam, gradcam++, scorecam, eigencam, layercam, cam; or a comma list")] = "gradcam",
-    target_layer: Annotated[Optional[str], typer.Option(help="module the CAM looks at (default: see explain layers)")] = None,
-    target_class: Annotated[Optional[str], typer.Option("--class", help="class name or number to explain (default: the predicted class)")] = None,
+    method: Annotated[
+        str, typer.Option(help="gradcam, gradcam++, scorecam, eigencam, layercam, cam; or a comma list")
+    ] = "gradcam",
+    target_layer: Annotated[
+        Optional[str], typer.Option(help="module the CAM looks at (default: see explain layers)")
+    ] = None,
+    target_class: Annotated[
+        Optional[str], typer.Option("--class", help="class name or number to explain (default: the predicted class)")
+    ] = None,
     split: SplitOpt = "test",
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Heat maps of the evidence for a class over images, with the probability drop when their hot pixels are removed."""
+    """Heat maps of the evidence for a class, with the probability drop when their hottest pixels are removed."""
     from cifarlens.explain.cam import cam_run
 
     methods = _methods(method)
     with console.status(f"computing {len(methods)} CAM methods"):
-        result = cam_run(run, methods=methods, images=images, index=index, target_layer=target_layer,
-                         target_class=target_class, split=split, data_dir=data_dir, device=device)  # fmt: skip
+        result = cam_run(
+            run,
+            methods=methods,
+            images=images,
+            index=index,
+            target_layer=target_layer,
+            target_class=target_class,
+            split=split,
+            data_dir=data_dir,
+            device=device,
+        )
     paths = result.write(_out(run, "cam"))
     console.print(result.title)
     _wrote(*paths)
@@ -255,16 +340,32 @@ def attribute_command(
     run: RunArg,
     images: Annotated[Optional[list[Path]], typer.Argument(help="image files (PNG/JPEG); or use --index")] = None,
     index: Annotated[Optional[str], typer.Option(help="images of --split by index: 0-7 or 0,3,9")] = None,
-    method: Annotated[str, typer.Option(help="comma-separated attribution methods (see the README's table): "
-                                        "saliency, integrated-gradients, occlusion, gradcam, ...")] = "saliency,integrated-gradients,smoothgrad,occlusion,gradcam,guided-gradcam",
-    target: Annotated[str, typer.Option(help="class explained: pred (predicted), true (the label), or a class name/number")] = "pred",
-    baseline: Annotated[str, typer.Option(help="reference image of integrated-gradients, gradient-shap, deeplift, "
-                                          "occlusion, feature-ablation, kernel-shap, lime: black, blur or mean (the training mean)")] = "black",
-    target_layer: Annotated[Optional[str], typer.Option(help="module the CAM methods look at (default: see explain layers)")] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated attribution methods (see the README's table): "
+            "saliency, integrated-gradients, occlusion, gradcam, ..."
+        ),
+    ] = "saliency,integrated-gradients,smoothgrad,occlusion,gradcam,guided-gradcam",
+    target: Annotated[
+        str, typer.Option(help="class explained: pred (predicted), true (the label), or a class name/number")
+    ] = "pred",
+    baseline: Annotated[
+        str,
+        typer.Option(
+            help="reference image of integrated-gradients, gradient-shap, deeplift, "
+            "occlusion, feature-ablation, kernel-shap, lime: black, blur or mean (the training mean)"
+        ),
+    ] = "black",
+    target_layer: Annotated[
+        Optional[str], typer.Option(help="module the CAM methods look at (default: see explain layers)")
+    ] = None,
     split: SplitOpt = "test",
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
-    seed: Annotated[int, typer.Option(help="seed of the sampling methods (smoothgrad, gradient-shap, kernel-shap, lime)")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="seed of the sampling methods (smoothgrad, gradient-shap, kernel-shap, lime)")
+    ] = 0,
 ) -> None:
     """Pixel-resolution attribution maps of Captum and grad-cam methods, each scored by deletion and insertion."""
     import numpy as np
@@ -273,16 +374,33 @@ def attribute_command(
 
     methods = check_methods([m.strip() for m in method.split(",") if m.strip()])
     with console.status(f"computing {len(methods)} attribution methods"):
-        result = attribute(run, methods=methods, images=images, index=index, target=target, baseline=baseline,
-                           target_layer=target_layer, split=split, data_dir=data_dir, device=device, seed=seed)  # fmt: skip
-    table = Table(title=f"{result.model_name}: attribution on {len(result.tags)} images (mean over them)",
-                  title_justify="left")  # fmt: skip
+        result = attribute(
+            run,
+            methods=methods,
+            images=images,
+            index=index,
+            target=target,
+            baseline=baseline,
+            target_layer=target_layer,
+            split=split,
+            data_dir=data_dir,
+            device=device,
+            seed=seed,
+        )
+    table = Table(
+        title=f"{result.model_name}: attribution on {len(result.tags)} images (mean over them)", title_justify="left"
+    )
     for col in ("method", "library", "deletion AUC (low)", "insertion AUC (high)", "ms / image"):
         table.add_column(col, justify="left" if col in ("method", "library") else "right")
     for name in methods:
         rows = [r for r in result.rows if r["method"] == name]
-        table.add_row(name, rows[0]["library"], f"{np.mean([r['deletion_auc'] for r in rows]):.3f}",
-                      f"{np.mean([r['insertion_auc'] for r in rows]):.3f}", f"{rows[0]['ms_per_image']:.1f}")  # fmt: skip
+        table.add_row(
+            name,
+            rows[0]["library"],
+            f"{np.mean([r['deletion_auc'] for r in rows]):.3f}",
+            f"{np.mean([r['insertion_auc'] for r in rows]):.3f}",
+            f"{rows[0]['ms_per_image']:.1f}",
+        )
     console.print(table)
     for note in result.notes:
         console.print(escape(f"note: {note}"))
@@ -290,31 +408,47 @@ def attribute_command(
 
 
 def _rank_and_print(run: Path, folder: str, methods: str, n: int, split: str, data_dir, device: str, settings) -> None:
-    from cifarlens.explain.ranking import rank
+    from cifarlens.explain.ranking import rank, rank_cells
     from cifarlens.run import RunDir
 
     with console.status("ranking attribution methods") as status:
         progress = lambda done, total: status.update(f"ranking attribution methods: {done} of {total} images")  # noqa: E731
-        result = rank(run, methods=methods, n=n, split=split, data_dir=data_dir, device=device, settings=settings,
-                      partial_to=RunDir(run).explain_dir(folder, make=False), on_batch=progress)  # fmt: skip
+        result = rank(
+            run,
+            methods=methods,
+            n=n,
+            split=split,
+            data_dir=data_dir,
+            device=device,
+            settings=settings,
+            partial_to=RunDir(run).explain_dir(folder, make=False),
+            on_batch=progress,
+        )
     table = Table(title=result.title() + " (best first)", title_justify="left")
-    for col in ("#", "method", "del AUC", "ins AUC", "ROAD MoRF", "ROAD LeRF", "rand. corr head", "all", "ms/img", "verdict"):
+    columns = ("#", "method", "del AUC", "ins AUC", "ROAD MoRF", "ROAD LeRF", "rand. corr head", "all", "ms/img")
+    for col in (*columns, "verdict"):
         table.add_column(col, justify="left" if col in ("method", "verdict") else "right", no_wrap=col == "method")
     for r in result.rows:
-        table.add_row(str(r["rank"]), r["method"], f"{r['deletion_auc']:.3f}", f"{r['insertion_auc']:.3f}",
-                      f"{r['road_morf']:+.3f}", f"{r['road_lerf']:+.3f}", f"{r['randomisation_corr_head']:.2f}",
-                      f"{r['randomisation_corr_all']:.2f}", f"{r['ms_per_image']:.1f}", escape(r["verdict"]))  # fmt: skip
+        cells = rank_cells(r)
+        del cells[2]  # the library: the method's name says it
+        table.add_row(*map(escape, cells))
     console.print(table)
     for note in result.notes:
         console.print(escape(f"note: {note}"))
     _wrote(*result.write(_out(run, folder)))
 
 
-RankMethodsOpt = Annotated[str, typer.Option(help="all, cams (the CAM methods) or a comma-separated list of attribution "
-                                             "methods (see explain attribute)")]  # fmt: skip
+RankMethodsOpt = Annotated[
+    str,
+    typer.Option(
+        help="all, cams (the CAM methods) or a comma-separated list of attribution methods (see explain attribute)"
+    ),
+]
 RankNOpt = Annotated[int, typer.Option(help="seeded test images every method is scored on")]
-TargetLayerOpt = Annotated[Optional[str], typer.Option(help="module the CAM methods and the random reference look at "
-                                                       "(default: see explain layers)")]  # fmt: skip
+TargetLayerOpt = Annotated[
+    Optional[str],
+    typer.Option(help="module the CAM methods and the random reference look at (default: see explain layers)"),
+]
 
 
 @app.command("rank")
@@ -326,20 +460,32 @@ def rank_command(
     split: SplitOpt = "test",
     steps: Annotated[int, typer.Option(help="points on each deletion/insertion curve")] = 16,
     sanity_n: Annotated[int, typer.Option(help="images of the N the randomisation check runs on (0: all)")] = 100,
-    sanity_threshold: Annotated[float, typer.Option(help="randomisation correlation at or above which a method "
-                                                    "fails the sanity check")] = 0.5,  # fmt: skip
-    baseline: Annotated[str, typer.Option(help="reference image of the baseline methods: black, blur or mean")] = "black",
+    sanity_threshold: Annotated[
+        float, typer.Option(help="randomisation correlation at or above which a method fails the sanity check")
+    ] = 0.5,
+    baseline: Annotated[
+        str, typer.Option(help="reference image of the baseline methods: black, blur or mean")
+    ] = "black",
     target_layer: TargetLayerOpt = None,
     batch_size: Annotated[int, typer.Option(help="images per attribution call (bounds memory)")] = 32,
-    seed: Annotated[int, typer.Option(help="seed of the images, the sampling methods, ROAD's noise and the random weights")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="seed of the images, the sampling methods, ROAD's noise and the random weights")
+    ] = 0,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Rank attribution methods on N seeded images: deletion/insertion, ROAD, randomisation sanity, cost, verdicts."""
     from cifarlens.explain.ranking import RankSettings
 
-    settings = RankSettings(steps=steps, sanity_n=sanity_n, sanity_threshold=sanity_threshold, baseline=baseline,
-                            target_layer=target_layer, batch_size=batch_size, seed=seed)  # fmt: skip
+    settings = RankSettings(
+        steps=steps,
+        sanity_n=sanity_n,
+        sanity_threshold=sanity_threshold,
+        baseline=baseline,
+        target_layer=target_layer,
+        batch_size=batch_size,
+        seed=seed,
+    )
     _rank_and_print(run, "rank", methods, n, split, data_dir, device, settings)
 
 
@@ -383,9 +529,24 @@ def top_images_command(
     from cifarlens.explain.dataset_examples import top_images
 
     with console.status(f"scanning the {split} split and optimising images for {steps} steps"):
-        result = top_images(run, layer=layer, channels=channels, k=k, split=split, limit=limit, steps=steps, lr=lr,
-                            seed=seed, data_dir=data_dir, device=device)  # fmt: skip
+        result = top_images(
+            run,
+            layer=layer,
+            channels=channels,
+            k=k,
+            split=split,
+            limit=limit,
+            steps=steps,
+            lr=lr,
+            seed=seed,
+            data_dir=data_dir,
+            device=device,
+        )
     for c in result.channels:
-        console.print(escape(f"{result.layer} ch{c.channel}: best {c.scores[0]:.3f} ({split} image {c.indices[0]}, "
-                             f"{result.classes[c.labels[0]]}), optimised {c.optimised_score:.3f}"))  # fmt: skip
+        console.print(
+            escape(
+                f"{result.layer} ch{c.channel}: best {c.scores[0]:.3f} ({split} image {c.indices[0]}, "
+                f"{result.classes[c.labels[0]]}), optimised {c.optimised_score:.3f}"
+            )
+        )
     _wrote(*result.write(_out(run, "top-images")))

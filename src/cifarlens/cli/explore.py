@@ -1,6 +1,6 @@
 """``cifarlens explore RUN [RUN2]``: look at a trained model in the browser (``cifarlens.explore.app``).
 
-Registered in ``cifarlens.cli``; FastAPI, uvicorn and torch load inside the command.
+Registered in ``cifarlens.cli``; FastAPI and uvicorn load inside the command.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as err:
             if err.errno == errno.EADDRINUSE:
-                raise ConfigError(f"port {port} on {host} is in use; pass another --port or stop what listens there") from None
+                raise ConfigError(
+                    f"port {port} on {host} is in use; pass another --port or stop what listens there"
+                ) from None
             raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror}); pass another --host") from None
 
 
@@ -41,9 +43,13 @@ def explore(
     port: Annotated[int, typer.Option(help="TCP port")] = 8050,
     split: Annotated[str, typer.Option(help="the images to explore: test, val or train")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "cpu",
-    data_dir: Annotated[str | None, typer.Option(help="folder holding cifar-10-batches-py (default: the run's)")] = None,
+    data_dir: Annotated[
+        str | None, typer.Option(help="folder holding cifar-10-batches-py (default: the run's)")
+    ] = None,
     max_bytes: Annotated[int, typer.Option(help="largest accepted upload in bytes")] = 10 * 1024 * 1024,
-    max_pixels: Annotated[int, typer.Option(help="larger uploaded images are refused (decompression-bomb guard)")] = 89_478_485,
+    max_pixels: Annotated[
+        int, typer.Option(help="larger uploaded images are refused (decompression-bomb guard)")
+    ] = 89_478_485,
 ) -> None:
     """Browse a trained model: overview, confusion cells, the feature map, attributions and channels of any image."""
     from cifarlens.data.image_files import set_pillow_pixel_limit
@@ -59,8 +65,9 @@ def explore(
         console.print(escape(f"scoring {len(explorer.labels):,} {split} images with {runs[r]} (cached in the run) ..."))
         explorer.probabilities(r)
     if host not in LOOPBACK:
-        err_console.print(f"[yellow]warning:[/] listening on {escape(host)}: other machines can reach this explorer",
-                          highlight=False)  # fmt: skip
+        err_console.print(
+            f"[yellow]warning:[/] listening on {escape(host)}: other machines can reach this explorer", highlight=False
+        )
     shown = f"[{host}]" if ":" in host else host
     console.print(f"explore {escape(' vs '.join(map(str, runs)))} at http://{shown}:{port}/ (Ctrl+C stops)")
     serve(explorer, host, port, max_bytes=max_bytes, max_pixels=max_pixels)

@@ -2,12 +2,16 @@
 
 User mistakes (``CifarlensError``) print one line and exit 2; ``train`` options are
 generated from ``TrainConfig`` so the dataclass is the one place they are declared.
+
+How imports are arranged, everywhere: cifarlens modules import each other at the top; a third-party library
+that is optional (an extra) or only one capability needs (Captum, grad-cam, onnxruntime, FastAPI, Optuna ...)
+is imported inside the function that uses it; and each command imports the library call it runs inside its
+body, so that a command loads only what it runs. ``TrainConfig`` brings in torch, so ``--help`` takes seconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -45,7 +49,7 @@ def train(
     from cifarlens.training import resume as resume_training
     from cifarlens.training import train as run_training
     from cifarlens.training.recipes import default_recipe, device_defaults, scaled_to_epochs
-    from cifarlens.training.runs import default_out
+    from cifarlens.training.run_folder import default_out
 
     options = options or {}
     if resume is not None:
@@ -54,8 +58,12 @@ def train(
         _run_interruptible(lambda: resume_training(resume, options, console=console), resume)
         return
     file_options = read_yaml(config) if config else {}
-    recipe = default_recipe({"recipe": options.get("recipe") or file_options.get("recipe"),
-                             "model": options.get("model") or file_options.get("model")})  # fmt: skip
+    recipe = default_recipe(
+        {
+            "recipe": options.get("recipe") or file_options.get("recipe"),
+            "model": options.get("model") or file_options.get("model"),
+        }
+    )
     preset, scaled = scaled_to_epochs(recipe_options(str(recipe)), file_options, options)
     if len(scaled) > 1:
         changes = ", ".join(f"--{k.replace('_', '-')} {old:g} -> {new:g}" for k, (old, new) in scaled.items())
@@ -101,14 +109,18 @@ def evaluate(
     tta_translate: Annotated[
         bool, typer.Option(help="TTA also over one-pixel shifts of both (6 views, airbench's level 2); implies --tta")
     ] = False,
-    data_dir: Annotated[Optional[str], typer.Option(help="folder holding cifar-10-batches-py (default: the run's)")] = None,
+    data_dir: Annotated[
+        Optional[str], typer.Option(help="folder holding cifar-10-batches-py (default: the run's)")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
     preprocess: Annotated[
         str, typer.Option(help="MODEL.keras only: its input scaling, scale (x/255), tf, torch, caffe or raw (0-255)")
     ] = "scale",
-    trust_code: Annotated[bool, typer.Option(help="MODEL.keras only: allow Lambda layers (code) in a file you trust")] = False,
+    trust_code: Annotated[
+        bool, typer.Option(help="MODEL.keras only: allow Lambda layers (code) in a file you trust")
+    ] = False,
 ) -> None:
-    """Score a trained run (or a Keras MODEL.keras file): accuracy, per-class table, confusion matrix, curves, mistakes."""
+    """Score a trained run (or a Keras MODEL.keras file): accuracy, per-class table, confusion, curves, mistakes."""
     from cifarlens.device import resolve_device
     from cifarlens.evaluation import evaluate_run
     from cifarlens.run import RunDir
@@ -116,16 +128,27 @@ def evaluate(
     if str(run).endswith(".keras"):
         from cifarlens.evaluation.keras_file import evaluate_keras_file
 
-        evaluate_keras_file(run, preprocess=preprocess, trust_code=trust_code, data_dir=data_dir,
-                            device=str(resolve_device(device)), console=console)  # fmt: skip
+        evaluate_keras_file(
+            run,
+            preprocess=preprocess,
+            trust_code=trust_code,
+            data_dir=data_dir,
+            device=str(resolve_device(device)),
+            console=console,
+        )
         return
     if split not in ("test", "val"):
         raise CifarlensError(f"unknown split {split!r}; choose test or val")
     RunDir(run).require_weights()
     evaluate_run(
-        run, split=split, tta=tta, tta_translate=tta_translate, data_dir=data_dir,
-        device=str(resolve_device(device)), console=console,
-    )  # fmt: skip
+        run,
+        split=split,
+        tta=tta,
+        tta_translate=tta_translate,
+        data_dir=data_dir,
+        device=str(resolve_device(device)),
+        console=console,
+    )
 
 
 @app.command("models")
@@ -150,7 +173,9 @@ def list_models_command() -> None:
 @user_errors
 def summary(
     model: Annotated[str, typer.Argument(help="registered model name (see cifarlens models)")],
-    model_args: Annotated[Optional[str], typer.Option(help="model keyword arguments as YAML, e.g. '{dropout: 0.2}'")] = None,
+    model_args: Annotated[
+        Optional[str], typer.Option(help="model keyword arguments as YAML, e.g. '{dropout: 0.2}'")
+    ] = None,
 ) -> None:
     """Layer-by-layer output shapes, parameters and MACs for a 3x32x32 input."""
     from cifarlens.config import coerce
@@ -226,12 +251,12 @@ KEEP_FREED_MEMORY = {"evaluate", "explain", "export", "predict", "serve"}
 @app.callback()
 def main(
     ctx: typer.Context,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
 ) -> None:
     """Train CIFAR-10 classifiers fast, then see what they learned."""
     if ctx.invoked_subcommand in KEEP_FREED_MEMORY:
         from cifarlens.device import keep_freed_memory
 
         keep_freed_memory()
-
-

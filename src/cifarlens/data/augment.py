@@ -88,8 +88,12 @@ def random_crop(
     if padding > 0:
         padded = F.pad(images.float() if images.dtype == torch.uint8 else images, (padding,) * 4, mode="reflect")
         padded = padded.to(images.dtype)
-    dy = torch.randint(0, h + 2 * padding - out_h + 1, (n,), generator=generator, device=generator.device).to(images.device)
-    dx = torch.randint(0, w + 2 * padding - out_w + 1, (n,), generator=generator, device=generator.device).to(images.device)
+    dy = torch.randint(0, h + 2 * padding - out_h + 1, (n,), generator=generator, device=generator.device).to(
+        images.device
+    )
+    dx = torch.randint(0, w + 2 * padding - out_w + 1, (n,), generator=generator, device=generator.device).to(
+        images.device
+    )
     rows = (dy[:, None] + torch.arange(out_h, device=images.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(out_w, device=images.device))[:, None, None, :]
     batch = torch.arange(n, device=images.device)[:, None, None, None]
@@ -185,9 +189,7 @@ def parse_augment(spec: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in spec.split(",") if s.strip() and s.strip() != "none")
     unknown = [s for s in names if s not in AUGMENTATIONS]
     if unknown:
-        raise ConfigError(
-            f"unknown augmentation {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)} or none"
-        )
+        raise ConfigError(f"unknown augmentation {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)} or none")
     if "flip" in names and "altflip" in names:
         raise ConfigError("augment has both flip and altflip; keep one (altflip: alternating mirror per epoch)")
     return names
@@ -197,9 +199,13 @@ class Augmenter:
     """Applies the augmentations named in ``spec`` to a uint8 batch, in a fixed order."""
 
     def __init__(
-        self, spec: str = "crop,flip", crop_padding: int = 4, cutout_size: int = 8,
-        color_brightness: float = COLOR_BRIGHTNESS, color_contrast: float = COLOR_CONTRAST,
-    ):  # fmt: skip
+        self,
+        spec: str = "crop,flip",
+        crop_padding: int = 4,
+        cutout_size: int = 8,
+        color_brightness: float = COLOR_BRIGHTNESS,
+        color_contrast: float = COLOR_CONTRAST,
+    ):
         self.names = parse_augment(spec)
         self.crop_padding = crop_padding
         self.cutout_size = cutout_size

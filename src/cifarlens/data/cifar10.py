@@ -195,8 +195,11 @@ def load_cifar10(
         if batches is None:
             raise DataError(
                 f"CIFAR-10 not found in {root} (from {source}); "
-                + (fix or f"put the cifar-10-batches-py folder there, set {DATA_DIR_ENV} or --data-dir to the "
-                   "folder that holds it, or allow --download with a network")
+                + (
+                    fix
+                    or f"put the cifar-10-batches-py folder there, set {DATA_DIR_ENV} or --data-dir to the "
+                    "folder that holds it, or allow --download with a network"
+                )
             )
     if verify_md5:
         mismatched = check_md5(batches)

@@ -34,9 +34,7 @@ def train_val_indices(labels: torch.Tensor, val_size: int, seed: int) -> tuple[t
     if val_size <= 0:
         return torch.arange(len(labels)), torch.empty(0, dtype=torch.long)
     if val_size >= len(labels):
-        raise ConfigError(
-            f"--val-size {val_size} leaves no training images out of {len(labels)}; use a smaller value"
-        )
+        raise ConfigError(f"--val-size {val_size} leaves no training images out of {len(labels)}; use a smaller value")
     val = stratified_indices(labels, val_size, seed)
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[val] = False

@@ -19,22 +19,32 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from cifarlens.data import model_input
-from cifarlens.deploy.runtime import Classifier
-from cifarlens.run import ModelSpec
+from cifarlens.deploy.onnx_export import export_run, load_eval_images
+from cifarlens.deploy.openvino_runtime import import_openvino
+from cifarlens.deploy.runtime import (
+    TORCH_BACKENDS,
+    Classifier,
+    default_onnx_path,
+    exported_graph,
+    graph_backend,
+    load_torch,
+    torch_backend,
+)
+from cifarlens.device import cpu_has_fast_bf16, resolve_device
+from cifarlens.errors import ConfigError
+from cifarlens.run import ModelSpec, machine_provenance
 
 
 def available_backends(device: str = "cpu") -> list[str]:
     """What ``--backends auto`` measures: every backend this machine runs at full speed. bf16 only where the
     CPU has it natively (elsewhere it is emulated, slower than fp32); OpenVINO when it is installed and on the CPU."""
     import importlib.util
-
-    from cifarlens.device import cpu_has_fast_bf16
 
     names = ["torch", "torch-compile"]
     if device == "cuda" or cpu_has_fast_bf16():
@@ -82,15 +92,16 @@ def model_flops(model: torch.nn.Module, spec: ModelSpec) -> int:
     counter: 2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    image = model_input(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), spec.mean, spec.std, spec.image_size)
+    image = spec.inputs(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
         model(image)
     return int(counter.get_total_flops())
 
 
-def matmul_peak_gflops(seconds: float = 2.0, n: int = 4096, dtype: torch.dtype = torch.float32,
-                       device: str = "cpu") -> float:  # fmt: skip
+def matmul_peak_gflops(
+    seconds: float = 2.0, n: int = 4096, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> float:
     """Best matmul GFLOP/s on the current torch threads (or on the GPU ``device`` names): the practical peak.
 
     ``n`` = 4096: a smaller product is too short to reach the steady clock on 2 cores
@@ -113,8 +124,9 @@ def accuracy_percent(classifier: Classifier, images: np.ndarray, labels: np.ndar
     return float((classifier.logits(images, batch_size).argmax(1) == labels).mean() * 100)
 
 
-def accuracy_and_latency(classifier: Classifier, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
-                         seconds: float) -> tuple[float, np.ndarray]:  # fmt: skip
+def accuracy_and_latency(
+    classifier: Classifier, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seconds: float
+) -> tuple[float, np.ndarray]:
     """% correct on images (N, 3, 32, 32) uint8 with labels (N,), and milliseconds per single-image call."""
     accuracy = accuracy_percent(classifier, images, labels, batch_size)
     one = batch_of(images, 1)
@@ -129,8 +141,9 @@ def batch_of(images: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([images] * reps)[:size])
 
 
-def throughput_rounds(classifiers: dict[str, Classifier], images: np.ndarray, *, batch_sizes: list[int],
-                      seconds: float, rounds: int) -> dict[str, dict[int, list[float]]]:  # fmt: skip
+def throughput_rounds(
+    classifiers: dict[str, Classifier], images: np.ndarray, *, batch_sizes: list[int], seconds: float, rounds: int
+) -> dict[str, dict[int, list[float]]]:
     """images/s of every classifier at every batch size, measured in ``rounds`` turns in the same order
     (``seconds / rounds`` each, median seconds per call within a turn): backend -> batch size -> one value per round.
 
@@ -166,8 +179,10 @@ def bench_backends(
     """Measure every classifier (backend name -> Classifier) on the same test images (N, 3, 32, 32) uint8
     with their labels (N,). Throughput is the median over ``rounds``; ``vs_reference`` the median over rounds
     of its ratio to ``reference`` (the first backend when that one is not measured) at the largest batch size."""
-    measured = {name: accuracy_and_latency(c, images, labels, batch_size=max(batch_sizes), seconds=seconds / rounds)
-                for name, c in classifiers.items()}  # fmt: skip
+    measured = {
+        name: accuracy_and_latency(c, images, labels, batch_size=max(batch_sizes), seconds=seconds / rounds)
+        for name, c in classifiers.items()
+    }
     speeds = throughput_rounds(classifiers, images, batch_sizes=batch_sizes, seconds=seconds, rounds=rounds)
     big = max(batch_sizes)
     reference = reference if reference in classifiers else next(iter(classifiers))
@@ -176,25 +191,26 @@ def bench_backends(
         throughput = {size: float(np.median(values)) for size, values in speeds[name].items()}
         gflops = throughput[big] * flops_per_image / 1e9
         ratios = np.array(speeds[name][big]) / np.array(speeds[reference][big])
-        results.append(BackendResult(
-            backend=name,
-            runs_on=classifiers[name].runs_on,
-            accuracy=accuracy,
-            latency_p50_ms=float(np.percentile(latencies, 50)),
-            latency_p99_ms=float(np.percentile(latencies, 99)),
-            throughput=throughput,
-            throughput_rounds=speeds[name],
-            reference=reference,
-            vs_reference=float(np.median(ratios)),
-            gflops=gflops,
-            vs_fp32_matmul=gflops / peak_gflops if peak_gflops else 0.0,
-        ))  # fmt: skip
+        results.append(
+            BackendResult(
+                backend=name,
+                runs_on=classifiers[name].runs_on,
+                accuracy=accuracy,
+                latency_p50_ms=float(np.percentile(latencies, 50)),
+                latency_p99_ms=float(np.percentile(latencies, 99)),
+                throughput=throughput,
+                throughput_rounds=speeds[name],
+                reference=reference,
+                vs_reference=float(np.median(ratios)),
+                gflops=gflops,
+                vs_fp32_matmul=gflops / peak_gflops if peak_gflops else 0.0,
+            )
+        )
     return results
 
 
 def parse_list(text: str, kind: type, name: str, allowed: tuple[str, ...] | None = None) -> list:
     """``"1,32,256"`` -> [1, 32, 256]; a clear ConfigError on bad items."""
-    from cifarlens.errors import ConfigError
 
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -210,3 +226,112 @@ def parse_list(text: str, kind: type, name: str, allowed: tuple[str, ...] | None
     if kind is int and any(v < 1 for v in values):
         raise ConfigError(f"{name} must be positive integers, got {text!r}")
     return values
+
+
+@dataclass
+class BenchReport:
+    """What ``bench_run`` measured on one model: the setting and a ``BackendResult`` per backend."""
+
+    source: str
+    spec: ModelSpec
+    threads: int
+    device: str  # "cpu", or the GPU's name
+    seconds: float  # per backend per batch size, over all rounds
+    rounds: int
+    batch_sizes: list[int]
+    test_images: int
+    flops_per_image: int
+    peak_gflops: float  # a large fp32 matmul's GFLOP/s on the same threads
+    results: list[BackendResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        """bench.json's content, with the machine's provenance."""
+        return {
+            "source": self.source,
+            "model": self.spec.name,
+            "model_args": self.spec.kwargs,
+            "threads": self.threads,
+            "device": self.device,
+            "seconds_per_measurement": self.seconds,
+            "rounds": self.rounds,
+            "test_images": self.test_images,
+            "flops_per_image": self.flops_per_image,
+            "peak_gflops_fp32_matmul": self.peak_gflops,
+            "results": [r.to_dict() for r in self.results],
+            "provenance": machine_provenance(),
+        }
+
+
+def check_bench_options(backends: list[str], *, seconds: float, rounds: int, threads: int, device: str) -> None:
+    """One line for the first bad option, before any work (a backend whose library is missing included)."""
+    if any(b.startswith("openvino") for b in backends):
+        import_openvino()
+    if seconds <= 0:
+        raise ConfigError(f"--seconds must be positive, got {seconds}")
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be 1 or more, got {rounds}")
+    if threads < 0:
+        raise ConfigError(f"--threads must be 0 (default) or more, got {threads}")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    resolve_device(device)  # no GPU visible: one line
+
+
+def bench_run(
+    source: str | Path,
+    backends: list[str],
+    *,
+    batch_sizes: list[int],
+    threads: int = 0,
+    seconds: float = 2.0,
+    rounds: int = 3,
+    test_images: int = 0,
+    data_dir: str | Path | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] = lambda _: None,
+) -> BenchReport:
+    """Measure ``backends`` of the run directory or weights file ``source`` on the same test images
+    (``test_images`` of them, 0: the whole split) and threads (0: torch's default), exporting the ONNX graphs
+    they need first. ``log`` gets a line for each step."""
+    source = Path(source)
+    check_bench_options(backends, seconds=seconds, rounds=rounds, threads=threads, device=device)
+    if source.suffix == ".onnx":
+        raise ConfigError("bench compares against PyTorch; pass the run directory or .safetensors, not the .onnx")
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    data = load_eval_images(source, data_dir, test_images=test_images)
+    model, spec = load_torch(source)
+    graphs = {b: exported_graph(source, b) for b in backends if b not in TORCH_BACKENDS}
+    if any(not graph.is_file() for graph in graphs.values()):
+        int8 = any(b.endswith("-int8") for b in graphs)
+        onnx_path = default_onnx_path(source)
+        log(f"exporting {onnx_path} first (cifarlens export{' --quantize int8' * int8})")
+        export_run(source, data, out=onnx_path, quantize="int8" if int8 else "none")
+    flops = model_flops(model, spec)
+    peak = matmul_peak_gflops(device=device)
+    log(
+        f"{spec.name}: {flops / 1e6:.1f} MFLOP/image; {threads} threads; fp32 matmul {peak:.0f} GFLOP/s; "
+        f"{len(data.test_labels)} test images"
+    )
+    classifiers = {
+        name: graph_backend(graphs[name], name, threads=threads, device=device)
+        if name in graphs
+        else torch_backend(model, spec, source, name, device=device)
+        for name in backends
+    }
+    log(f"measuring {', '.join(backends)} in {rounds} round-robin rounds ...")
+    results = bench_backends(
+        classifiers,
+        data.test_images,
+        data.test_labels,
+        batch_sizes=batch_sizes,
+        flops_per_image=flops,
+        peak_gflops=peak,
+        seconds=seconds,
+        rounds=rounds,
+    )
+    where = "cpu" if device == "cpu" else torch.cuda.get_device_name()
+    return BenchReport(
+        str(source), spec, threads, where, seconds, rounds, batch_sizes, len(data.test_labels), flops, peak, results
+    )

@@ -21,18 +21,21 @@ import torch
 from torch import nn
 
 from cifarlens import __version__
+from cifarlens.data import prepare_data, stratified_indices
 from cifarlens.data.image_files import CIFAR_SIZE
+from cifarlens.deploy.quantize import quantize_int8
 from cifarlens.deploy.runtime import (
     ONNX_FORMAT,
     OnnxClassifier,
     Preprocessed,
     TorchClassifier,
     int8_path,
+    load_torch,
     sidecar_path,
 )
 from cifarlens.errors import CifarlensError, ConfigError, first_line
 from cifarlens.io import atomic_path
-from cifarlens.run import ModelSpec, RunDir
+from cifarlens.run import ModelSpec, RunDir, write_json
 
 MIN_AGREEMENT = 0.999  # fp32 ONNX vs PyTorch, top-1
 MAX_INT8_DROP = 0.5  # accuracy points, int8 vs fp32 ONNX
@@ -109,7 +112,6 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) ->
     }
 
 
-
 def model_info(fmt: str, source: str | Path, spec: ModelSpec, inputs: dict[str, Any]) -> dict[str, Any]:
     """What the sidecar JSON of any exported model starts with: format, model, classes, normalisation, I/O."""
     return {
@@ -123,8 +125,13 @@ def model_info(fmt: str, source: str | Path, spec: ModelSpec, inputs: dict[str, 
         "std": list(spec.std),
         "image_size": spec.image_size,
         "input": inputs,
-        "output": {"name": OUTPUT, "meaning": "logits (softmax for probabilities)", "shape": ["batch", spec.num_classes]},
+        "output": {
+            "name": OUTPUT,
+            "meaning": "logits (softmax for probabilities)",
+            "shape": ["batch", spec.num_classes],
+        },
     }
+
 
 def export_run(
     source: str | Path,
@@ -146,9 +153,6 @@ def export_run(
     ``out`` is the fp32 graph; the int8 one goes to ``<stem>.int8.onnx``. Each info dict is also
     written as the JSON next to its graph. Raises ``VerificationError`` below the thresholds.
     """
-    from cifarlens.deploy.quantize import quantize_int8
-    from cifarlens.deploy.runtime import load_torch
-    from cifarlens.run import write_json
 
     if quantize not in ("none", "int8"):
         raise ConfigError(f"unknown --quantize {quantize!r}; choose none or int8")
@@ -201,7 +205,6 @@ def _check_graph(
     path: Path, info: dict[str, Any], data: EvalImages, reference: np.ndarray, batch_size: int
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Logits of the graph at ``path`` (not yet in place) on the test images, compared with ``reference``."""
-    from cifarlens.run import write_json
 
     side = sidecar_path(path)
     write_json(side, info)  # the temporary graph has no sidecar yet: one just for this session
@@ -226,7 +229,6 @@ def load_eval_images(
     A run directory gives the splits it was trained with (its config.yaml); other sources the
     CIFAR-10 found by ``data_dir`` / ``CIFARLENS_DATA_DIR``.
     """
-    from cifarlens.data import prepare_data, stratified_indices
 
     if test_images < 0 or calibration_images < 0:
         raise ConfigError("--test-images and --calibration-images must be 0 or more")

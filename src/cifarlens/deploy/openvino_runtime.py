@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from cifarlens.deploy.classifier import Classifier, read_sidecar
+from cifarlens.device import cpu_has_fast_bf16
 from cifarlens.errors import ConfigError, RunDirError, first_line
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
@@ -31,7 +32,6 @@ COMPILED_SHAPES = 8  # compiled batch sizes kept per classifier
 
 def precision_of(backend: str) -> str:
     """The floating-point precision an OpenVINO backend runs in (``openvino-int8``: for its non-int8 layers)."""
-    from cifarlens.device import cpu_has_fast_bf16
 
     if backend == "openvino-bf16" or (backend == "openvino-int8" and cpu_has_fast_bf16()):
         return "bf16"

@@ -26,8 +26,15 @@ from cifarlens.errors import ConfigError
 CALIBRATION_BATCH = 32
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, fixed_batch: int | None = None, *,
-                  quant_format: str = "QDQ", per_channel: bool = True) -> dict[str, Any]:  # fmt: skip
+def quantize_int8(
+    fp32: Path,
+    out: Path,
+    calibration: np.ndarray,
+    fixed_batch: int | None = None,
+    *,
+    quant_format: str = "QDQ",
+    per_channel: bool = True,
+) -> dict[str, Any]:
     """Write the int8 version of the fp32 graph ``fp32`` to ``out``; returns how it was made.
 
     calibration: uint8 (N, 3, 32, 32) training images. ``quant_format`` "QDQ" or "QOperator" and

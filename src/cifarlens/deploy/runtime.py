@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarlens.data import model_input
+from cifarlens.data import CIFAR10_MEAN, CIFAR10_STD, CLASSES, model_input
 
 # Classifier, ONNX_FORMAT and sidecar_path are also imported from here.
 from cifarlens.deploy.classifier import ONNX_FORMAT, Classifier, read_sidecar, sidecar_path  # noqa: F401
+from cifarlens.deploy.openvino_runtime import OpenVinoClassifier, precision_of
 from cifarlens.deploy.tf_runtime import SavedModelClassifier, TfliteClassifier, is_saved_model  # TF loads on use
 from cifarlens.errors import CifarlensError, ConfigError, RunDirError, first_line
 from cifarlens.run import ModelSpec, RunDir, load_state_checked, load_weights
@@ -58,15 +59,27 @@ class TorchClassifier(Classifier):
     """A PyTorch model (eval mode, channels-last, fp32; on the CPU unless ``device`` says otherwise) scored
     through the ``Predictor``."""
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, source: str, compile: bool = False, device: str = "cpu",
-                 precision: str = "fp32"):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        source: str,
+        compile: bool = False,
+        device: str = "cpu",
+        precision: str = "fp32",
+    ):
         self.spec = spec
         self.classes = tuple(spec.classes)
         self.backend = "torch-compile" if compile else ("torch-bf16" if precision == "bf16" else "torch")
         self.source = source
         self.info = {"model": spec.name, "model_args": spec.kwargs, "image_size": spec.image_size}
-        self.predictor = Predictor(model.eval().to(memory_format=torch.channels_last), spec, compile=compile,
-                                   device=device, precision=precision)  # fmt: skip
+        self.predictor = Predictor(
+            model.eval().to(memory_format=torch.channels_last),
+            spec,
+            compile=compile,
+            device=device,
+            precision=precision,
+        )
         self.runs_on = str(self.predictor.device)
 
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -89,8 +102,12 @@ class OnnxClassifier(Classifier):
         self.backend = "onnxruntime-int8" if self.info.get("quantization") else "onnxruntime"
         options = ort.SessionOptions()
         level = ort.GraphOptimizationLevel
-        levels = {"disable": level.ORT_DISABLE_ALL, "basic": level.ORT_ENABLE_BASIC,
-                  "extended": level.ORT_ENABLE_EXTENDED, "all": level.ORT_ENABLE_ALL}  # fmt: skip
+        levels = {
+            "disable": level.ORT_DISABLE_ALL,
+            "basic": level.ORT_ENABLE_BASIC,
+            "extended": level.ORT_ENABLE_EXTENDED,
+            "all": level.ORT_ENABLE_ALL,
+        }
         options.graph_optimization_level = levels[optimization]
         if threads:
             options.intra_op_num_threads = threads
@@ -101,9 +118,7 @@ class OnnxClassifier(Classifier):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
-            raise RunDirError(
-                f"{path} is not a loadable ONNX model ({first_line(err)}); export it again"
-            ) from None
+            raise RunDirError(f"{path} is not a loadable ONNX model ({first_line(err)}); export it again") from None
         self.runs_on = self.session.get_providers()[0]
         if self.runs_on == "CUDAExecutionProvider":
             self.backend += "-cuda"
@@ -153,7 +168,6 @@ def _load_pickle(path: Path, trust: bool, model: str | None, model_args: dict[st
         raise CifarlensError(f"{path} holds bare weights without a model name; add --model NAME (see cifarlens models)")
     if not path.is_file():
         raise RunDirError(f"{path} not found")
-    from cifarlens.data import CIFAR10_MEAN, CIFAR10_STD, CLASSES
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -175,7 +189,7 @@ def _load_pickle(path: Path, trust: bool, model: str | None, model_args: dict[st
 def default_onnx_path(source: str | Path) -> Path:
     """Where ``cifarlens export`` writes the fp32 graph: RUN/export/model.onnx, or next to a weights file."""
     source = Path(source)
-    return RunDir(source).export_dir / "model.onnx" if source.is_dir() else source.with_suffix(".onnx")
+    return RunDir(source).onnx_file if source.is_dir() else source.with_suffix(".onnx")
 
 
 def exported_graph(source: str | Path, backend: str) -> Path:
@@ -188,15 +202,14 @@ def exported_graph(source: str | Path, backend: str) -> Path:
 def torch_backend(model: nn.Module, spec: ModelSpec, source: str | Path, backend: str, device: str = "cpu"):
     """``model`` as the PyTorch ``backend`` (one of ``TORCH_BACKENDS``) runs it."""
     precision = "bf16" if backend == "torch-bf16" else "fp32"
-    return TorchClassifier(model, spec, str(source), compile=backend == "torch-compile", device=device,
-                           precision=precision)  # fmt: skip
+    return TorchClassifier(
+        model, spec, str(source), compile=backend == "torch-compile", device=device, precision=precision
+    )
 
 
 def graph_backend(path: Path, backend: str, threads: int | None = None, device: str = "cpu") -> Classifier:
     """The exported ONNX graph ``path`` run by ``backend`` (``onnxruntime*`` or ``openvino*``)."""
     if backend.startswith("openvino"):
-        from cifarlens.deploy.openvino_runtime import OpenVinoClassifier, precision_of
-
         return OpenVinoClassifier(path, precision=precision_of(backend), threads=threads)
     return OnnxClassifier(path, threads=threads, device=device)
 
@@ -233,8 +246,10 @@ def open_classifier(
         graph = exported_graph(path, backend)
         if not graph.is_file():
             quantize = " --quantize int8" if backend.endswith("-int8") else ""
-            raise RunDirError(f"{backend} runs the exported graph {graph}, which is not there; "
-                              f"create it with cifarlens export {path}{quantize}")  # fmt: skip
+            raise RunDirError(
+                f"{backend} runs the exported graph {graph}, which is not there; "
+                f"create it with cifarlens export {path}{quantize}"
+            )
         return graph_backend(graph, backend, threads)
     if path.suffix.lower() == ".tflite":
         return TfliteClassifier(path, threads=threads)

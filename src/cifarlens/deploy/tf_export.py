@@ -44,7 +44,7 @@ from cifarlens.deploy.tf_runtime import (
 )
 from cifarlens.errors import ConfigError, first_line
 from cifarlens.io import atomic_path
-from cifarlens.run import ModelSpec
+from cifarlens.run import ModelSpec, write_json
 from cifarlens.run.directory import package_versions
 
 TF_FORMATS = {"tflite": TFLITE_FORMAT, "savedmodel": SAVEDMODEL_FORMAT}
@@ -151,7 +151,6 @@ def export_tf_run(
 
     Raises ``VerificationError`` (nothing written) below ``min_agreement`` top-1 agreement with PyTorch.
     """
-    from cifarlens.run import write_json
 
     if fmt not in TF_FORMATS:
         raise ConfigError(f"unknown --format {fmt!r}; choose onnx, tflite or savedmodel")

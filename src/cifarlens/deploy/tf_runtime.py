@@ -36,7 +36,9 @@ def is_saved_model(path: str | Path) -> bool:
 
 def import_tensorflow():
     """The ``tensorflow`` module, or one line naming the extra to install."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ log lines on stderr
+    os.environ.setdefault(
+        "TF_CPP_MIN_LOG_LEVEL", "3"
+    )  # TensorFlow's C++ log lines on stderr, unless the user sets a level
     if "keras" not in sys.modules:  # importing TensorFlow imports Keras, which keras: runs need on torch
         os.environ["KERAS_BACKEND"] = "torch"
     try:
@@ -59,8 +61,13 @@ def litert_interpreter_class():
 
 
 def read_tf_sidecar(path: Path, fmt: str) -> dict[str, Any]:
-    return read_export_json(path, tf_sidecar_path(path), fmt, made_by="cifarlens export --format tflite/savedmodel",
-                            missing=f"{path} not found; create it with cifarlens export RUN --format tflite (or savedmodel)")  # fmt: skip
+    return read_export_json(
+        path,
+        tf_sidecar_path(path),
+        fmt,
+        made_by="cifarlens export --format tflite/savedmodel",
+        missing=f"{path} not found; create it with cifarlens export RUN --format tflite (or savedmodel)",
+    )
 
 
 def nhwc(images: np.ndarray) -> np.ndarray:

@@ -1,41 +1,19 @@
-"""Scoring a trained model: logits (with TTA), metrics, plots and the ``evaluate`` command.
+"""Scoring a trained model: metrics, plots and ``evaluate_run`` (the ``evaluate`` command's library call).
 
-Names are re-exported lazily so that ``from cifarlens.run.predictor import Predictor`` (the
-training loop) does not pull in matplotlib and scikit-learn.
+The forward pass itself (with TTA) is ``cifarlens.run.Predictor``, which training uses too.
 """
 
-from __future__ import annotations
+from cifarlens.evaluation.evaluate import evaluate_run, result_key
+from cifarlens.evaluation.metrics import classification_report, top_confusions
+from cifarlens.evaluation.plots import image_grid, plot_confusion, plot_curves, plot_misclassified
 
-import importlib
-from typing import TYPE_CHECKING
-
-_EXPORTS = {
-    "classification_report": "metrics",
-    "top_confusions": "metrics",
-    "plot_confusion": "plots",
-    "plot_curves": "plots",
-    "plot_misclassified": "plots",
-    "image_grid": "plots",
-    "evaluate_run": "evaluate",
-    "result_key": "evaluate",
-}
-
-__all__ = sorted(_EXPORTS)
-
-if TYPE_CHECKING:
-    from cifarlens.evaluation.evaluate import evaluate_run, result_key
-    from cifarlens.evaluation.metrics import classification_report, top_confusions
-    from cifarlens.evaluation.plots import image_grid, plot_confusion, plot_curves, plot_misclassified
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = [
+    "classification_report",
+    "evaluate_run",
+    "image_grid",
+    "plot_confusion",
+    "plot_curves",
+    "plot_misclassified",
+    "result_key",
+    "top_confusions",
+]

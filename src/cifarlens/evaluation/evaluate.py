@@ -72,8 +72,9 @@ def evaluate_run(
 
     tta = tta or tta_translate
     t0 = time.perf_counter()
-    predictor = Predictor(model, spec, device=device, precision=precision, tta=tta, tta_translate=tta_translate,
-                          batch_size=batch_size)  # fmt: skip
+    predictor = Predictor(
+        model, spec, device=device, precision=precision, tta=tta, tta_translate=tta_translate, batch_size=batch_size
+    )
     logits = predictor.logits(chosen.images)
     seconds = time.perf_counter() - t0
     report = classification_report(logits, chosen.labels, classes)
@@ -91,9 +92,11 @@ def evaluate_run(
     run.write_evaluation(key, report["per_class"], report["confusion"], classes)
     label = f"{split}{' with TTA + shifts' if tta_translate else ' with TTA' if tta else ''}"
     plot_confusion(
-        report["confusion"], classes, run.plot_file(f"confusion_{key}"),
+        report["confusion"],
+        classes,
+        run.plot_file(f"confusion_{key}"),
         title=f"Confusion matrix, {label}: accuracy {report['accuracy']:.2%} on {report['n']} images",
-    )  # fmt: skip
+    )
     plot_misclassified(chosen.images, chosen.labels, logits, classes, run.plot_file(f"misclassified_{key}"))
     if run.metrics:
         plot_curves(run.metrics, run.plot_file("curves"))
@@ -101,8 +104,10 @@ def evaluate_run(
     if console is not None:
         _print_report(console, result, label)
         console.print(
-            escape(f"wrote {run}: {run.SUMMARY} (key {key}), {run.per_class_file(key).name}, "
-                   f"{run.confusion_file(key).name}, {run.PLOTS}/")  # fmt: skip
+            escape(
+                f"wrote {run}: {run.SUMMARY} (key {key}), {run.per_class_file(key).name}, "
+                f"{run.confusion_file(key).name}, {run.PLOTS}/"
+            )
         )
     return result
 
@@ -118,13 +123,20 @@ def _print_report(console: Console, result: dict[str, Any], label: str) -> None:
         table.add_column(name, justify="right")
     table.add_column("support", justify="right")
     per_class = result["per_class"]
-    worst = min(row["accuracy"] for row in per_class if row["support"]) if any(r["support"] for r in per_class) else None
+    worst = (
+        min(row["accuracy"] for row in per_class if row["support"]) if any(r["support"] for r in per_class) else None
+    )
     for row in per_class:
         acc = f"{row['accuracy']:.2%}"
         if worst is not None and row["support"] and row["accuracy"] == worst:
             acc = f"[red]{acc}[/]"
         table.add_row(
-            escape(row["class"]), acc, f"{row['precision']:.2%}", f"{row['recall']:.2%}", f"{row['f1']:.3f}", str(row["support"])
+            escape(row["class"]),
+            acc,
+            f"{row['precision']:.2%}",
+            f"{row['recall']:.2%}",
+            f"{row['f1']:.3f}",
+            str(row["support"]),
         )
     k = len(per_class)
     table.add_section()

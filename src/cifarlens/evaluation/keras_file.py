@@ -8,7 +8,14 @@ from typing import Any
 
 from rich.console import Console
 
+from cifarlens.data import prepare_data
 from cifarlens.errors import ConfigError
+from cifarlens.evaluation.evaluate import _print_report
+from cifarlens.evaluation.metrics import classification_report, top_confusions
+from cifarlens.models import create_model
+from cifarlens.models.keras_models import PREPROCESSING
+from cifarlens.run import ModelSpec
+from cifarlens.run.predictor import Predictor
 
 
 def evaluate_keras_file(
@@ -26,13 +33,6 @@ def evaluate_keras_file(
     ``preprocess`` is how the file's model wants its 0-255 RGB input (``keras_models.PREPROCESSING``;
     ``scale``, x / 255, by default). Nothing is written.
     """
-    from cifarlens.data import prepare_data
-    from cifarlens.evaluation.evaluate import _print_report
-    from cifarlens.evaluation.metrics import classification_report, top_confusions
-    from cifarlens.models import create_model
-    from cifarlens.models.keras_models import PREPROCESSING
-    from cifarlens.run import ModelSpec
-    from cifarlens.run.predictor import Predictor
 
     name = f"keras:{path}"
     data = prepare_data(data_dir, subset=subset)
@@ -49,8 +49,13 @@ def evaluate_keras_file(
     t0 = time.perf_counter()
     logits = predictor.logits(data.test.images)
     report = classification_report(logits, data.test.labels, classes)
-    result = {"split": "test", "preprocess": preprocess, **report,
-              "top_confusions": top_confusions(report["confusion"], classes, k=5), "seconds": time.perf_counter() - t0}
+    result = {
+        "split": "test",
+        "preprocess": preprocess,
+        **report,
+        "top_confusions": top_confusions(report["confusion"], classes, k=5),
+        "seconds": time.perf_counter() - t0,
+    }
     if console is not None:
         _print_report(console, result, f"test ({Path(path).name}, preprocess {preprocess})")
     return result

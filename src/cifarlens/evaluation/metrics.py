@@ -10,9 +10,7 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
-def classification_report(
-    logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]
-) -> dict[str, Any]:
+def classification_report(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict[str, Any]:
     """Scores of ``logits`` (N, C) against integer ``labels`` (N,); all values are plain Python.
 
     Returns ``accuracy`` and ``loss`` (mean cross-entropy), ``n``, ``per_class`` (one dict per
@@ -33,9 +31,7 @@ def classification_report(
     y_true, y_pred = labels.numpy(), preds.numpy()
     ids = list(range(num_classes))
     confusion = confusion_matrix(y_true, y_pred, labels=ids)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=ids, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
     per_class = [
         {
             "class": name,
@@ -66,9 +62,7 @@ def top_confusions(
     """
     cm = np.asarray(confusion, dtype=np.int64)
     row_totals = cm.sum(axis=1)
-    pairs = [
-        (int(cm[t, p]), t, p) for t in range(len(cm)) for p in range(len(cm)) if t != p and cm[t, p] > 0
-    ]
+    pairs = [(int(cm[t, p]), t, p) for t in range(len(cm)) for p in range(len(cm)) if t != p and cm[t, p] > 0]
     pairs.sort(key=lambda item: -item[0])  # stable: ties stay in row-major order
     return [
         {

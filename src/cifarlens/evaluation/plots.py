@@ -145,7 +145,9 @@ def plot_curves(metrics: Sequence[dict[str, float | int]], path: str | Path) -> 
         if acc is not None and np.isfinite(acc).any():
             ok = np.isfinite(acc)
             final, best = acc[ok][-1], acc[ok].max()
-            ax_acc.plot(epochs[ok], acc[ok], color=color, label=f"{label}  (final {final:.2%}, best {best:.2%})", **style)
+            ax_acc.plot(
+                epochs[ok], acc[ok], color=color, label=f"{label}  (final {final:.2%}, best {best:.2%})", **style
+            )
 
     lr = cols.get("lr")
     if lr is not None and np.isfinite(lr).any():
@@ -272,7 +274,12 @@ def image_grid(
     for row, name in enumerate(class_names):
         y_centre = row * ch + GRID_PAD + h * GRID_SCALE / 2
         fig.text(
-            (GRID_LABEL_PX - 10) / width, 1 - y_centre / height, name,
-            ha="right", va="center", fontsize=11, family="sans-serif",
-        )  # fmt: skip
+            (GRID_LABEL_PX - 10) / width,
+            1 - y_centre / height,
+            name,
+            ha="right",
+            va="center",
+            fontsize=11,
+            family="sans-serif",
+        )
     return _save(fig, path, dpi=GRID_DPI)

@@ -21,6 +21,7 @@ from rich.console import Console
 from cifarlens.config import to_dict
 from cifarlens.data import RunData, prepare_data
 from cifarlens.training.config import TrainConfig
+from cifarlens.training.trainer import setup, train_one_epoch
 
 TRAIN_IMAGES = 50_000
 SUBSETS = (45_000, 40_000, 30_000, 20_000, 15_000, 10_000, 8_000, 6_000, 5_000, 4_000, 3_000, 2_000, 1_500, 1_000, 500)
@@ -28,9 +29,30 @@ MIN_VAL = 500
 TIMED_BATCHES = 2  # batches per timed epoch
 EVAL_COST = 1 / 3  # a forward pass costs about a third of forward + backward + step
 # Options that do not change the cost of a training step: trials differing only in these share one timing.
-_COST_FREE = ("out", "seed", "subset", "val_size", "lr", "bias_lr", "head_lr", "backbone_lr", "momentum",
-              "muon_momentum", "weight_decay", "warmup", "label_smoothing", "schedule", "step_epochs", "step_gamma",
-              "evaluate", "report", "eval_test_every_epoch", "tensorboard", "recipe", "data_dir")  # fmt: skip
+_COST_FREE = (
+    "out",
+    "seed",
+    "subset",
+    "val_size",
+    "lr",
+    "bias_lr",
+    "head_lr",
+    "backbone_lr",
+    "momentum",
+    "muon_momentum",
+    "weight_decay",
+    "warmup",
+    "label_smoothing",
+    "schedule",
+    "step_epochs",
+    "step_gamma",
+    "evaluate",
+    "report",
+    "eval_test_every_epoch",
+    "tensorboard",
+    "recipe",
+    "data_dir",
+)
 _MEASURED: dict[str, list[float]] = {}  # cost key -> seconds per training image of each epoch, per process
 
 
@@ -38,7 +60,6 @@ def epoch_costs(cfg: TrainConfig, data: RunData) -> list[float]:
     """Seconds per training image of each of ``cfg``'s epochs, from ``train_one_epoch`` timed on
     ``TIMED_BATCHES`` real batches of ``data`` at every image size the epochs use (after a warm-up epoch
     that pays for allocation, kernel choice and compilation). The global RNG is left as it was."""
-    from cifarlens.training.trainer import setup, train_one_epoch
 
     first_epoch = {}
     for epoch in range(cfg.epochs):
@@ -77,8 +98,9 @@ def estimate_seconds(
     return total + finalists * min(subset, 10_000) * EVAL_COST * max(c[-1] for c in costs)
 
 
-def plan_budget(configs: list[TrainConfig], *, budget: float, val_size: int, finalists: int,
-                console: Console | None = None) -> dict:  # fmt: skip
+def plan_budget(
+    configs: list[TrainConfig], *, budget: float, val_size: int, finalists: int, console: Console | None = None
+) -> dict:
     """Subset, validation size and epoch scale that fit the trials ``configs`` into ``budget`` seconds,
     ``val_size`` validation images at most and ``finalists`` test scorings (see the module doc)."""
     keys = [_cost_key(c) for c in configs]

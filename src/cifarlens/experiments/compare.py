@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from cifarlens.errors import CifarlensError
+from cifarlens.evaluation.plots import _new_figure, _save
 from cifarlens.io import atomic_write_text
+from cifarlens.models import create_model, model_kwargs
+from cifarlens.models.summary import summarize
 from cifarlens.run import RunDir
 
 IGNORED_KEYS = {"out", "data_dir"}  # where the run and its data lie: says nothing about the run
@@ -37,8 +40,6 @@ def results(run: RunDir) -> dict[str, Any]:
 
 def model_size(run: RunDir) -> tuple[int | None, int | None]:
     """Parameters and MACs per image of the run's model (rebuilt from its weights header, else its config)."""
-    from cifarlens.models import create_model
-    from cifarlens.models.summary import summarize
 
     if run.has_weights():
         spec = run.read_spec()
@@ -74,7 +75,6 @@ def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
 
 def _flatten(config: dict[str, Any]) -> dict[str, Any]:
     """Config with each model argument as its own ``model_args.NAME`` key, defaults filled in."""
-    from cifarlens.models import model_kwargs
 
     flat = {k: v for k, v in config.items() if k != "model_args"}
     try:
@@ -139,8 +139,6 @@ def csv_table(header: list[str], rows: list[list[Any]]) -> str:
 def plot_overlaid_curves(runs: list[RunDir], path: str | Path) -> Path:
     """Val (solid) and test (dashed) accuracy and loss of every run against epoch, one colour per run."""
     from matplotlib.ticker import MaxNLocator, PercentFormatter
-
-    from cifarlens.evaluation.plots import _new_figure, _save
 
     fig = _new_figure(11.0, 4.6)
     ax_acc, ax_loss = fig.subplots(1, 2)

@@ -30,10 +30,17 @@ from typing import Any, Callable, Literal
 from rich.console import Console
 
 from cifarlens.config import build_config, read_yaml, to_dict
+from cifarlens.data import prepare_data
 from cifarlens.errors import ConfigError, TrainingDiverged
+from cifarlens.evaluation import evaluate_run
+from cifarlens.experiments.budget import plan_budget
+from cifarlens.experiments.compare import write_comparison
 from cifarlens.io import atomic_write_text
 from cifarlens.run import RunDir, write_json
 from cifarlens.training.config import TrainConfig
+from cifarlens.training.recipes import default_recipe, recipe_options, scaled_to_epochs
+from cifarlens.training.run_folder import load_run_config, run_config
+from cifarlens.training.trainer import resume, train
 
 TRIALS = "trials"
 AfterTraining = Callable[..., Path]  # (run folder, *, console, data) -> run folder
@@ -44,20 +51,24 @@ FORCED = ("val_size", "out", "evaluate", "eval_test_every_epoch")  # set by the 
 class SweepConfig:
     base: dict = field(default_factory=dict)  # TrainConfig options every trial starts from (recipe, model, epochs, ...)
     method: Literal["grid", "optuna"] = "grid"  # grid: every combination of params; optuna: a TPE search over them
-    params: Any = None  # grid: option -> list of values (or a list of such grids); optuna: option -> {type: float|int|categorical, low, high, log, step, choices}; model args as model_args.NAME
+    # grid: option -> list of values (or a list of such grids); optuna: option -> {type: float|int|categorical, low,
+    # high, log, step, choices}; model args as model_args.NAME
+    params: Any = None
     trials: int = 20  # optuna: trials the study runs in total (over all processes sharing it)
     worker_trials: int = 0  # optuna: stop this process after N trials (0: until the study has --trials)
     val_size: int = 5000  # validation images held out of training; the objective is the last epoch's val accuracy
     finalists: int = 3  # best trials (by val accuracy) scored on the test split
-    storage: str = ""  # optuna storage URL (default: sqlite:///OUT/study.db); a postgresql:// or mysql:// URL lets several machines share one study
+    # optuna storage URL (default: sqlite:///OUT/study.db); a postgresql:// or mysql:// URL lets several machines share
+    # one study
+    storage: str = ""
     study_name: str = "cifarlens"  # optuna study name inside the storage
-    pruning: bool = (
-        True  # optuna: stop trials whose val accuracy is below the median of earlier trials at the same epoch
-    )
+    # optuna: stop trials whose val accuracy is below the median of earlier trials at the same epoch
+    pruning: bool = True
     prune_startup: int = 3  # optuna: trials that always run to the end before pruning starts
     prune_warmup: int = 1  # optuna: epochs of each trial that are never pruned
     seed: int = 0  # seed of the Optuna sampler
-    budget: float = 0.0  # seconds the whole sweep should take on this machine: shrinks subset (then epochs) to fit (0: as configured)
+    # seconds the whole sweep should take on this machine: shrinks subset (then epochs) to fit (0: as configured)
+    budget: float = 0.0
     out: str = "sweeps/sweep"  # sweep folder
 
     def validate(self) -> None:
@@ -108,12 +119,13 @@ def _check_distribution(key: str, spec: Any) -> None:
 
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
     """The sweep config of a YAML file, ``overrides`` (command-line options) winning."""
-    return build_config(SweepConfig, read_yaml(path, where="cifarlens sweep"), overrides or {}, sources=(str(path), "options"))
+    return build_config(
+        SweepConfig, read_yaml(path, where="cifarlens sweep"), overrides or {}, sources=(str(path), "options")
+    )
 
 
 def trial_config(sweep: SweepConfig, params: dict[str, Any], out: Path, plan: dict | None = None) -> TrainConfig:
     """The training config of one trial: recipe < base < params < budget plan < what the sweep forces."""
-    from cifarlens.training.recipes import default_recipe, recipe_options, scaled_to_epochs
 
     options = dict(sweep.base)
     model_args = dict(options.get("model_args") or {})
@@ -136,16 +148,19 @@ def trial_config(sweep: SweepConfig, params: dict[str, Any], out: Path, plan: di
     val_size = plan["val_size"] if plan else sweep.val_size
     forced = {"val_size": val_size, "out": str(out), "evaluate": False, "eval_test_every_epoch": False}
     preset, _ = scaled_to_epochs(recipe_options(recipe), options)
-    return build_config(TrainConfig, preset, options, forced, sources=(f"recipe {recipe}", "sweep base/params", "sweep"))
+    return build_config(
+        TrainConfig, preset, options, forced, sources=(f"recipe {recipe}", "sweep base/params", "sweep")
+    )
 
 
 def budget_plan(sweep: SweepConfig, console: Console | None = None) -> dict:
     """The plan that fits the sweep's trials into ``sweep.budget`` seconds (``experiments.budget``)."""
-    from cifarlens.experiments.budget import plan_budget
 
     points = grid_points(sweep.params) if sweep.method == "grid" else [{}] * sweep.trials
     configs = [trial_config(sweep, p, Path(sweep.out)) for p in points]
-    return plan_budget(configs, budget=sweep.budget, val_size=sweep.val_size, finalists=sweep.finalists, console=console)
+    return plan_budget(
+        configs, budget=sweep.budget, val_size=sweep.val_size, finalists=sweep.finalists, console=console
+    )
 
 
 def grid_points(params: dict | list) -> list[dict[str, Any]]:
@@ -165,7 +180,6 @@ class _DataCache:
         self.data = None
 
     def __call__(self, cfg: TrainConfig):
-        from cifarlens.data import prepare_data
 
         key = (cfg.data_dir, cfg.download, cfg.subset, cfg.val_size, cfg.seed)
         if key != self.key:
@@ -176,25 +190,29 @@ class _DataCache:
         return self.data
 
 
-
-
-def run_trial(cfg: TrainConfig, data_cache: _DataCache, console: Console, on_epoch_end=None,
-              after_training: AfterTraining | None = None) -> Path:  # fmt: skip
+def run_trial(
+    cfg: TrainConfig,
+    data_cache: _DataCache,
+    console: Console,
+    on_epoch_end=None,
+    after_training: AfterTraining | None = None,
+) -> Path:
     """Train one trial (or continue it from its checkpoint), then call ``after_training`` on its run folder;
     a finished one is returned as is."""
-    from cifarlens.training.runs import run_config
-    from cifarlens.training.trainer import resume, train
 
     run = RunDir(cfg.out)
     if run.has_config():
-        saved = run.read_config()
+        saved = run.config
         data = data_cache(cfg)
         wanted = run_config(cfg, data)  # as the trainer wrote it, with the data folder it read
         # Where the data lies and how often it checkpoints are not options of the trial: data moved since is
         # resumed from its new folder. A key an older cifarlens did not write has its default.
         defaults = to_dict(TrainConfig())
-        changed = sorted(k for k in set(saved) | set(wanted)
-                         if saved.get(k, defaults.get(k)) != wanted.get(k) and k not in ("data_dir", "checkpoint_every"))  # fmt: skip
+        changed = sorted(
+            k
+            for k in set(saved) | set(wanted)
+            if saved.get(k, defaults.get(k)) != wanted.get(k) and k not in ("data_dir", "checkpoint_every")
+        )
         if changed:
             raise ConfigError(
                 f"trial {run} was run with other options ({', '.join(changed)}); "
@@ -212,8 +230,9 @@ def run_trial(cfg: TrainConfig, data_cache: _DataCache, console: Console, on_epo
     return after_training(path, console=console, data=data_cache(cfg)) if after_training else path
 
 
-def run_sweep(sweep: SweepConfig, console: Console | None = None,
-              after_training: AfterTraining | None = None) -> dict[str, Any]:  # fmt: skip
+def run_sweep(
+    sweep: SweepConfig, console: Console | None = None, after_training: AfterTraining | None = None
+) -> dict[str, Any]:
     """Run (or resume) the sweep; return the content of sweep.json. ``after_training(run, console=, data=)``
     is called on each trial's run once it has trained (the command layer passes
     ``cifarlens.report.after_training``, which writes the trial's report)."""
@@ -235,8 +254,9 @@ def run_sweep(sweep: SweepConfig, console: Console | None = None,
     return _read_result(sweep) or {"config": to_dict(sweep), "trials": len(rows), "finalists": []}
 
 
-def _run_grid(sweep: SweepConfig, plan, cache: _DataCache, console: Console, quiet: Console,
-              after_training: AfterTraining | None) -> list[dict]:  # fmt: skip
+def _run_grid(
+    sweep: SweepConfig, plan, cache: _DataCache, console: Console, quiet: Console, after_training: AfterTraining | None
+) -> list[dict]:
     points = grid_points(sweep.params)
     configs = [trial_config(sweep, p, Path(sweep.out) / TRIALS / f"{i:03d}", plan) for i, p in enumerate(points)]
     rows = []
@@ -306,8 +326,9 @@ def _suggest(trial, params: dict[str, dict]) -> dict[str, Any]:
     return chosen
 
 
-def _run_optuna(sweep: SweepConfig, plan, cache: _DataCache, console: Console, quiet: Console,
-                after_training: AfterTraining | None) -> tuple[list[dict], str]:  # fmt: skip
+def _run_optuna(
+    sweep: SweepConfig, plan, cache: _DataCache, console: Console, quiet: Console, after_training: AfterTraining | None
+) -> tuple[list[dict], str]:
     import optuna
     from optuna.trial import TrialState
 
@@ -354,8 +375,16 @@ def _run_optuna(sweep: SweepConfig, plan, cache: _DataCache, console: Console, q
         study.optimize(objective, n_trials=1, catch=(TrainingDiverged,))
         done_here += 1
     trials = study.get_trials(deepcopy=False)
-    rows = [_trial_row(t.number, t.state.name.lower(), t.params, Path(t.user_attrs.get("run", "")),
-                       worker=t.user_attrs.get("worker", "")) for t in trials]  # fmt: skip
+    rows = [
+        _trial_row(
+            t.number,
+            t.state.name.lower(),
+            t.params,
+            Path(t.user_attrs.get("run", "")),
+            worker=t.user_attrs.get("worker", ""),
+        )
+        for t in trials
+    ]
     return rows, _verdict(sweep, trials, worker, done_here)
 
 
@@ -369,11 +398,15 @@ def _verdict(sweep: SweepConfig, trials: list, worker: str, done_here: int) -> s
     unfinished = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     counted = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     if unfinished:
-        return (f"trial(s) {', '.join(map(str, unfinished))} still running in other workers: the last worker to end "
-                "scores the finalists and writes trials.csv and sweep.json")  # fmt: skip
+        return (
+            f"trial(s) {', '.join(map(str, unfinished))} still running in other workers: the last worker to end "
+            "scores the finalists and writes trials.csv and sweep.json"
+        )
     if counted < sweep.trials:
-        return (f"the study holds {counted} of {sweep.trials} trials: a worker still running adds the rest, "
-                "or run the sweep again to go on")  # fmt: skip
+        return (
+            f"the study holds {counted} of {sweep.trials} trials: a worker still running adds the rest, "
+            "or run the sweep again to go on"
+        )
     ended = [t for t in trials if t.datetime_complete is not None]
     last = max(ended, key=lambda t: (t.datetime_complete, t.number))
     if last.user_attrs.get("worker") == worker:
@@ -410,8 +443,6 @@ def _trial_row(number: int, state: str, params: dict, run: Path, worker: str = "
 
 def _finish(sweep: SweepConfig, plan, rows: list[dict], cache: _DataCache, console: Console) -> dict[str, Any]:
     """Score the finalists on test, write trials.csv, sweep.json and the compare table of the finalists."""
-    from cifarlens.evaluation import evaluate_run
-    from cifarlens.experiments.compare import write_comparison
 
     done = [r for r in rows if r["state"] == "complete" and r["val_acc"] is not None and Path(r["run"]).is_dir()]
     done.sort(key=lambda r: -r["val_acc"])
@@ -421,7 +452,7 @@ def _finish(sweep: SweepConfig, plan, rows: list[dict], cache: _DataCache, conso
         run = RunDir(row["run"])
         summary = run.read_summary()
         if "test" not in summary:
-            cfg = build_config(TrainConfig, run.read_config())
+            cfg = load_run_config(run.path)
             summary["test"] = evaluate_run(run.path, split="test", data=cache(cfg), console=quiet)
         row["test_acc"] = summary["test"]["accuracy"]
     _write_trials_csv(Path(sweep.out) / "trials.csv", rows)
@@ -449,9 +480,17 @@ def _write_trials_csv(path: Path, rows: list[dict]) -> None:
     writer.writerow(["trial", "state", *keys, "epochs", "val_acc", "test_acc", "worker", "run"])
     for r in sorted(rows, key=lambda r: r["trial"]):
         writer.writerow(
-            [r["trial"], r["state"], *(r["params"].get(k, "") for k in keys), r["epochs"],
-             _fmt(r["val_acc"]), _fmt(r.get("test_acc")), r["worker"], r["run"]]
-        )  # fmt: skip
+            [
+                r["trial"],
+                r["state"],
+                *(r["params"].get(k, "") for k in keys),
+                r["epochs"],
+                _fmt(r["val_acc"]),
+                _fmt(r.get("test_acc")),
+                r["worker"],
+                r["run"],
+            ]
+        )
     atomic_write_text(path, buf.getvalue())
 
 

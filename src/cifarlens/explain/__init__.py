@@ -6,68 +6,85 @@ Small objects built once and called on batches (``FeatureExtractor``, ``Activati
 the command's files (``layers_run``, ``features_run``, ``projection_run``, ``probe_run``, ``filters_run``,
 ``feature_maps_run``, ``activation_max_run``, ``top_images``, ``cam_run``, ``attribute``, ``rank``). The commands
 (``cifarlens.cli.explain``) only parse options, call them, print and write.
-Names are imported on first use; grad-cam, openTSNE and umap-learn only inside the calls that need them.
+grad-cam, Captum, openTSNE and umap-learn are imported inside the calls that need them.
 """
 
-import importlib
+from cifarlens.explain.activation_max import ActivationMaximiser, ActivationMaxResult, FourierImage, activation_max_run
+from cifarlens.explain.attribution import METHODS, attribute, attribute_maps
+from cifarlens.explain.cam import CamExplainer, CamResult, cam_run, classic_cam_layers
+from cifarlens.explain.dataset_examples import TopImagesResult, top_activations, top_images
+from cifarlens.explain.faithfulness import CurveResult, DeletionInsertion
+from cifarlens.explain.features import ActivationPooler, Features, FeaturesResult, extract_features, features_run
+from cifarlens.explain.filters import FeatureMapsResult, FiltersResult, feature_maps_run, filters_run
+from cifarlens.explain.layers import LayersResult, layers_run
+from cifarlens.explain.probe import ProbeResult, ProbesResult, fit_knn_probe, fit_linear_probe, probe_run
+from cifarlens.explain.projection import (
+    Projection,
+    ProjectionResult,
+    Projector,
+    knn_accuracy,
+    map_quality,
+    projection_run,
+)
+from cifarlens.explain.ranking import RankResult, RankSettings, rank, rank_maps
+from cifarlens.models.layers import (
+    FeatureExtractor,
+    LayerError,
+    LayerInfo,
+    default_stages,
+    default_target_layer,
+    list_layers,
+    pool_features,
+)
 
-# Loaded on first use, so that ``cifarlens --help`` (which imports the commands module) stays fast.
-_WHERE = {
-    "ActivationMaximiser": "activation_max",
-    "ActivationMaxResult": "activation_max",
-    "activation_max_run": "activation_max",
-    "attribute": "attribution",
-    "rank": "ranking",
-    "rank_maps": "ranking",
-    "RankResult": "ranking",
-    "RankSettings": "ranking",
-    "attribute_maps": "attribution",
-    "METHODS": "attribution",
-    "FourierImage": "activation_max",
-    "CamExplainer": "cam",
-    "CamResult": "cam",
-    "cam_run": "cam",
-    "classic_cam_layers": "cam",
-    "CurveResult": "faithfulness",
-    "DeletionInsertion": "faithfulness",
-    "ActivationPooler": "features",
-    "Features": "features",
-    "extract_features": "features",
-    "FeaturesResult": "features",
-    "features_run": "features",
-    "FeatureMapsResult": "filters",
-    "feature_maps_run": "filters",
-    "FiltersResult": "filters",
-    "filters_run": "filters",
-    "LayersResult": "layers",
-    "layers_run": "layers",
-    "FeatureExtractor": "cifarlens.models.layers",
-    "LayerError": "cifarlens.models.layers",
-    "LayerInfo": "cifarlens.models.layers",
-    "default_stages": "cifarlens.models.layers",
-    "default_target_layer": "cifarlens.models.layers",
-    "list_layers": "cifarlens.models.layers",
-    "pool_features": "cifarlens.models.layers",
-    "ProbeResult": "probe",
-    "fit_knn_probe": "probe",
-    "fit_linear_probe": "probe",
-    "ProbesResult": "probe",
-    "probe_run": "probe",
-    "Projection": "projection",
-    "Projector": "projection",
-    "knn_accuracy": "projection",
-    "map_quality": "projection",
-    "ProjectionResult": "projection",
-    "projection_run": "projection",
-    "TopImagesResult": "dataset_examples",
-    "top_activations": "dataset_examples",
-    "top_images": "dataset_examples",
-}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'cifarlens.explain' has no attribute {name!r}")
-    where = _WHERE[name]
-    return getattr(importlib.import_module(where if "." in where else f"cifarlens.explain.{where}"), name)
+__all__ = [
+    "ActivationMaxResult",
+    "ActivationMaximiser",
+    "ActivationPooler",
+    "CamExplainer",
+    "CamResult",
+    "CurveResult",
+    "DeletionInsertion",
+    "FeatureExtractor",
+    "FeatureMapsResult",
+    "Features",
+    "FeaturesResult",
+    "FiltersResult",
+    "FourierImage",
+    "LayerError",
+    "LayerInfo",
+    "LayersResult",
+    "METHODS",
+    "ProbeResult",
+    "ProbesResult",
+    "Projection",
+    "ProjectionResult",
+    "Projector",
+    "RankResult",
+    "RankSettings",
+    "TopImagesResult",
+    "activation_max_run",
+    "attribute",
+    "attribute_maps",
+    "cam_run",
+    "classic_cam_layers",
+    "default_stages",
+    "default_target_layer",
+    "extract_features",
+    "feature_maps_run",
+    "features_run",
+    "filters_run",
+    "fit_knn_probe",
+    "fit_linear_probe",
+    "knn_accuracy",
+    "layers_run",
+    "list_layers",
+    "map_quality",
+    "pool_features",
+    "probe_run",
+    "projection_run",
+    "rank",
+    "rank_maps",
+    "top_activations",
+    "top_images",
+]

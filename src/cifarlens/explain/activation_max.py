@@ -29,8 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlens.errors import CifarlensError
+from cifarlens.explain.images import denormalize, parse_indices
+from cifarlens.explain.plots import plot_tiles
+from cifarlens.explain.run_model import last_stage, load_run_model
 from cifarlens.models.layers import FeatureExtractor
-from cifarlens.run import ModelSpec
+from cifarlens.run import ModelSpec, RunDir, write_json
 
 LOGITS = "logits"  # pseudo-layer: the model's output
 
@@ -47,8 +50,16 @@ def colour_correlation_sqrt(images: torch.Tensor) -> torch.Tensor:
 class FourierImage(nn.Module):
     """``batch`` learnable images (B, 3, size, size) in [0, 1], parameterised by a decorrelated 1/f spectrum."""
 
-    def __init__(self, batch: int, size: int, colour_sqrt: torch.Tensor, *, decay_power: float = 1.0,
-                 std: float = 0.01, generator: torch.Generator | None = None):  # fmt: skip
+    def __init__(
+        self,
+        batch: int,
+        size: int,
+        colour_sqrt: torch.Tensor,
+        *,
+        decay_power: float = 1.0,
+        std: float = 0.01,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         fy = torch.fft.fftfreq(size)[:, None]
         fx = torch.fft.rfftfreq(size)[None, :]
@@ -66,8 +77,15 @@ class FourierImage(nn.Module):
         return torch.sigmoid(image)
 
 
-def robustness_transforms(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4, jitter: int = 2,
-                          scales: tuple[float, float] = (0.9, 1.1), degrees: float = 10.0) -> torch.Tensor:  # fmt: skip
+def robustness_transforms(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    pad: int = 4,
+    jitter: int = 2,
+    scales: tuple[float, float] = (0.9, 1.1),
+    degrees: float = 10.0,
+) -> torch.Tensor:
     """lucent's standard transforms at CIFAR scale: pad, jitter, random scale and rotation, jitter, crop back.
 
     x: (B, 3, S, S) in [0, 1] -> same shape; parameters drawn per image from ``generator``.
@@ -108,8 +126,18 @@ class ActivationMaximiser:
     logit). ``steps`` Adam steps at ``lr`` on the Fourier parameters.
     """
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, layer: str, *, colour_sqrt: torch.Tensor | None = None,
-                 steps: int = 256, lr: float = 0.05, seed: int = 0, transforms: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        layer: str,
+        *,
+        colour_sqrt: torch.Tensor | None = None,
+        steps: int = 256,
+        lr: float = 0.05,
+        seed: int = 0,
+        transforms: bool = True,
+    ):
         self.model, self.spec, self.layer = model.eval(), spec, layer
         self.device = next(model.parameters()).device
         self.extractor = None if layer == LOGITS else FeatureExtractor(model, [layer])
@@ -169,44 +197,59 @@ class ActivationMaxResult:
 
     @property
     def title(self) -> str:
-        return (f"{self.model_name} {self.layer}: {len(self.rows)} images, {self.steps} steps ({self.seconds:.0f}s); "
-                f"median activation {self.median_ratio:.1f}x the strongest of {self.real_images} test images")
+        return (
+            f"{self.model_name} {self.layer}: {len(self.rows)} images, {self.steps} steps ({self.seconds:.0f}s); "
+            f"median activation {self.median_ratio:.1f}x the strongest of {self.real_images} test images"
+        )
 
     def write(self, folder: str | Path) -> list[Path]:
         """``<layer>.png`` (the images) and ``<layer>.json`` (settings and per-unit numbers) into ``folder``."""
-        from cifarlens.explain.plots import plot_tiles
-        from cifarlens.explain.runs import file_stem
-        from cifarlens.run import write_json
 
-        folder, stem = Path(folder), file_stem(self.layer)
+        folder, stem = Path(folder), RunDir.file_stem(self.layer)
         paths = [folder / f"{stem}.png", folder / f"{stem}.json"]
         plot_tiles(self.images, paths[0], labels=self.tile_labels, title=self.title, tile_inches=1.1)
-        write_json(paths[1], {"layer": self.layer, "steps": self.steps, "lr": self.lr, "seed": self.seed,
-                              "seconds": self.seconds, "median_ratio_to_best_real": self.median_ratio,
-                              "units": self.rows})  # fmt: skip
+        write_json(
+            paths[1],
+            {
+                "layer": self.layer,
+                "steps": self.steps,
+                "lr": self.lr,
+                "seed": self.seed,
+                "seconds": self.seconds,
+                "median_ratio_to_best_real": self.median_ratio,
+                "units": self.rows,
+            },
+        )
         return paths
 
 
-def activation_max_run(run: str | Path, *, layer: str | None = None, channels: str = "0-15", classes: str | None = None,
-                       steps: int = 256, lr: float = 0.05, seed: int = 0, data_dir: str | None = None,
-                       device: str = "cpu") -> ActivationMaxResult:  # fmt: skip
+def activation_max_run(
+    run: str | Path,
+    *,
+    layer: str | None = None,
+    channels: str = "0-15",
+    classes: str | None = None,
+    steps: int = 256,
+    lr: float = 0.05,
+    seed: int = 0,
+    data_dir: str | None = None,
+    device: str = "cpu",
+) -> ActivationMaxResult:
     """Images that maximise ``channels`` of ``layer`` (default: the deepest probe stage), e.g. "0-15" or "0,3", or
     with ``classes`` ("all" or e.g. "0,3") the class logits instead, optimised on ``device``. Each activation is
     compared with the strongest one among the run's first 500 test images."""
-    from cifarlens.explain.images import denormalize, model_input, parse_indices
-    from cifarlens.explain.runs import last_stage, load_run_model
-    from cifarlens.run import RunDir
 
     model, spec, dev = load_run_model(run, device)
     if classes is not None and layer is not None:
         raise CifarlensError("give --layer (channels) or --classes (logits), not both")
     data = RunDir(run).load_data(data_dir)
     name = LOGITS if classes is not None else layer or last_stage(model, spec)
-    maximiser = ActivationMaximiser(model, spec, name, colour_sqrt=colour_correlation_sqrt(data.train.images[:2000]),
-                                    steps=steps, lr=lr, seed=seed)  # fmt: skip
+    maximiser = ActivationMaximiser(
+        model, spec, name, colour_sqrt=colour_correlation_sqrt(data.train.images[:2000]), steps=steps, lr=lr, seed=seed
+    )
     real = data.test.images[:500]
     with torch.no_grad():  # real images resized to the model's input size, in [0, 1] like the optimised ones
-        real_acts = maximiser.unit_activations(denormalize(model_input(real.to(dev), spec), spec)).cpu()
+        real_acts = maximiser.unit_activations(denormalize(spec.inputs(real.to(dev)), spec)).cpu()
     if classes is None:
         units = parse_indices(channels, real_acts.shape[1])
     else:
@@ -216,8 +259,10 @@ def activation_max_run(run: str | Path, *, layer: str | None = None, channels: s
     seconds = time.perf_counter() - t0
     best_real = real_acts[:, units].amax(0).numpy()
     ratio = result.activations / np.where(np.abs(best_real) > 1e-9, best_real, np.nan)
-    rows = [{"unit": u, "activation": float(a), "best_real_activation": float(b), "ratio_to_best_real": float(r)}
-            for u, a, b, r in zip(units, result.activations, best_real, ratio)]  # fmt: skip
+    rows = [
+        {"unit": u, "activation": float(a), "best_real_activation": float(b), "ratio_to_best_real": float(r)}
+        for u, a, b, r in zip(units, result.activations, best_real, ratio)
+    ]
     if name == LOGITS:
         with torch.no_grad():
             probs = maximiser.unit_activations(result.images.to(dev)).softmax(1).cpu()

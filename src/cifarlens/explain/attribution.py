@@ -26,8 +26,14 @@ import torch
 from torch import nn
 
 from cifarlens.errors import CifarlensError, first_line
-from cifarlens.explain.cam import class_index
+from cifarlens.explain.cam import CLASSIC_CAM, GRAD_CAM_CLASSES, CamExplainer, class_index
+from cifarlens.explain.faithfulness import DeletionInsertion
+from cifarlens.explain.images import choose_images, denormalize
+from cifarlens.explain.plots import plot_cams
+from cifarlens.explain.run_model import load_run_model
+from cifarlens.io import atomic_path, atomic_write_csv
 from cifarlens.models.registry import Capabilities, guess_capabilities
+from cifarlens.run.predictor import Predictor
 
 BASELINES = ("black", "blur", "mean")
 PATCH = 4  # side of the square patches the perturbation methods switch on and off (an 8x8 grid at 32 px)
@@ -87,8 +93,9 @@ def check_methods(names: list[str]) -> list[str]:
     """``names`` if every one is registered, else a ``CifarlensError`` listing the valid ones."""
     unknown = [n for n in names if n not in METHODS]
     if unknown or not names:
-        raise CifarlensError(f"unknown attribution method {', '.join(unknown) or '(none)'}; "
-                             f"choose from: {', '.join(METHODS)}")  # fmt: skip
+        raise CifarlensError(
+            f"unknown attribution method {', '.join(unknown) or '(none)'}; choose from: {', '.join(METHODS)}"
+        )
     return names
 
 
@@ -117,16 +124,23 @@ def _input_x_gradient(a: Inputs):
     return _captum("InputXGradient")(a.model).attribute(a.x, target=a.targets)
 
 
-@register("integrated-gradients", "captum", "path integral of gradients from the baseline, 32 steps (Sundararajan "
-          "et al. 2017)", needs_baseline=True, signed=True)  # fmt: skip
+@register(
+    "integrated-gradients",
+    "captum",
+    "path integral of gradients from the baseline, 32 steps (Sundararajan et al. 2017)",
+    needs_baseline=True,
+    signed=True,
+)
 def _integrated_gradients(a: Inputs):
     ig = _captum("IntegratedGradients")(a.model)
-    return ig.attribute(a.x, baselines=a.baseline, target=a.targets, n_steps=32,
-                        internal_batch_size=a.internal_batch_size)  # fmt: skip
+    return ig.attribute(
+        a.x, baselines=a.baseline, target=a.targets, n_steps=32, internal_batch_size=a.internal_batch_size
+    )
 
 
-@register("smoothgrad", "captum", "saliency averaged over 16 noisy copies, noise 15% of the input range "
-          "(Smilkov et al. 2017)")  # fmt: skip
+@register(
+    "smoothgrad", "captum", "saliency averaged over 16 noisy copies, noise 15% of the input range (Smilkov et al. 2017)"
+)
 def _smoothgrad(a: Inputs):
     tunnel = _captum("NoiseTunnel")(_captum("Saliency")(a.model))
     sigma = 0.15 * float(a.x.max() - a.x.min())
@@ -135,8 +149,13 @@ def _smoothgrad(a: Inputs):
         return tunnel.attribute(a.x, nt_type="smoothgrad", nt_samples=16, stdevs=sigma, target=a.targets, abs=True)
 
 
-@register("gradient-shap", "captum", "expected gradients over noisy copies of the baseline and the input path, "
-          "16 samples (Lundberg and Lee 2017)", needs_baseline=True, signed=True)  # fmt: skip
+@register(
+    "gradient-shap",
+    "captum",
+    "expected gradients over noisy copies of the baseline and the input path, 16 samples (Lundberg and Lee 2017)",
+    needs_baseline=True,
+    signed=True,
+)
 def _gradient_shap(a: Inputs):
     shap = _captum("GradientShap")(a.model)
     with torch.random.fork_rng(devices=[]):
@@ -144,52 +163,101 @@ def _gradient_shap(a: Inputs):
         return shap.attribute(a.x, baselines=a.baseline, n_samples=16, stdevs=0.09, target=a.targets)
 
 
-@register("deeplift", "captum", "DeepLIFT rescale rule against the baseline (Shrikumar et al. 2017)",
-          needs_baseline=True, signed=True, hooks_every_relu=True)  # fmt: skip
+@register(
+    "deeplift",
+    "captum",
+    "DeepLIFT rescale rule against the baseline (Shrikumar et al. 2017)",
+    needs_baseline=True,
+    signed=True,
+    hooks_every_relu=True,
+)
 def _deeplift(a: Inputs):
     return _captum("DeepLift")(a.unshared).attribute(a.x, baselines=a.baseline, target=a.targets)
 
 
-@register("guided-backprop", "captum", "gradients with negative ReLU gradients zeroed (Springenberg et al. 2015)",
-          hooks_every_relu=True)  # fmt: skip
+@register(
+    "guided-backprop",
+    "captum",
+    "gradients with negative ReLU gradients zeroed (Springenberg et al. 2015)",
+    hooks_every_relu=True,
+)
 def _guided_backprop(a: Inputs):
     return _captum("GuidedBackprop")(a.unshared).attribute(a.x, target=a.targets).abs()
 
 
-@register("deconvolution", "captum", "gradients through ReLUs applied to the gradient (Zeiler and Fergus 2014)",
-          hooks_every_relu=True)  # fmt: skip
+@register(
+    "deconvolution",
+    "captum",
+    "gradients through ReLUs applied to the gradient (Zeiler and Fergus 2014)",
+    hooks_every_relu=True,
+)
 def _deconvolution(a: Inputs):
     return _captum("Deconvolution")(a.unshared).attribute(a.x, target=a.targets).abs()
 
 
-@register("occlusion", "captum", f"drop in the class score when a {PATCH}x{PATCH} window (stride 2) is set to the "
-          "baseline (Zeiler and Fergus 2014)", needs_baseline=True, signed=True)  # fmt: skip
+@register(
+    "occlusion",
+    "captum",
+    f"drop in the class score when a {PATCH}x{PATCH} window (stride 2) is set to the baseline (Zeiler and Fergus 2014)",
+    needs_baseline=True,
+    signed=True,
+)
 def _occlusion(a: Inputs):
     occlusion = _captum("Occlusion")(a.model)
-    return occlusion.attribute(a.x, sliding_window_shapes=(3, PATCH, PATCH), strides=(3, 2, 2), baselines=a.baseline,
-                               target=a.targets, perturbations_per_eval=16)  # fmt: skip
+    return occlusion.attribute(
+        a.x,
+        sliding_window_shapes=(3, PATCH, PATCH),
+        strides=(3, 2, 2),
+        baselines=a.baseline,
+        target=a.targets,
+        perturbations_per_eval=16,
+    )
 
 
-@register("feature-ablation", "captum", f"drop in the class score when each {PATCH}x{PATCH} patch is set to the "
-          "baseline", needs_baseline=True, signed=True)  # fmt: skip
+@register(
+    "feature-ablation",
+    "captum",
+    f"drop in the class score when each {PATCH}x{PATCH} patch is set to the baseline",
+    needs_baseline=True,
+    signed=True,
+)
 def _feature_ablation(a: Inputs):
     ablation = _captum("FeatureAblation")(a.model)
-    return ablation.attribute(a.x, baselines=a.baseline, target=a.targets, feature_mask=_patches(a.x),
-                              perturbations_per_eval=16)  # fmt: skip
+    return ablation.attribute(
+        a.x, baselines=a.baseline, target=a.targets, feature_mask=_patches(a.x), perturbations_per_eval=16
+    )
 
 
-@register("kernel-shap", "captum", f"Shapley values of the {PATCH}x{PATCH} patches by weighted regression, "
-          "256 samples (Lundberg and Lee 2017)", needs_baseline=True, signed=True, per_image=True)  # fmt: skip
+@register(
+    "kernel-shap",
+    "captum",
+    f"Shapley values of the {PATCH}x{PATCH} patches by weighted regression, 256 samples (Lundberg and Lee 2017)",
+    needs_baseline=True,
+    signed=True,
+    per_image=True,
+)
 def _kernel_shap(a: Inputs):
     shap = _captum("KernelShap")(a.model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(a.seed)
-        return shap.attribute(a.x, baselines=a.baseline, target=a.targets, feature_mask=_patches(a.x), n_samples=256,
-                              perturbations_per_eval=64)  # fmt: skip
+        return shap.attribute(
+            a.x,
+            baselines=a.baseline,
+            target=a.targets,
+            feature_mask=_patches(a.x),
+            n_samples=256,
+            perturbations_per_eval=64,
+        )
 
 
-@register("lime", "captum", f"a local ridge regression over the {PATCH}x{PATCH} patches, 256 samples (Ribeiro et "
-          "al. 2016)", needs_baseline=True, signed=True, per_image=True)  # fmt: skip
+@register(
+    "lime",
+    "captum",
+    f"a local ridge regression over the {PATCH}x{PATCH} patches, 256 samples (Ribeiro et al. 2016)",
+    needs_baseline=True,
+    signed=True,
+    per_image=True,
+)
 def _lime(a: Inputs):
     from captum._utils.models.linear_model import SkLearnRidge
 
@@ -197,24 +265,34 @@ def _lime(a: Inputs):
     lime = _captum("Lime")(a.model, interpretable_model=SkLearnRidge(alpha=1.0))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(a.seed)
-        return lime.attribute(a.x, baselines=a.baseline, target=a.targets, feature_mask=_patches(a.x), n_samples=256,
-                              perturbations_per_eval=64)  # fmt: skip
+        return lime.attribute(
+            a.x,
+            baselines=a.baseline,
+            target=a.targets,
+            feature_mask=_patches(a.x),
+            n_samples=256,
+            perturbations_per_eval=64,
+        )
 
 
 # -- pytorch-grad-cam -------------------------------------------------------------------------------------------
 def _cam(method: str) -> Callable[[Inputs], np.ndarray]:
     def run(a: Inputs) -> np.ndarray:
-        from cifarlens.explain.cam import CamExplainer
 
-        explainer = CamExplainer(a.model, method, capabilities=a.capabilities, target_layer=a.target_layer,
-                                 image_size=a.x.shape[-1], seed=a.seed)  # fmt: skip
+        explainer = CamExplainer(
+            a.model,
+            method,
+            capabilities=a.capabilities,
+            target_layer=a.target_layer,
+            image_size=a.x.shape[-1],
+            seed=a.seed,
+        )
         return explainer(a.x, a.targets)
 
     return run
 
 
 def _register_cams() -> None:
-    from cifarlens.explain.cam import CLASSIC_CAM, GRAD_CAM_CLASSES
 
     for name, (_, summary) in GRAD_CAM_CLASSES.items():
         register(name, "grad-cam", summary, needs_layer=name != "fullgrad")(_cam(name))
@@ -224,8 +302,14 @@ def _register_cams() -> None:
 _register_cams()
 
 
-@register("guided-gradcam", "grad-cam", "guided backprop times the Grad-CAM map (Selvaraju et al. 2017)",
-          needs_layer=True, signed=True, hooks_every_relu=True)  # fmt: skip
+@register(
+    "guided-gradcam",
+    "grad-cam",
+    "guided backprop times the Grad-CAM map (Selvaraju et al. 2017)",
+    needs_layer=True,
+    signed=True,
+    hooks_every_relu=True,
+)
 def _guided_gradcam(a: Inputs):
     guided = _guided_backprop(a).sum(1)
     return guided * torch.as_tensor(_cam("gradcam")(a), device=guided.device)
@@ -301,17 +385,28 @@ class Attribution:
     seconds_per_image: float
 
 
-def attribute_maps(model: nn.Module, x: torch.Tensor, targets: list[int], methods: list[str], *,
-                   capabilities: Capabilities | None = None, baseline: str = "black",
-                   mean: tuple[float, ...] = (0.0, 0.0, 0.0), std: tuple[float, ...] = (1.0, 1.0, 1.0),
-                   target_layer: str | None = None, seed: int = 0) -> dict[str, Attribution]:  # fmt: skip
+def attribute_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: list[int],
+    methods: list[str],
+    *,
+    capabilities: Capabilities | None = None,
+    baseline: str = "black",
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0),
+    std: tuple[float, ...] = (1.0, 1.0, 1.0),
+    target_layer: str | None = None,
+    seed: int = 0,
+) -> dict[str, Attribution]:
     """Attribution maps of ``methods`` (``METHODS`` names) for normalised x (N, 3, H, W) and the classes
     ``targets``. ``mean``/``std``: the model's input normalisation (for the ``black`` baseline)."""
     check_methods(methods)
     caps = capabilities or guess_capabilities(model, x.shape[-1])
     plain = without_inplace(model)
     unshared = hook_safe(model) if any(METHODS[m].hooks_every_relu for m in methods) else plain
-    inputs = Inputs(plain, unshared, x, list(targets), baseline_images(x, baseline, mean, std), caps, target_layer, seed)
+    inputs = Inputs(
+        plain, unshared, x, list(targets), baseline_images(x, baseline, mean, std), caps, target_layer, seed
+    )
     _import_libraries({METHODS[m].library for m in methods})  # so that no method's time includes an import
     results = {}
     for name in methods:
@@ -326,7 +421,9 @@ def attribute_maps(model: nn.Module, x: torch.Tensor, targets: list[int], method
             raise
         except Exception as err:  # a library refusing this architecture: one line naming method and model
             reason = first_line(err)
-            raise CifarlensError(f"{name} does not work on {type(model).__name__} ({reason}); drop it from --method") from None
+            raise CifarlensError(
+                f"{name} does not work on {type(model).__name__} ({reason}); drop it from --method"
+            ) from None
         seconds = (time.perf_counter() - t0) / max(len(x), 1)
         raw_np = np.asarray(raw.detach().cpu() if isinstance(raw, torch.Tensor) else raw, dtype=np.float32)
         results[name] = Attribution(name, to_map(raw, method), raw_np, seconds)
@@ -345,15 +442,38 @@ def _run(method: Method, inputs: Inputs):
         return method.run(inputs)
     parts = []
     for i in range(len(inputs.x)):
-        one = Inputs(inputs.model, inputs.unshared, inputs.x[i : i + 1], inputs.targets[i : i + 1], inputs.baseline[i : i + 1],
-                     inputs.capabilities, inputs.target_layer, inputs.seed)  # fmt: skip
+        one = Inputs(
+            inputs.model,
+            inputs.unshared,
+            inputs.x[i : i + 1],
+            inputs.targets[i : i + 1],
+            inputs.baseline[i : i + 1],
+            inputs.capabilities,
+            inputs.target_layer,
+            inputs.seed,
+        )
         parts.append(torch.as_tensor(method.run(one)))
     return torch.cat(parts)
 
 
 # Activation modules DeepLIFT needs a rule for (Captum's are in deep_lift.SUPPORTED_NON_LINEAR).
-ACTIVATIONS = {nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.GELU, nn.SiLU, nn.Hardswish,
-               nn.Hardsigmoid, nn.Mish, nn.ReLU6, nn.PReLU, nn.SELU, nn.CELU}  # fmt: skip
+ACTIVATIONS = {
+    nn.ReLU,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Mish,
+    nn.ReLU6,
+    nn.PReLU,
+    nn.SELU,
+    nn.CELU,
+}
 
 
 def method_notes(model: nn.Module, methods: list[str]) -> list[str]:
@@ -362,15 +482,21 @@ def method_notes(model: nn.Module, methods: list[str]) -> list[str]:
     relu_rules = [m for m in methods if METHODS[m].hooks_every_relu and m != "deeplift"]
     if relu_rules and not any(isinstance(m, nn.ReLU) for m in model.modules()):
         also = " (guided-gradcam: gradient x Grad-CAM)" if "guided-gradcam" in relu_rules else ""
-        found.append(f"{', '.join(relu_rules)}: {kind} has no ReLU modules, so Captum's ReLU rules never apply and the "
-                     f"guided gradient is the plain gradient{also}")  # fmt: skip
+        found.append(
+            f"{', '.join(relu_rules)}: {kind} has no ReLU modules, so Captum's ReLU rules never apply and the "
+            f"guided gradient is the plain gradient{also}"
+        )
     if "deeplift" in methods:
         from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 
-        skipped = sorted({type(m).__name__ for m in model.modules() if type(m) in ACTIVATIONS - SUPPORTED_NON_LINEAR.keys()})
+        skipped = sorted(
+            {type(m).__name__ for m in model.modules() if type(m) in ACTIVATIONS - SUPPORTED_NON_LINEAR.keys()}
+        )
         if skipped:
-            found.append(f"deeplift: Captum has no DeepLIFT rule for {', '.join(skipped)} in {kind}; it passes their "
-                         "plain gradient")  # fmt: skip
+            found.append(
+                f"deeplift: Captum has no DeepLIFT rule for {', '.join(skipped)} in {kind}; it passes their "
+                "plain gradient"
+            )
     return found
 
 
@@ -395,61 +521,102 @@ class AttributeResult:
 
         from safetensors.numpy import save_file
 
-        from cifarlens.explain.plots import plot_cams
-        from cifarlens.explain.runs import write_csv
-        from cifarlens.io import atomic_path
-
         folder = Path(folder)
         stem = "_".join(m.replace("+", "p") for m in self.attributions)
         captions = [f"{t}: {self.classes[c]} {p:.0%}" for t, c, p in zip(self.tags, self.targets, self.probabilities)]
-        shown = {m: a.maps / np.maximum(a.maps.reshape(len(a.maps), -1).max(1), 1e-12)[:, None, None]
-                 for m, a in self.attributions.items()}  # fmt: skip
-        figure = plot_cams(self.images, shown, folder / f"{stem}.png", captions=captions,
-                           title=f"{self.model_name}: attribution of the explained class (row: image, class, probability)")  # fmt: skip
+        shown = {
+            m: a.maps / np.maximum(a.maps.reshape(len(a.maps), -1).max(1), 1e-12)[:, None, None]
+            for m, a in self.attributions.items()
+        }
+        figure = plot_cams(
+            self.images,
+            shown,
+            folder / f"{stem}.png",
+            captions=captions,
+            title=f"{self.model_name}: attribution of the explained class (row: image, class, probability)",
+        )
         tensors = {f"{m}.map": a.maps for m, a in self.attributions.items()}
         tensors |= {f"{m}.raw": np.ascontiguousarray(a.raw) for m, a in self.attributions.items()}
         with atomic_path(folder / f"{stem}.safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "cifarlens-attributions", "images": ",".join(self.tags),
-                                                   "targets": ",".join(map(str, self.targets))})  # fmt: skip
-        write_csv(folder / f"{stem}.csv", self.rows)
+            save_file(
+                tensors,
+                str(tmp),
+                metadata={
+                    "format": "cifarlens-attributions",
+                    "images": ",".join(self.tags),
+                    "targets": ",".join(map(str, self.targets)),
+                },
+            )
+        atomic_write_csv(folder / f"{stem}.csv", self.rows)
         return [figure, folder / f"{stem}.safetensors", folder / f"{stem}.csv"]
 
 
-def attribute(run, *, methods: list[str], images=None, index: str | None = None, target: str = "pred",
-              baseline: str = "black", target_layer: str | None = None, split: str = "test",
-              data_dir: str | None = None, device: str = "cpu", seed: int = 0) -> AttributeResult:  # fmt: skip
+def attribute(
+    run,
+    *,
+    methods: list[str],
+    images=None,
+    index: str | None = None,
+    target: str = "pred",
+    baseline: str = "black",
+    target_layer: str | None = None,
+    split: str = "test",
+    data_dir: str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> AttributeResult:
     """Attribution maps of ``methods`` for a run's model on image files or ``index`` of ``split``, explaining
     the predicted class (``target="pred"``), the label (``"true"``) or a class name/number, each map scored
     by deletion and insertion (the probability as its most-attributed pixels go, or come back)."""
-    from cifarlens.explain.faithfulness import DeletionInsertion
-    from cifarlens.explain.images import choose_images, denormalize, model_input
-    from cifarlens.explain.runs import load_run_model
-    from cifarlens.run.predictor import Predictor
 
     check_methods(methods)
     model, spec, dev = load_run_model(run, device)
     imgs, labels, tags = choose_images(run, images, index, split, data_dir)
     probs = Predictor(model, spec, device=dev).probabilities(imgs)
     targets = explained_classes(target, probs, labels, spec.classes)
-    x = model_input(imgs.to(dev), spec)
-    found = attribute_maps(model, x, targets, methods, capabilities=spec.capabilities(model), baseline=baseline,
-                           mean=spec.mean, std=spec.std, target_layer=target_layer, seed=seed)  # fmt: skip
+    x = spec.inputs(imgs.to(dev))
+    found = attribute_maps(
+        model,
+        x,
+        targets,
+        methods,
+        capabilities=spec.capabilities(model),
+        baseline=baseline,
+        mean=spec.mean,
+        std=spec.std,
+        target_layer=target_layer,
+        seed=seed,
+    )
     metric = DeletionInsertion(model, steps=10)
     rows = []
     for name, result in found.items():
         for i in range(len(x)):
             curves = metric(x[i : i + 1], result.maps[i : i + 1], [targets[i]])
             peak = np.unravel_index(int(result.maps[i].argmax()), result.maps[i].shape)
-            rows.append({"image": tags[i], "method": name, "library": METHODS[name].library,
-                         "label": spec.classes[labels[i]] if labels else "", "explained_class": spec.classes[targets[i]],
-                         "probability": float(probs[i, targets[i]]), "peak_row": int(peak[0]), "peak_col": int(peak[1]),
-                         **curves.auc(), "ms_per_image": 1000 * result.seconds_per_image})  # fmt: skip
+            rows.append(
+                {
+                    "image": tags[i],
+                    "method": name,
+                    "library": METHODS[name].library,
+                    "label": spec.classes[labels[i]] if labels else "",
+                    "explained_class": spec.classes[targets[i]],
+                    "probability": float(probs[i, targets[i]]),
+                    "peak_row": int(peak[0]),
+                    "peak_col": int(peak[1]),
+                    **curves.auc(),
+                    "ms_per_image": 1000 * result.seconds_per_image,
+                }
+            )
     shown = denormalize(x, spec).permute(0, 2, 3, 1).cpu().numpy()
     chosen = probs[torch.arange(len(targets)), torch.tensor(targets)].numpy()
-    return AttributeResult(spec.name, shown, tags, targets, spec.classes, chosen, found, rows, method_notes(model, methods))
+    return AttributeResult(
+        spec.name, shown, tags, targets, spec.classes, chosen, found, rows, method_notes(model, methods)
+    )
 
 
-def explained_classes(target: str, probs: torch.Tensor, labels: list[int] | None, classes: tuple[str, ...]) -> list[int]:
+def explained_classes(
+    target: str, probs: torch.Tensor, labels: list[int] | None, classes: tuple[str, ...]
+) -> list[int]:
     """The class each map explains: ``pred``, ``true`` (the label; image files have none) or one class for all."""
     if target == "pred":
         return probs.argmax(1).tolist()

@@ -19,8 +19,14 @@ import torch
 from torch import nn
 
 from cifarlens.errors import CifarlensError
+from cifarlens.explain.faithfulness import DeletionInsertion
+from cifarlens.explain.images import choose_images, denormalize
+from cifarlens.explain.plots import plot_cams
+from cifarlens.explain.run_model import load_run_model
+from cifarlens.io import atomic_write_csv
 from cifarlens.models.layers import get_module, map_size
 from cifarlens.models.registry import Capabilities, get_submodule, guess_capabilities
+from cifarlens.run.predictor import Predictor
 
 # Method name -> (its pytorch-grad-cam class, imported on first use; what it shows): a new grad-cam method is one
 # line here, and explain attribute/cam/compare-cam offer it.
@@ -32,8 +38,10 @@ GRAD_CAM_CLASSES = {
     "layercam": ("LayerCAM", "positive gradients times activations per position (Jiang et al. 2021)"),
     "hirescam": ("HiResCAM", "gradients times activations per position, no pooling (Draelos and Carin 2020)"),
     "xgradcam": ("XGradCAM", "Grad-CAM with activation-normalised weights (Fu et al. 2020)"),
-    "ablationcam": ("AblationCAM", "channel weights from the score drop when each channel is zeroed (Desai and "
-                    "Ramaswamy 2020)"),
+    "ablationcam": (
+        "AblationCAM",
+        "channel weights from the score drop when each channel is zeroed (Desai and Ramaswamy 2020)",
+    ),
     "fullgrad": ("FullGrad", "bias gradients of every layer plus the input gradient (Srinivas and Fleuret 2019)"),
 }
 CLASSIC_CAM = "the head's weights on the pooled features: global-average-pool + linear heads only (Zhou et al. 2016)"
@@ -96,9 +104,17 @@ class CamExplainer:
     for ``cam`` the module before the global average pool).
     """
 
-    def __init__(self, model: nn.Module, method: str = "gradcam", *, capabilities: Capabilities | None = None,
-                 target_layer: str | None = None, image_size: int = 32, batch_size: int = 64,
-                 seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "gradcam",
+        *,
+        capabilities: Capabilities | None = None,
+        target_layer: str | None = None,
+        image_size: int = 32,
+        batch_size: int = 64,
+        seed: int = 0,
+    ):
         if method not in (*METHODS, RANDOM):
             raise CifarlensError(f"unknown CAM method {method!r}; choose one of: {', '.join(METHODS)}")
         self.model, self.method, self.seed = model.eval(), method, seed
@@ -153,37 +169,41 @@ class CamResult:
     def title(self) -> str:
         by_method = {m: np.mean([r["deletion_auc"] for r in self.rows if r["method"] == m]) for m in self.maps}
         layers = sorted({f"{r['target_layer']} ({r['map_size']} maps)" for r in self.rows})
-        return (f"{self.model_name} at {', '.join(layers)}, deletion AUC (lower: more faithful): "
-                + ", ".join(f"{m} {v:.3f}" for m, v in by_method.items()))  # fmt: skip
+        return f"{self.model_name} at {', '.join(layers)}, deletion AUC (lower: more faithful): " + ", ".join(
+            f"{m} {v:.3f}" for m, v in by_method.items()
+        )
 
     def write(self, folder: str | Path) -> list[Path]:
         """The figure (PNG: a row per image, a heat map per method) and the per-image CSV into ``folder``."""
-        from cifarlens.explain.plots import plot_cams
-        from cifarlens.explain.runs import write_csv
 
         folder = Path(folder)
         stem = "_".join(m.replace("+", "p") for m in self.maps)
         paths = [folder / f"{stem}.png", folder / f"{stem}.csv"]
         captions = [f"{t}: {self.classes[c]} {p:.0%}" for t, c, p in zip(self.tags, self.targets, self.probabilities)]
         plot_cams(self.images, self.maps, paths[0], captions=captions, title=self.title)
-        write_csv(paths[1], self.rows)
+        atomic_write_csv(paths[1], self.rows)
         return paths
 
 
-def cam_run(run: str | Path, *, methods: list[str] | tuple[str, ...] = ("gradcam",), images=None,
-            index: str | None = None, target_layer: str | None = None, target_class: str | int | None = None,
-            split: str = "test", data_dir: str | None = None, device: str = "cpu") -> CamResult:  # fmt: skip
+def cam_run(
+    run: str | Path,
+    *,
+    methods: list[str] | tuple[str, ...] = ("gradcam",),
+    images=None,
+    index: str | None = None,
+    target_layer: str | None = None,
+    target_class: str | int | None = None,
+    split: str = "test",
+    data_dir: str | None = None,
+    device: str = "cpu",
+) -> CamResult:
     """Heat maps of ``methods`` (``METHODS`` names) for image files or the ``index`` (``0-7``, ``0,3``) of the run's
     ``split``, explaining ``target_class`` (a class name or number; default: the predicted class), each map
     scored by deletion and insertion, computed on ``device``."""
-    from cifarlens.explain.faithfulness import DeletionInsertion
-    from cifarlens.explain.images import choose_images, denormalize, model_input
-    from cifarlens.explain.runs import load_run_model
-    from cifarlens.run.predictor import Predictor
 
     model, spec, dev = load_run_model(run, device)
     imgs, labels, tags = choose_images(run, images, index, split, data_dir)
-    x = model_input(imgs.to(dev), spec)
+    x = spec.inputs(imgs.to(dev))
     probs = Predictor(model, spec, device=dev).probabilities(imgs)
     if target_class is None:
         targets = probs.argmax(1).tolist()
@@ -193,18 +213,28 @@ def cam_run(run: str | Path, *, methods: list[str] | tuple[str, ...] = ("gradcam
     metric = DeletionInsertion(model, steps=10)
     maps, rows = {}, []
     for method in methods:
-        explainer = CamExplainer(model, method, capabilities=caps, target_layer=target_layer,
-                                 image_size=spec.image_size)  # fmt: skip
+        explainer = CamExplainer(
+            model, method, capabilities=caps, target_layer=target_layer, image_size=spec.image_size
+        )
         maps[method] = found = explainer(x, targets)
         for i in range(len(x)):
             curves = metric(x[i : i + 1], found[i : i + 1], [targets[i]])
             peak = np.unravel_index(int(found[i].argmax()), found[i].shape)
-            rows.append({"image": tags[i], "method": method, "target_layer": explainer.target_layer,
-                         "map_size": "x".join(map(str, explainer.map_size)),
-                         "label": spec.classes[labels[i]] if labels else "",
-                         "explained_class": spec.classes[targets[i]],
-                         "probability": float(probs[i, targets[i]]), "peak_row": int(peak[0]), "peak_col": int(peak[1]),
-                         **curves.auc(), "seconds_per_image": explainer.time_per_image})  # fmt: skip
+            rows.append(
+                {
+                    "image": tags[i],
+                    "method": method,
+                    "target_layer": explainer.target_layer,
+                    "map_size": "x".join(map(str, explainer.map_size)),
+                    "label": spec.classes[labels[i]] if labels else "",
+                    "explained_class": spec.classes[targets[i]],
+                    "probability": float(probs[i, targets[i]]),
+                    "peak_row": int(peak[0]),
+                    "peak_col": int(peak[1]),
+                    **curves.auc(),
+                    "seconds_per_image": explainer.time_per_image,
+                }
+            )
     shown = denormalize(x, spec).permute(0, 2, 3, 1).cpu().numpy()
     chosen = probs[torch.arange(len(targets)), torch.tensor(targets)].numpy()
     return CamResult(spec.name, shown, tags, targets, spec.classes, chosen, maps, rows)

@@ -24,10 +24,11 @@ from torch import nn
 
 from cifarlens.errors import CifarlensError
 from cifarlens.explain.activation_max import ActivationMaximiser, MaximisedImages, colour_correlation_sqrt
-from cifarlens.explain.images import model_input, parse_indices
-from cifarlens.explain.runs import file_stem, load_run_model
+from cifarlens.explain.images import parse_indices
+from cifarlens.explain.plots import plot_top_images
+from cifarlens.explain.run_model import load_run_model
 from cifarlens.models.layers import FeatureExtractor, LayerError, list_layers
-from cifarlens.run import ModelSpec
+from cifarlens.run import ModelSpec, RunDir, write_json
 
 
 @dataclass
@@ -63,8 +64,10 @@ def choose_channels(text: str, layer: str, count: int) -> list[int]:
     chosen = list(dict.fromkeys(parse_indices(text, sys.maxsize)))  # range checked below, in words about channels
     outside = [c for c in chosen if c >= count]
     if outside:
-        raise CifarlensError(f"channel {outside[0]} is out of range: {layer} has {count} channels (0-{count - 1}); "
-                             "pick --channels within them")  # fmt: skip
+        raise CifarlensError(
+            f"channel {outside[0]} is out of range: {layer} has {count} channels (0-{count - 1}); "
+            "pick --channels within them"
+        )
     return chosen
 
 
@@ -79,16 +82,28 @@ def channel_maps(extractor: FeatureExtractor, layer: str, x: torch.Tensor, chann
 def keep_best(kept: TopActivations | None, batch: TopActivations, k: int) -> TopActivations:
     """The k highest scores per channel among the kept candidates and a batch's (indices (C, n), maps (C, n, h, w))."""
     if kept is not None:
-        batch = TopActivations(*(torch.cat(pair, 1) for pair in zip(
-            (kept.indices, kept.scores, kept.maps), (batch.indices, batch.scores, batch.maps))))  # fmt: skip
+        batch = TopActivations(
+            *(
+                torch.cat(pair, 1)
+                for pair in zip((kept.indices, kept.scores, kept.maps), (batch.indices, batch.scores, batch.maps))
+            )
+        )
     # The kept candidates come before the batch and have lower indices, so a stable sort keeps ties in index order.
     order = torch.sort(batch.scores, dim=1, descending=True, stable=True).indices[:, :k]
     rows = torch.arange(len(order), device=order.device)[:, None]
     return TopActivations(batch.indices.gather(1, order), batch.scores.gather(1, order), batch.maps[rows, order])
 
 
-def top_activations(model: nn.Module, spec: ModelSpec, images: torch.Tensor, layer: str, channels: list[int], *,
-                    k: int = 9, batch_size: int = 500) -> TopActivations:  # fmt: skip
+def top_activations(
+    model: nn.Module,
+    spec: ModelSpec,
+    images: torch.Tensor,
+    layer: str,
+    channels: list[int],
+    *,
+    k: int = 9,
+    batch_size: int = 500,
+) -> TopActivations:
     """The k images of uint8 ``images`` (N, 3, H, W) with the highest spatial max of each of ``channels`` of
     ``layer`` (a layer with (C, h, w) outputs), on the model's device; returned on the CPU."""
     if not 1 <= k <= len(images):
@@ -99,7 +114,7 @@ def top_activations(model: nn.Module, spec: ModelSpec, images: torch.Tensor, lay
     kept = None
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            x = model_input(images[start : start + batch_size].to(device), spec)
+            x = spec.inputs(images[start : start + batch_size].to(device))
             maps = channel_maps(extractor, layer, x, chosen)
             indices = torch.arange(start, start + maps.shape[1], device=device).expand(len(channels), -1)
             kept = keep_best(kept, TopActivations(indices, maps.amax(dim=(2, 3)), maps), k)
@@ -149,46 +164,72 @@ class TopImagesResult:
 
     def write(self, folder) -> list[Path]:
         """``<layer>.png`` (one row per channel) and ``<layer>.json`` into ``folder``; returns their paths."""
-        from cifarlens.explain.plots import plot_top_images
-        from cifarlens.run import write_json
 
-        name = file_stem(self.layer)
+        name = RunDir.file_stem(self.layer)
         png, numbers = Path(folder) / f"{name}.png", Path(folder) / f"{name}.json"
-        title = (f"{self.model_name} {self.layer}: per channel its optimised image, then the {self.k} of "
-                 f"{self.images_scanned} {self.split} images with the highest activation (spatial max), "
-                 "lit where the channel fires")  # fmt: skip
+        title = (
+            f"{self.model_name} {self.layer}: per channel its optimised image, then the {self.k} of "
+            f"{self.images_scanned} {self.split} images with the highest activation (spatial max), "
+            "lit where the channel fires"
+        )
         figure = plot_top_images(
-            np.stack([c.optimised for c in self.channels]), np.stack([c.images for c in self.channels]),
-            np.stack([c.overlays for c in self.channels]), png,
+            np.stack([c.optimised for c in self.channels]),
+            np.stack([c.images for c in self.channels]),
+            np.stack([c.overlays for c in self.channels]),
+            png,
             optimised_titles=[f"ch{c.channel} optimised {c.optimised_score:.2f}" for c in self.channels],
             titles=[[f"{self.classes[y]} {s:.2f}" for y, s in zip(c.labels, c.scores)] for c in self.channels],
             title=title,
-        )  # fmt: skip
+        )
         write_json(numbers, self.summary())
         return [figure, numbers]
 
     def summary(self) -> dict:
         """The numbers behind the figure, as written to ``<layer>.json``."""
         return {
-            "model": self.model_name, "layer": self.layer, "k": self.k, "split": self.split,
-            "images_scanned": self.images_scanned, "score": "spatial max of the channel's activation map",
-            "steps": self.steps, "lr": self.lr, "seed": self.seed,
-            "channels": [{"channel": c.channel, "optimised_activation": c.optimised_activation,
-                          "optimised_score": c.optimised_score,
-                          "top": [{"index": i, "label": y, "class": self.classes[y], "score": float(s)}
-                                  for i, y, s in zip(c.indices, c.labels, c.scores)]}
-                         for c in self.channels],
-        }  # fmt: skip
+            "model": self.model_name,
+            "layer": self.layer,
+            "k": self.k,
+            "split": self.split,
+            "images_scanned": self.images_scanned,
+            "score": "spatial max of the channel's activation map",
+            "steps": self.steps,
+            "lr": self.lr,
+            "seed": self.seed,
+            "channels": [
+                {
+                    "channel": c.channel,
+                    "optimised_activation": c.optimised_activation,
+                    "optimised_score": c.optimised_score,
+                    "top": [
+                        {"index": i, "label": y, "class": self.classes[y], "score": float(s)}
+                        for i, y, s in zip(c.indices, c.labels, c.scores)
+                    ],
+                }
+                for c in self.channels
+            ],
+        }
 
 
-def top_images(run, *, layer: str | None = None, channels: str = "0-7", k: int = 9, split: str = "test", limit: int = 0,
-               steps: int = 256, lr: float = 0.05, seed: int = 0, batch_size: int = 500, data_dir: str | None = None,
-               device: str = "auto") -> TopImagesResult:  # fmt: skip
+def top_images(
+    run,
+    *,
+    layer: str | None = None,
+    channels: str = "0-7",
+    k: int = 9,
+    split: str = "test",
+    limit: int = 0,
+    steps: int = 256,
+    lr: float = 0.05,
+    seed: int = 0,
+    batch_size: int = 500,
+    data_dir: str | None = None,
+    device: str = "auto",
+) -> TopImagesResult:
     """For each of ``channels`` of ``layer`` (default: the deepest spatial probe stage) of a run's model, the
     ``k`` images of ``split`` (its first ``limit``; 0: all) with the highest spatial max activation, and the
     channel's activation-maximisation image (``steps`` Adam steps at ``lr`` from ``seed``, colours
     decorrelated with 2,000 training images, as ``explain activation-max``)."""
-    from cifarlens.run import RunDir
 
     model, spec, _ = load_run_model(run, device)
     layer = layer or deepest_spatial_stage(model, spec)
@@ -197,30 +238,49 @@ def top_images(run, *, layer: str | None = None, channels: str = "0-7", k: int =
     scanned = data.split(split)
     images = scanned.images[: limit or None]
     found = top_activations(model, spec, images, layer, chosen, k=k, batch_size=batch_size)
-    optimised, optimised_scores = optimise_channels(model, spec, layer, chosen, data.train.images[:2000],
-                                                    steps=steps, lr=lr, seed=seed)  # fmt: skip
+    optimised, optimised_scores = optimise_channels(
+        model, spec, layer, chosen, data.train.images[:2000], steps=steps, lr=lr, seed=seed
+    )
     maps = overlays(found, tuple(images.shape[-2:]))
     examples = []
     for row, channel in enumerate(chosen):
         indices = found.indices[row].tolist()
-        examples.append(ChannelExamples(
-            channel, indices, scanned.labels[indices].tolist(), found.scores[row].numpy(), maps[row],
-            images[indices].permute(0, 2, 3, 1).numpy(), optimised.images[row].permute(1, 2, 0).numpy(),
-            float(optimised.activations[row]), float(optimised_scores[row]),
-        ))  # fmt: skip
+        examples.append(
+            ChannelExamples(
+                channel,
+                indices,
+                scanned.labels[indices].tolist(),
+                found.scores[row].numpy(),
+                maps[row],
+                images[indices].permute(0, 2, 3, 1).numpy(),
+                optimised.images[row].permute(1, 2, 0).numpy(),
+                float(optimised.activations[row]),
+                float(optimised_scores[row]),
+            )
+        )
     return TopImagesResult(spec.name, spec.classes, layer, split, len(images), steps, lr, seed, examples)
 
 
-def optimise_channels(model: nn.Module, spec: ModelSpec, layer: str, channels: list[int], colour_images: torch.Tensor,
-                      *, steps: int, lr: float, seed: int) -> tuple[MaximisedImages, torch.Tensor]:  # fmt: skip
+def optimise_channels(
+    model: nn.Module,
+    spec: ModelSpec,
+    layer: str,
+    channels: list[int],
+    colour_images: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    seed: int,
+) -> tuple[MaximisedImages, torch.Tensor]:
     """Each channel's activation-maximisation image, colours decorrelated with uint8 ``colour_images``
     (N, 3, H, W), on the model's device, and its spatial max activation (C,) on the image as saved (8-bit):
     the measure of the dataset examples' scores."""
-    maximiser = ActivationMaximiser(model, spec, layer, colour_sqrt=colour_correlation_sqrt(colour_images),
-                                    steps=steps, lr=lr, seed=seed)  # fmt: skip
+    maximiser = ActivationMaximiser(
+        model, spec, layer, colour_sqrt=colour_correlation_sqrt(colour_images), steps=steps, lr=lr, seed=seed
+    )
     optimised = maximiser(channels)
     device = next(model.parameters()).device
-    as_saved = model_input((optimised.images * 255).round().to(torch.uint8).to(device), spec)
+    as_saved = spec.inputs((optimised.images * 255).round().to(torch.uint8).to(device))
     with torch.no_grad():  # (C, C, h, w): every chosen channel on every optimised image; channel i's is image i
         every = channel_maps(maximiser.extractor, layer, as_saved, torch.tensor(channels, device=device))
     diagonal = torch.arange(len(channels), device=device)
@@ -232,6 +292,7 @@ def deepest_spatial_stage(model: nn.Module, spec: ModelSpec) -> str:
     shapes = {info.name: info.shape for info in list_layers(model, spec.image_size)}
     stages = [s for s in spec.capabilities(model).probe_stages if len(shapes.get(s, ())) == 3]
     if not stages:
-        raise LayerError(f"{spec.name} has no probe stage with spatial maps; pass --layer "
-                         "(see cifarlens explain layers RUN)")  # fmt: skip
+        raise LayerError(
+            f"{spec.name} has no probe stage with spatial maps; pass --layer (see cifarlens explain layers RUN)"
+        )
     return stages[-1]

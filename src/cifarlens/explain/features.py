@@ -18,11 +18,11 @@ from safetensors.numpy import save_file
 from torch import nn
 
 from cifarlens.errors import CifarlensError
-from cifarlens.explain.images import model_input
-from cifarlens.explain.runs import load_run_model
+from cifarlens.explain.run_model import load_run_model
 from cifarlens.io import atomic_path
 from cifarlens.models.layers import FeatureExtractor, pool_features
 from cifarlens.run import ModelSpec, RunDir, write_json
+from cifarlens.run.predictor import Predictor
 
 
 @dataclass
@@ -39,7 +39,12 @@ class Features:
         """Write one safetensors file: a tensor per layer plus ``__labels__`` and ``__indices__``."""
         tensors = {name: np.ascontiguousarray(x) for name, x in self.layers.items()}
         tensors |= {"__labels__": self.labels.astype(np.int64), "__indices__": self.indices.astype(np.int64)}
-        meta = {"format": "cifarlens-features", "split": self.split, "pool": self.pool, "layers": json.dumps(list(self.layers))}
+        meta = {
+            "format": "cifarlens-features",
+            "split": self.split,
+            "pool": self.pool,
+            "layers": json.dumps(list(self.layers)),
+        }
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
@@ -50,8 +55,16 @@ class ActivationPooler:
     Built once for a model, its spec and a list of layer names (unknown names list the valid ones).
     """
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, layers: list[str], *, pool: str = "avg",
-                 batch_size: int = 500, device: str | torch.device = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        layers: list[str],
+        *,
+        pool: str = "avg",
+        batch_size: int = 500,
+        device: str | torch.device = "cpu",
+    ):
         if pool not in ("avg", "max"):
             raise CifarlensError(f"unknown pooling {pool!r}; choose avg or max")
         self.device = torch.device(device)
@@ -65,12 +78,14 @@ class ActivationPooler:
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
                 batch = images[start : start + self.batch_size].to(self.device)
-                outputs = self.extractor(model_input(batch, self.spec))
+                outputs = self.extractor(self.spec.inputs(batch))
                 for name in self.layers:
                     chunks[name].append(pool_features(outputs[name], name, self.pool).float().cpu().numpy())
                 if progress:
                     progress.advance(task, len(batch))
-        return {name: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32) for name, parts in chunks.items()}
+        return {
+            name: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32) for name, parts in chunks.items()
+        }
 
 
 def extract_features(
@@ -117,21 +132,33 @@ class FeaturesResult:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise CifarlensError("--tensorboard needs the tensorboard package: pip install 'cifarlens[tensorboard]'") from None
+            raise CifarlensError(
+                "--tensorboard needs the tensorboard package: pip install 'cifarlens[tensorboard]'"
+            ) from None
         labels = self.features.labels.tolist()
         rows = [[self.classes[y], self.classes[p], str(y == p)] for y, p in zip(labels, self.predictions.tolist())]
         with SummaryWriter(str(log_dir)) as writer:
             for name, x in self.features.layers.items():
-                writer.add_embedding(torch.as_tensor(x), metadata=rows, metadata_header=["label", "prediction", "correct"],
-                                     label_img=self.images.float() / 255, tag=name)  # fmt: skip
+                writer.add_embedding(
+                    torch.as_tensor(x),
+                    metadata=rows,
+                    metadata_header=["label", "prediction", "correct"],
+                    label_img=self.images.float() / 255,
+                    tag=name,
+                )
         return Path(log_dir)
 
     def info(self) -> dict:
         """Split, image count, pooling, speed and each layer's (N, C) shape."""
         n = len(self.features.labels)
-        return {"split": self.features.split, "images": n, "pool": self.features.pool, "seconds": self.seconds,
-                "images_per_s": n / max(self.seconds, 1e-9),
-                "layers": {name: list(x.shape) for name, x in self.features.layers.items()}}  # fmt: skip
+        return {
+            "split": self.features.split,
+            "images": n,
+            "pool": self.features.pool,
+            "seconds": self.seconds,
+            "images_per_s": n / max(self.seconds, 1e-9),
+            "layers": {name: list(x.shape) for name, x in self.features.layers.items()},
+        }
 
     def write(self, folder: str | Path) -> list[Path]:
         """``<split>.safetensors`` (see ``Features.save``) and ``<split>.json`` (``info``) into ``folder``."""
@@ -142,21 +169,40 @@ class FeaturesResult:
         return paths
 
 
-def features_run(run: str | Path, *, layers: list[str], split: str = "test", limit: int = 0, pool: str = "avg",
-                 batch_size: int = 500, data_dir: str | None = None, device: str = "cpu", show_progress: bool = False,
-                 with_predictions: bool = False) -> FeaturesResult:  # fmt: skip
+def features_run(
+    run: str | Path,
+    *,
+    layers: list[str],
+    split: str = "test",
+    limit: int = 0,
+    pool: str = "avg",
+    batch_size: int = 500,
+    data_dir: str | None = None,
+    device: str = "cpu",
+    show_progress: bool = False,
+    with_predictions: bool = False,
+) -> FeaturesResult:
     """Pooled activations (N, C) of ``layers`` for the first ``limit`` images (0: all) of the run's ``split``,
     extracted on ``device`` (see ``extract_features``); ``with_predictions`` keeps the images and the model's
     predictions too (for ``FeaturesResult.write_projector``)."""
     model, spec, dev = load_run_model(run, device)
     chosen = RunDir(run).load_data(data_dir).split(split)
     t0 = time.perf_counter()
-    feats = extract_features(model, spec, chosen.images, chosen.labels, layers, split=split, limit=limit, pool=pool,
-                             batch_size=batch_size, device=dev, show_progress=show_progress)  # fmt: skip
+    feats = extract_features(
+        model,
+        spec,
+        chosen.images,
+        chosen.labels,
+        layers,
+        split=split,
+        limit=limit,
+        pool=pool,
+        batch_size=batch_size,
+        device=dev,
+        show_progress=show_progress,
+    )
     result = FeaturesResult(feats, time.perf_counter() - t0, tuple(spec.classes))
     if with_predictions:
-        from cifarlens.run.predictor import Predictor
-
         result.images = chosen.images[: len(feats.labels)]
         result.predictions = Predictor(model, spec, device=dev).logits(result.images).argmax(1).cpu().numpy()
     return result

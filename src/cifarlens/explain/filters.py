@@ -9,7 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarlens.models.layers import LayerError
+from cifarlens.explain.images import choose_images
+from cifarlens.explain.plots import plot_tiles
+from cifarlens.explain.run_model import load_run_model
+from cifarlens.models.layers import FeatureExtractor, LayerError, list_layers
+from cifarlens.run import RunDir, write_json
+from cifarlens.run.predictor import Predictor
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
@@ -90,29 +95,35 @@ class FiltersResult:
     @property
     def title(self) -> str:
         s = self.stats
-        return (f"{self.model_name} {self.layer}: {s['filters']} filters {'x'.join(map(str, s['filter_size']))}, "
-                f"effective rank {s['effective_rank']:.1f} of {s['max_rank']}, dead {s['dead_fraction']:.0%}")
+        return (
+            f"{self.model_name} {self.layer}: {s['filters']} filters {'x'.join(map(str, s['filter_size']))}, "
+            f"effective rank {s['effective_rank']:.1f} of {s['max_rank']}, dead {s['dead_fraction']:.0%}"
+        )
 
     def write(self, folder: str | Path) -> list[Path]:
         """``<layer>.png`` (the kernels) and ``<layer>.json`` (the statistics) into ``folder``."""
-        from cifarlens.explain.plots import plot_tiles
-        from cifarlens.explain.runs import file_stem
-        from cifarlens.run import write_json
 
-        folder, stem = Path(folder), file_stem(self.layer)
+        folder, stem = Path(folder), RunDir.file_stem(self.layer)
         paths = [folder / f"{stem}.png", folder / f"{stem}.json"]
-        plot_tiles(self.tiles, paths[0], labels=self.tile_labels, title=self.title, columns=self.columns, cmap="gray",
-                   tile_inches=0.5 if self.columns else 0.7)  # fmt: skip
+        plot_tiles(
+            self.tiles,
+            paths[0],
+            labels=self.tile_labels,
+            title=self.title,
+            columns=self.columns,
+            cmap="gray",
+            tile_inches=0.5 if self.columns else 0.7,
+        )
         write_json(paths[1], {"layer": self.layer, **self.stats})
         return paths
 
 
-def filters_run(run: str | Path, *, layer: str | None = None, max_filters: int = 64,
-                device: str = "cpu") -> FiltersResult:  # fmt: skip
+def filters_run(
+    run: str | Path, *, layer: str | None = None, max_filters: int = 64, device: str = "cpu"
+) -> FiltersResult:
     """The kernels (O, I, k, k) of conv ``layer`` (default: the first) of the run's model: their norms and effective
     rank, and up to ``max_filters`` of them as tiles (at most 16 for a layer that does not see RGB, each shown per
     input channel, up to 16 channels)."""
-    from cifarlens.explain.runs import load_run_model
 
     model, spec, _ = load_run_model(run, device)
     name, conv = pick_conv(model, layer)
@@ -136,38 +147,54 @@ class FeatureMapsResult:
 
     def title(self, layer: str) -> str:
         s = self.stats[layer]
-        return (f"{self.tag} {layer}: {s['channels']} channels {s['size'][0]}x{s['size'][1]}, "
-                f"{s['active_fraction']:.0%} of units > 0, {s['dead_channels']} dead channels")  # fmt: skip
+        return (
+            f"{self.tag} {layer}: {s['channels']} channels {s['size'][0]}x{s['size'][1]}, "
+            f"{s['active_fraction']:.0%} of units > 0, {s['dead_channels']} dead channels"
+        )
 
     def write(self, folder: str | Path) -> list[Path]:
         """``<tag>_<layer>.png`` per layer (the strongest channels) and ``<tag>.json`` (the numbers) into ``folder``."""
-        from cifarlens.explain.plots import plot_tiles
-        from cifarlens.explain.runs import file_stem
-        from cifarlens.run import write_json
 
         folder = Path(folder)
         paths = []
         for layer, maps in self.maps.items():
             order = maps.flatten(1).mean(1).argsort(descending=True)[: self.channels]
-            path = folder / f"{self.tag}_{file_stem(layer)}.png"
-            plot_tiles(maps[order].numpy(), path, labels=[f"ch{int(c)}" for c in order], title=self.title(layer),
-                       tile_inches=0.8)  # fmt: skip
+            path = folder / f"{self.tag}_{RunDir.file_stem(layer)}.png"
+            plot_tiles(
+                maps[order].numpy(),
+                path,
+                labels=[f"ch{int(c)}" for c in order],
+                title=self.title(layer),
+                tile_inches=0.8,
+            )
             paths.append(path)
         paths.append(folder / f"{self.tag}.json")
-        write_json(paths[-1], {"image": self.tag, "label": self.label, "predicted": self.predicted,
-                               "probability": self.probability, "layers": self.stats})  # fmt: skip
+        write_json(
+            paths[-1],
+            {
+                "image": self.tag,
+                "label": self.label,
+                "predicted": self.predicted,
+                "probability": self.probability,
+                "layers": self.stats,
+            },
+        )
         return paths
 
 
-def feature_maps_run(run: str | Path, *, image: str | Path | None = None, index: str | None = None,
-                     layers: list[str] | None = None, channels: int = 32, split: str = "test",
-                     data_dir: str | None = None, device: str = "cpu") -> FeatureMapsResult:  # fmt: skip
+def feature_maps_run(
+    run: str | Path,
+    *,
+    image: str | Path | None = None,
+    index: str | None = None,
+    layers: list[str] | None = None,
+    channels: int = 32,
+    split: str = "test",
+    data_dir: str | None = None,
+    device: str = "cpu",
+) -> FeatureMapsResult:
     """Activations (C, H, W) of ``layers`` (default: the spatial probe stages) for one image, an image file or
     the ``index`` of the run's ``split``, computed on ``device``."""
-    from cifarlens.explain.images import choose_images, model_input
-    from cifarlens.explain.runs import load_run_model
-    from cifarlens.models.layers import FeatureExtractor, list_layers
-    from cifarlens.run.predictor import Predictor
 
     model, spec, dev = load_run_model(run, device)
     imgs, labels, tags = choose_images(run, [image] if image else None, index, split, data_dir)
@@ -176,7 +203,7 @@ def feature_maps_run(run: str | Path, *, image: str | Path | None = None, index:
         shapes = {i.name: i.shape for i in list_layers(model, spec.image_size)}
         layers = [n for n in spec.capabilities(model).probe_stages if len(shapes[n]) == 3]
     with torch.no_grad():
-        outputs = FeatureExtractor(model, layers)(model_input(imgs.to(dev), spec))
+        outputs = FeatureExtractor(model, layers)(spec.inputs(imgs.to(dev)))
     maps = {name: _spatial(outputs[name], name)[0].cpu() for name in layers}
     probs = Predictor(model, spec, device=dev).probabilities(imgs)[0]
     pred = int(probs.argmax())

@@ -6,15 +6,9 @@ from pathlib import Path
 
 import torch
 
-from cifarlens.data.augment import model_input as data_model_input
 from cifarlens.data.image_files import ImageFileError, load_image  # noqa: F401  (ImageFileError: re-exported)
 from cifarlens.errors import CifarlensError
 from cifarlens.run import ModelSpec, RunDir
-
-
-def model_input(images: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float (N, 3, S, S) as the model was trained: the spec's mean/std and image_size."""
-    return data_model_input(images, spec.mean, spec.std, spec.image_size)
 
 
 def denormalize(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
@@ -26,7 +20,7 @@ def denormalize(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
 
 def load_image_files(paths: list[str | Path]) -> torch.Tensor:
     """Image files -> uint8 (N, 3, 32, 32), read exactly as ``cifarlens predict`` reads them
-    (``cifarlens.data.image_files``); ``model_input`` then resizes to the model's image_size."""
+    (``cifarlens.data.image_files``); ``ModelSpec.inputs`` then resizes to the model's image_size."""
     return torch.stack([torch.from_numpy(load_image(path)) for path in paths])
 
 

@@ -24,9 +24,17 @@ def _bare(ax) -> None:
     ax.set_yticks([])
 
 
-def plot_projection(points: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: str | Path, *,
-                    title: str = "", thumbnails: np.ndarray | None = None, n_thumbnails: int = 0,
-                    seed: int = 0) -> Path:  # fmt: skip
+def plot_projection(
+    points: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "",
+    thumbnails: np.ndarray | None = None,
+    n_thumbnails: int = 0,
+    seed: int = 0,
+) -> Path:
     """Scatter ``points`` (N, 2) coloured by class, with a legend; optionally ``n_thumbnails`` of the
     images (``thumbnails``: uint8 (N, 3, H, W)) drawn at their points."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
@@ -42,8 +50,9 @@ def plot_projection(points: np.ndarray, labels: np.ndarray, classes: Sequence[st
         rng = np.random.default_rng(seed)
         for i in rng.choice(len(points), size=min(n_thumbnails, len(points)), replace=False):
             thumbnail = OffsetImage(thumbnails[i].transpose(1, 2, 0), zoom=0.7, interpolation="nearest")  # sharp pixels
-            box = AnnotationBbox(thumbnail, points[i], frameon=True, pad=0.05,
-                                 bboxprops={"edgecolor": colours[int(labels[i])]})  # fmt: skip
+            box = AnnotationBbox(
+                thumbnail, points[i], frameon=True, pad=0.05, bboxprops={"edgecolor": colours[int(labels[i])]}
+            )
             ax.add_artist(box)
     ax.legend(markerscale=max(1.0, 6 / math.sqrt(size)), loc="best", fontsize=8, framealpha=0.8)
     ax.set_title(textwrap.fill(title, 110), fontsize=10)
@@ -70,8 +79,16 @@ def plot_probe(rows: list[dict], path: str | Path, *, chance: float, title: str 
     return _save(fig, path)
 
 
-def plot_tiles(tiles: np.ndarray, path: str | Path, *, labels: Sequence[str] | None = None, title: str = "",
-               columns: int = 0, cmap: str = "viridis", tile_inches: float = 1.0) -> Path:  # fmt: skip
+def plot_tiles(
+    tiles: np.ndarray,
+    path: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+    columns: int = 0,
+    cmap: str = "viridis",
+    tile_inches: float = 1.0,
+) -> Path:
     """A grid of tiles: (N, H, W) single-channel (drawn with ``cmap``) or (N, H, W, 3) RGB in [0, 1]."""
     n = len(tiles)
     columns = columns or min(n, max(1, math.ceil(math.sqrt(n))))
@@ -89,8 +106,9 @@ def plot_tiles(tiles: np.ndarray, path: str | Path, *, labels: Sequence[str] | N
     return _save(fig, path)
 
 
-def plot_cams(images: np.ndarray, heatmaps: dict[str, np.ndarray], path: str | Path, *,
-              captions: Sequence[str], title: str = "") -> Path:  # fmt: skip
+def plot_cams(
+    images: np.ndarray, heatmaps: dict[str, np.ndarray], path: str | Path, *, captions: Sequence[str], title: str = ""
+) -> Path:
     """One row per image: the image, then its heat map per method overlaid.
 
     images: float (N, H, W, 3) in [0, 1]; heatmaps[method]: (N, H, W) in [0, 1].
@@ -111,25 +129,6 @@ def plot_cams(images: np.ndarray, heatmaps: dict[str, np.ndarray], path: str | P
             if i == 0:
                 ax.set_title(method, fontsize=8)
     fig.suptitle(textwrap.fill(title, int(cols * 1.6 * 13)), fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_curves(fractions: np.ndarray, curves: dict[str, dict[str, np.ndarray]], path: str | Path, *, title: str = "") -> Path:
-    """Deletion and insertion curves: curves[method]["deletion"/"insertion"] is the mean class score per fraction."""
-    fig = _new_figure(10, 4)
-    for k, kind in enumerate(("deletion", "insertion"), start=1):
-        ax = fig.add_subplot(1, 2, k)
-        for method, c in curves.items():
-            auc = float(np.trapezoid(c[kind], fractions))
-            ax.plot(fractions, c[kind], label=f"{method} (AUC {auc:.3f})")
-        ax.set_xlabel(f"fraction of most-salient pixels {'removed' if kind == 'deletion' else 'revealed'}")
-        ax.set_ylabel("probability of the explained class")
-        ax.set_title(f"{kind} ({'lower' if kind == 'deletion' else 'higher'} AUC is better)", fontsize=9)
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -165,16 +164,27 @@ def plot_rank(rows: list[dict], path: str | Path, *, title: str = "", threshold:
             ax.set_xscale("log")
     from matplotlib.patches import Patch
 
-    legend = [Patch(color="tab:blue", label="passes sanity"), Patch(facecolor="tab:red", hatch="//", label="fails sanity"),
-              Patch(color="0.6", label="reference map")]  # fmt: skip
+    legend = [
+        Patch(color="tab:blue", label="passes sanity"),
+        Patch(facecolor="tab:red", hatch="//", label="fails sanity"),
+        Patch(color="0.6", label="reference map"),
+    ]
     fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(textwrap.fill(title, 160), fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path)
 
 
-def plot_top_images(optimised: np.ndarray, images: np.ndarray, overlays: np.ndarray, path: str | Path, *,
-                    optimised_titles: Sequence[str], titles: Sequence[Sequence[str]], title: str = "") -> Path:
+def plot_top_images(
+    optimised: np.ndarray,
+    images: np.ndarray,
+    overlays: np.ndarray,
+    path: str | Path,
+    *,
+    optimised_titles: Sequence[str],
+    titles: Sequence[Sequence[str]],
+    title: str = "",
+) -> Path:
     """One row per channel: its optimised image, a gap, then its top images with the activation overlaid.
 
     optimised: float (C, S, S, 3) in [0, 1]; images: uint8 (C, k, H, W, 3); overlays: (C, k, H, W) in [0, 1],

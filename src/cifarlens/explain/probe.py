@@ -17,7 +17,14 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cifarlens.console import console
+from cifarlens.data import stratified_indices
 from cifarlens.errors import CifarlensError
+from cifarlens.explain.features import extract_features
+from cifarlens.explain.plots import plot_probe
+from cifarlens.explain.run_model import load_run_model
+from cifarlens.io import atomic_write_csv
+from cifarlens.run import RunDir, write_json
 
 
 @dataclass
@@ -84,33 +91,47 @@ class ProbesResult:
 
     def write(self, folder: str | Path) -> list[Path]:
         """``probe.csv`` (the rows), ``probe.json`` (with the settings) and ``probe.png`` into ``folder``."""
-        from cifarlens.explain.plots import plot_probe
-        from cifarlens.explain.runs import write_csv
-        from cifarlens.run import write_json
 
         folder = Path(folder)
         paths = [folder / "probe.csv", folder / "probe.json", folder / "probe.png"]
-        write_csv(paths[0], self.rows)
-        write_json(paths[1], {"train_images": self.train_images, "test_images": self.test_images, "chance": self.chance,
-                              "k": self.k, "C": self.C, "stages": self.rows})  # fmt: skip
-        plot_probe(self.rows, paths[2], chance=self.chance,
-                   title=f"{self.model_name}: test accuracy of probes on frozen features, by depth")  # fmt: skip
+        atomic_write_csv(paths[0], self.rows)
+        write_json(
+            paths[1],
+            {
+                "train_images": self.train_images,
+                "test_images": self.test_images,
+                "chance": self.chance,
+                "k": self.k,
+                "C": self.C,
+                "stages": self.rows,
+            },
+        )
+        plot_probe(
+            self.rows,
+            paths[2],
+            chance=self.chance,
+            title=f"{self.model_name}: test accuracy of probes on frozen features, by depth",
+        )
         return paths
 
 
-def probe_run(run: str | Path, *, layers: list[str] | None = None, train_limit: int = 5000, test_limit: int = 0,
-              k: int = 10, C: float = 1.0, seed: int = 0, data_dir: str | None = None, device: str = "cpu",
-              show_progress: bool = False) -> ProbesResult:  # fmt: skip
+def probe_run(
+    run: str | Path,
+    *,
+    layers: list[str] | None = None,
+    train_limit: int = 5000,
+    test_limit: int = 0,
+    k: int = 10,
+    C: float = 1.0,
+    seed: int = 0,
+    data_dir: str | None = None,
+    device: str = "cpu",
+    show_progress: bool = False,
+) -> ProbesResult:
     """Linear-probe and kNN test accuracy of the pooled features of ``layers`` (default: every probe stage),
     fitted on a stratified ``train_limit`` subsample (seeded; 0: all) of the run's training split and scored on
     its first ``test_limit`` test images (0: all). Features are extracted on ``device``."""
     import torch
-
-    from cifarlens.console import console
-    from cifarlens.data import stratified_indices
-    from cifarlens.explain.features import extract_features
-    from cifarlens.explain.runs import load_run_model
-    from cifarlens.run import RunDir
 
     model, spec, dev = load_run_model(run, device)
     data = RunDir(run).load_data(data_dir)
@@ -118,10 +139,12 @@ def probe_run(run: str | Path, *, layers: list[str] | None = None, train_limit: 
     train, test = data.train, data.test
     if train_limit and train_limit < len(train):
         train = train.take(stratified_indices(train.labels, train_limit, seed))
-    train_f = extract_features(model, spec, train.images, train.labels, names, split="train", device=dev,
-                               show_progress=show_progress)  # fmt: skip
-    test_f = extract_features(model, spec, test.images, test.labels, names, limit=test_limit, device=dev,
-                              show_progress=show_progress)  # fmt: skip
+    train_f = extract_features(
+        model, spec, train.images, train.labels, names, split="train", device=dev, show_progress=show_progress
+    )
+    test_f = extract_features(
+        model, spec, test.images, test.labels, names, limit=test_limit, device=dev, show_progress=show_progress
+    )
     with console.status("fitting probes") if show_progress else contextlib.nullcontext():
         rows = [_probe_row(name, train_f, test_f, k=k, C=C, seed=seed) for name in names]
     chance = float(torch.bincount(test.labels[: len(test_f.labels)]).max()) / len(test_f.labels)
@@ -133,6 +156,11 @@ def _probe_row(name: str, train_f, test_f, *, k: int, C: float, seed: int) -> di
     train_x, train_y, test_x, test_y = train_f.layers[name], train_f.labels, test_f.layers[name], test_f.labels
     linear = fit_linear_probe(train_x, train_y, test_x, test_y, C=C, seed=seed)
     knn = fit_knn_probe(train_x, train_y, test_x, test_y, k=k)
-    return {"layer": name, "dims": int(train_x.shape[1]), "linear_accuracy": linear.accuracy,
-            "linear_train_accuracy": linear.train_accuracy, "knn_accuracy": knn.accuracy,
-            "seconds": time.perf_counter() - t0}  # fmt: skip
+    return {
+        "layer": name,
+        "dims": int(train_x.shape[1]),
+        "linear_accuracy": linear.accuracy,
+        "linear_train_accuracy": linear.train_accuracy,
+        "knn_accuracy": knn.accuracy,
+        "seconds": time.perf_counter() - t0,
+    }

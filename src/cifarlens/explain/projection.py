@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from cifarlens.errors import CifarlensError
+from cifarlens.explain.features import extract_features
+from cifarlens.explain.plots import plot_projection
+from cifarlens.explain.run_model import last_stage, load_run_model
+from cifarlens.run import RunDir, write_json
 
 METHODS = ("pca", "tsne", "umap")
 
@@ -38,8 +42,17 @@ class Projector:
     first reduced by PCA for t-SNE and UMAP (the usual practice; it also makes them faster).
     """
 
-    def __init__(self, method: str = "tsne", *, seed: int = 0, perplexity: float = 30.0, n_neighbors: int = 15,
-                 pca_dims: int = 50, n_jobs: int = -1, backend: str = "auto"):  # fmt: skip
+    def __init__(
+        self,
+        method: str = "tsne",
+        *,
+        seed: int = 0,
+        perplexity: float = 30.0,
+        n_neighbors: int = 15,
+        pca_dims: int = 50,
+        n_jobs: int = -1,
+        backend: str = "auto",
+    ):
         if method not in METHODS:
             raise CifarlensError(f"unknown projection method {method!r}; choose one of: {', '.join(METHODS)}")
         if backend not in ("auto", "opentsne", "sklearn"):
@@ -79,7 +92,9 @@ class Projector:
             settings |= {"n_neighbors": n_neighbors, "pca_dims": reduced.shape[1]}
             points = umap.UMAP(n_neighbors=n_neighbors, random_state=self.seed, n_jobs=1).fit_transform(reduced)
             backend = "umap-learn"
-        return Projection(np.asarray(points, dtype=np.float32), self.method, backend, time.perf_counter() - t0, settings)
+        return Projection(
+            np.asarray(points, dtype=np.float32), self.method, backend, time.perf_counter() - t0, settings
+        )
 
     def _tsne(self, x: np.ndarray, perplexity: float) -> tuple[np.ndarray, str]:
         if self.backend in ("auto", "opentsne"):
@@ -93,8 +108,13 @@ class Projector:
                 # "auto" switches to FFT at 10,000, but on a 2-core CPU BH is faster there too, at equal
                 # trustworthiness (BENCHMARKS.md, "Explain: feature extraction, t-SNE").
                 gradient = "bh" if len(x) <= 10_000 else "fft"
-                tsne = TSNE(perplexity=perplexity, random_state=self.seed, n_jobs=self.n_jobs,
-                            negative_gradient_method=gradient, verbose=False)  # fmt: skip
+                tsne = TSNE(
+                    perplexity=perplexity,
+                    random_state=self.seed,
+                    n_jobs=self.n_jobs,
+                    negative_gradient_method=gradient,
+                    verbose=False,
+                )
                 return np.asarray(tsne.fit(x)), "openTSNE"
         from sklearn.manifold import TSNE as SkTSNE
 
@@ -113,8 +133,9 @@ def knn_accuracy(points: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
     return float((votes.argmax(1) == labels).mean())
 
 
-def map_quality(features: np.ndarray, points: np.ndarray, labels: np.ndarray, *, sample: int = 2000,
-                k: int = 10, seed: int = 0) -> dict:  # fmt: skip
+def map_quality(
+    features: np.ndarray, points: np.ndarray, labels: np.ndarray, *, sample: int = 2000, k: int = 10, seed: int = 0
+) -> dict:
     """Trustworthiness (on a seeded subsample of ``sample`` points) and kNN accuracy in the map and in feature space."""
     from sklearn.manifold import trustworthiness
 
@@ -146,51 +167,84 @@ class ProjectionResult:
     images: np.ndarray | None = None  # uint8 (N, 3, H, W) when thumbnails are drawn
 
     @property
-    def stem(self) -> str:
-        from cifarlens.explain.runs import file_stem
-
-        return f"{file_stem(self.layer)}_{self.projection.method}"
+    def names(self) -> dict[str, str]:
+        """Its file names (``RunDir.projection_names``): chart, numbers and points."""
+        return RunDir.projection_names(self.layer, self.projection.method)
 
     @property
     def title(self) -> str:
         q, p = self.quality, self.projection
-        return (f"{self.model_name} {self.layer}, {p.method} ({p.backend}), {len(p.points)} {self.split} images: "
-                f"trustworthiness {q['trustworthiness']:.3f} (on {q['trustworthiness_points']}), "
-                f"{q['knn_k']}-NN acc. in map {q['knn_accuracy_2d']:.1%} "
-                f"vs features {q['knn_accuracy_features']:.1%}")  # fmt: skip
+        return (
+            f"{self.model_name} {self.layer}, {p.method} ({p.backend}), {len(p.points)} {self.split} images: "
+            f"trustworthiness {q['trustworthiness']:.3f} (on {q['trustworthiness_points']}), "
+            f"{q['knn_k']}-NN acc. in map {q['knn_accuracy_2d']:.1%} "
+            f"vs features {q['knn_accuracy_features']:.1%}"
+        )
 
     def write(self, folder: str | Path) -> list[Path]:
-        """The map (PNG), its numbers (JSON) and the points (``<stem>_points.npy``) into ``folder``."""
-        from cifarlens.explain.plots import plot_projection
-        from cifarlens.run import write_json
-
+        """The map (PNG), its numbers (JSON) and the points (NPY) into ``folder``."""
         folder, p = Path(folder), self.projection
-        paths = [folder / f"{self.stem}.png", folder / f"{self.stem}.json", folder / f"{self.stem}_points.npy"]
-        plot_projection(p.points, self.labels, self.classes, paths[0], title=self.title, thumbnails=self.images,
-                        n_thumbnails=self.thumbnails, seed=p.settings["seed"])  # fmt: skip
+        paths = [folder / self.names[kind] for kind in ("chart", "numbers", "points")]
+        plot_projection(
+            p.points,
+            self.labels,
+            self.classes,
+            paths[0],
+            title=self.title,
+            thumbnails=self.images,
+            n_thumbnails=self.thumbnails,
+            seed=p.settings["seed"],
+        )
         np.save(paths[2], p.points)
-        write_json(paths[1], {"layer": self.layer, "method": p.method, "backend": p.backend, "split": self.split,
-                              "images": int(len(p.points)), "seconds": p.seconds,
-                              **p.settings, **self.quality})  # fmt: skip
+        write_json(
+            paths[1],
+            {
+                "layer": self.layer,
+                "method": p.method,
+                "backend": p.backend,
+                "split": self.split,
+                "images": int(len(p.points)),
+                "seconds": p.seconds,
+                **p.settings,
+                **self.quality,
+            },
+        )
         return paths
 
 
-def projection_run(run: str | Path, *, layer: str | None = None, method: str = "tsne", split: str = "test",
-                   limit: int = 0, seed: int = 0, thumbnails: int = 0, sample: int = 2000, data_dir: str | None = None,
-                   device: str = "cpu", show_progress: bool = False) -> ProjectionResult:  # fmt: skip
+def projection_run(
+    run: str | Path,
+    *,
+    layer: str | None = None,
+    method: str = "tsne",
+    split: str = "test",
+    limit: int = 0,
+    seed: int = 0,
+    thumbnails: int = 0,
+    sample: int = 2000,
+    data_dir: str | None = None,
+    device: str = "cpu",
+    show_progress: bool = False,
+) -> ProjectionResult:
     """2-D map (``method``: pca, tsne or umap) of the pooled features (N, D) of ``layer`` (default: the deepest
     probe stage) for the first ``limit`` images (0: all) of the run's ``split``, extracted on ``device``, with
     trustworthiness on ``sample`` points and kNN accuracy in the map and in feature space."""
-    from cifarlens.explain.features import extract_features
-    from cifarlens.explain.runs import last_stage, load_run_model
-    from cifarlens.run import RunDir
 
     model, spec, dev = load_run_model(run, device)
     chosen = RunDir(run).load_data(data_dir).split(split)
     projector = Projector(method, seed=seed)
     layer = layer or last_stage(model, spec)
-    feats = extract_features(model, spec, chosen.images, chosen.labels, [layer], split=split, limit=limit,
-                             device=dev, show_progress=show_progress)  # fmt: skip
+    feats = extract_features(
+        model,
+        spec,
+        chosen.images,
+        chosen.labels,
+        [layer],
+        split=split,
+        limit=limit,
+        device=dev,
+        show_progress=show_progress,
+    )
     x, labels = feats.layers[layer], feats.labels
     proj = projector(x)
     quality = map_quality(x, proj.points, labels, sample=sample, seed=seed)

@@ -39,13 +39,20 @@ import torch
 from torch import nn
 
 from cifarlens.errors import CifarlensError
-from cifarlens.explain.attribution import METHODS, attribute_maps, check_methods
+from cifarlens.explain.attribution import METHODS, attribute_maps, check_methods, method_notes, without_inplace
+from cifarlens.explain.cam import METHODS as CAM_METHODS
+from cifarlens.explain.cam import RANDOM, CamExplainer
+from cifarlens.explain.faithfulness import DeletionInsertion
+from cifarlens.explain.plots import plot_rank
+from cifarlens.explain.run_model import load_run_model
+from cifarlens.io import atomic_write_csv, atomic_write_text
 from cifarlens.models.registry import Capabilities
+from cifarlens.run import RunDir, write_json
+from cifarlens.run.predictor import Predictor
 
 REFERENCES = ("random", "centre")
 CASCADE = ("head", "all")  # what is re-initialised, from the head down
 ROAD_PERCENTILES = (10, 30, 50, 70, 90)
-RANK_FILES = {"table": "rank.csv", "markdown": "rank.md", "chart": "rank.png", "numbers": "rank.json"}
 CENTRE_SIGMA = 0.25  # the centre reference's Gaussian: standard deviation as a fraction of the image side
 
 
@@ -56,7 +63,8 @@ class RankSettings:
     steps: int = 16  # points on each deletion/insertion curve
     road_percentiles: tuple[int, ...] = ROAD_PERCENTILES  # share of pixels ROAD imputes, averaged over
     sanity_threshold: float = 0.5  # randomisation_corr_all at or above this fails the sanity check
-    sanity_n: int = 100  # images the randomisation check runs on (the first of the N; 0: all): it costs two more maps each
+    # images the randomisation check runs on (the first of the N; 0: all): it costs two more maps each
+    sanity_n: int = 100
     batch_size: int = 32  # images per attribution call: bounds the memory of perturbation methods
     baseline: str = "black"  # integrated-gradients, deeplift, occlusion ... (see explain attribute)
     target_layer: str | None = None  # CAM methods and the random reference (None: the model's declared layer)
@@ -72,16 +80,28 @@ def centre_maps(n: int, height: int, width: int) -> np.ndarray:
     return np.repeat(gauss[None], n, axis=0)
 
 
-def reference_maps(name: str, model: nn.Module, x: torch.Tensor, targets: list[int], *, capabilities: Capabilities,
-                   target_layer: str | None, seed: int) -> np.ndarray:  # fmt: skip
+def reference_maps(
+    name: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: list[int],
+    *,
+    capabilities: Capabilities,
+    target_layer: str | None,
+    seed: int,
+) -> np.ndarray:
     """The ``random`` or ``centre`` reference maps (N, H, W) for normalised x (N, 3, H, W)."""
     if name == "centre":
         return centre_maps(len(x), *x.shape[-2:])
-    from cifarlens.explain.attribution import without_inplace
-    from cifarlens.explain.cam import RANDOM, CamExplainer
 
-    explainer = CamExplainer(without_inplace(model), RANDOM, capabilities=capabilities, target_layer=target_layer,
-                             image_size=x.shape[-1], seed=seed)  # fmt: skip
+    explainer = CamExplainer(
+        without_inplace(model),
+        RANDOM,
+        capabilities=capabilities,
+        target_layer=target_layer,
+        image_size=x.shape[-1],
+        seed=seed,
+    )
     return explainer(x, targets)
 
 
@@ -127,8 +147,9 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # -- faithfulness ---------------------------------------------------------------------------------------------------
-def road_scores(model: nn.Module, x: torch.Tensor, maps: np.ndarray, targets: list[int], *,
-                percentiles: Sequence[int], seed: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def road_scores(
+    model: nn.Module, x: torch.Tensor, maps: np.ndarray, targets: list[int], *, percentiles: Sequence[int], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """ROAD through grad-cam: per image (N,) the mean change in the explained class's probability when
     the most relevant (MoRF) or least relevant (LeRF) pixels are imputed, over ``percentiles`` (at p, MoRF
     keeps the p% least relevant pixels and LeRF the p% most relevant)."""
@@ -180,6 +201,38 @@ class MethodScores:
         }
 
 
+RANK_HEADER = (
+    "rank",
+    "method",
+    "library",
+    "deletion AUC (low)",
+    "insertion AUC (high)",
+    "ROAD MoRF (low)",
+    "ROAD LeRF (high)",
+    "randomisation corr: head",
+    "all",
+    "ms / image",
+    "verdict",
+)
+
+
+def rank_cells(row: dict) -> list[str]:
+    """A ranking row as the text of its cells, in ``RANK_HEADER`` order."""
+    return [
+        str(row["rank"]),
+        row["method"],
+        row["library"],
+        f"{row['deletion_auc']:.3f}",
+        f"{row['insertion_auc']:.3f}",
+        f"{row['road_morf']:+.3f}",
+        f"{row['road_lerf']:+.3f}",
+        f"{row['randomisation_corr_head']:.2f}",
+        f"{row['randomisation_corr_all']:.2f}",
+        f"{row['ms_per_image']:.1f}",
+        row["verdict"],
+    ]
+
+
 @dataclass
 class RankResult:
     """The ranking table (``rows``, best first; references included), its settings and the images used."""
@@ -196,57 +249,70 @@ class RankResult:
 
     def markdown(self) -> str:
         """The table as GitHub markdown (what rank.md holds)."""
-        header = ["rank", "method", "library", "deletion AUC (low)", "insertion AUC (high)", "ROAD MoRF (low)",
-                  "ROAD LeRF (high)", "randomisation corr: head", "all", "ms / image", "verdict"]  # fmt: skip
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines = ["| " + " | ".join(RANK_HEADER) + " |", "|" + "---|" * len(RANK_HEADER)]
         for r in self.rows:
-            cells = [str(r["rank"]), f"`{r['method']}`", r["library"], f"{r['deletion_auc']:.3f}", f"{r['insertion_auc']:.3f}",
-                     f"{r['road_morf']:+.3f}", f"{r['road_lerf']:+.3f}", f"{r['randomisation_corr_head']:.2f}",
-                     f"{r['randomisation_corr_all']:.2f}", f"{r['ms_per_image']:.1f}", r["verdict"]]  # fmt: skip
+            cells = rank_cells(r)
+            cells[1] = f"`{cells[1]}`"
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
     def title(self) -> str:
         sanity = f"{self.settings.sanity_n} of them" if 0 < self.settings.sanity_n < len(self.indices) else "all"
         partial = f", PARTIAL: the first {len(self.indices)} of {self.planned} images" if self.planned else ""
-        return (f"{self.model_name}: attribution methods on {len(self.indices)} seeded {self.split} images "
-                f"(seed {self.settings.seed}; sanity on {sanity}; {self.device}{partial})")  # fmt: skip
+        return (
+            f"{self.model_name}: attribution methods on {len(self.indices)} seeded {self.split} images "
+            f"(seed {self.settings.seed}; sanity on {sanity}; {self.device}{partial})"
+        )
 
     def write(self, folder) -> list:
         """rank.md, rank.csv (first column: the method), rank.png (the chart) and rank.json into ``folder``."""
-        from cifarlens.explain.plots import plot_rank
-        from cifarlens.explain.runs import write_csv
-        from cifarlens.io import atomic_write_text
-        from cifarlens.run import write_json
 
         folder = Path(folder)
-        paths = {kind: folder / name for kind, name in RANK_FILES.items()}
+        paths = {kind: folder / name for kind, name in RunDir.RANK_FILES.items()}
         notes = "".join(f"\nNote: {note}\n" for note in self.notes)
         atomic_write_text(paths["markdown"], f"{self.title()}\n\n{self.markdown()}{notes}")
-        write_csv(paths["table"], self.rows)
+        atomic_write_csv(paths["table"], self.rows)
         plot_rank(self.rows, paths["chart"], title=self.title(), threshold=self.settings.sanity_threshold)
-        write_json(paths["numbers"], {"model": self.model_name, "split": self.split, "indices": self.indices,
-                                      "planned": self.planned or len(self.indices), "device": self.device,
-                                      "settings": self.settings.__dict__, "rows": self.rows, "notes": self.notes,
-                                      "curves": self.curves})  # fmt: skip
+        write_json(
+            paths["numbers"],
+            {
+                "model": self.model_name,
+                "split": self.split,
+                "indices": self.indices,
+                "planned": self.planned or len(self.indices),
+                "device": self.device,
+                "settings": self.settings.__dict__,
+                "rows": self.rows,
+                "notes": self.notes,
+                "curves": self.curves,
+            },
+        )
         return list(paths.values())
 
 
 # -- the ranking ----------------------------------------------------------------------------------------------------
-def rank_maps(model: nn.Module, x: torch.Tensor, targets: list[int], methods: list[str], *,
-              capabilities: Capabilities, mean: tuple[float, ...], std: tuple[float, ...],
-              settings: RankSettings | None = None,
-              on_batch: Callable[[int, int, list[dict], dict], None] | None = None) -> tuple[list[dict], dict]:  # fmt: skip
+def rank_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: list[int],
+    methods: list[str],
+    *,
+    capabilities: Capabilities,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    settings: RankSettings | None = None,
+    on_batch: Callable[[int, int, list[dict], dict], None] | None = None,
+) -> tuple[list[dict], dict]:
     """Score ``methods`` and the references on normalised x (N, 3, H, W) explaining ``targets``: (rows best
     first, mean deletion/insertion curves per method). ``on_batch(done, total, rows, curves)`` gets the table of
     the first ``done`` images after each batch."""
-    from cifarlens.explain.faithfulness import DeletionInsertion
 
     settings = settings or RankSettings()
     check_methods(methods)
     model = model.eval()
-    randomised_models = {step: randomised(model, names, settings.seed)
-                         for step, names in cascade_modules(model, capabilities).items()}  # fmt: skip
+    randomised_models = {
+        step: randomised(model, names, settings.seed) for step, names in cascade_modules(model, capabilities).items()
+    }
     scores = {m: MethodScores(m, METHODS[m].library) for m in methods}
     scores |= {r: MethodScores(r, "reference") for r in REFERENCES}
     metric = DeletionInsertion(model, steps=settings.steps)
@@ -256,7 +322,9 @@ def rank_maps(model: nn.Module, x: torch.Tensor, targets: list[int], methods: li
         sane = max(0, min(len(xb), sanity_n - start))  # images of this batch the randomisation check sees
         maps = _maps(model, xb, tb, methods, capabilities, mean, std, settings, scores)
         for step, random_model in randomised_models.items():
-            again = _maps(random_model, xb[:sane], tb[:sane], methods, capabilities, mean, std, settings) if sane else {}
+            again = (
+                _maps(random_model, xb[:sane], tb[:sane], methods, capabilities, mean, std, settings) if sane else {}
+            )
             for name, m in again.items():
                 scores[name].randomisation[step].extend(spearman_rows(maps[name][:sane], m).tolist())
         for name, m in maps.items():
@@ -274,13 +342,24 @@ def _table(scores: dict[str, MethodScores], settings: RankSettings) -> tuple[lis
 
 def _maps(model, x, targets, methods, capabilities, mean, std, settings, scores=None) -> dict[str, np.ndarray]:
     """Maps (N, H, W) of every method and reference; with ``scores``, the methods' times are added to it."""
-    found = attribute_maps(model, x, targets, methods, capabilities=capabilities, baseline=settings.baseline,
-                           mean=mean, std=std, target_layer=settings.target_layer, seed=settings.seed)  # fmt: skip
+    found = attribute_maps(
+        model,
+        x,
+        targets,
+        methods,
+        capabilities=capabilities,
+        baseline=settings.baseline,
+        mean=mean,
+        std=std,
+        target_layer=settings.target_layer,
+        seed=settings.seed,
+    )
     maps = {name: a.maps for name, a in found.items()}
     for name in REFERENCES:
         t0 = time.perf_counter()
-        maps[name] = reference_maps(name, model, x, targets, capabilities=capabilities,
-                                    target_layer=settings.target_layer, seed=settings.seed)  # fmt: skip
+        maps[name] = reference_maps(
+            name, model, x, targets, capabilities=capabilities, target_layer=settings.target_layer, seed=settings.seed
+        )
         if scores is not None:
             scores[name].seconds += time.perf_counter() - t0
             scores[name].images += len(x)
@@ -313,7 +392,11 @@ def order(rows: list[dict], threshold: float) -> list[dict]:
     di_pos, road_pos = position(di), position(road)
     rows = sorted(rows, key=lambda r: ((di_pos[r["method"]] + road_pos[r["method"]]) / 2, di_pos[r["method"]]))
     for i, r in enumerate(rows, start=1):
-        beaten = [ref for ref in REFERENCES if ref != r["method"] and di[r["method"]] > di[ref] and road[r["method"]] > road[ref]]
+        beaten = [
+            ref
+            for ref in REFERENCES
+            if ref != r["method"] and di[r["method"]] > di[ref] and road[r["method"]] > road[ref]
+        ]
         r["rank"] = i
         r["beats_references"] = len(beaten) == len(REFERENCES) and r["method"] not in REFERENCES
         r["passes_sanity"] = bool(r["randomisation_corr_all"] < threshold)
@@ -351,29 +434,34 @@ def resolve_methods(text: str | Sequence[str], capabilities: Capabilities) -> li
     """``all``, ``cams`` (every CAM method) or names (a list or comma-separated) -> registered method names;
     ``all`` and ``cams`` leave out what the model lacks the head for (the original CAM)."""
     if isinstance(text, str) and text in ("all", "cams"):
-        from cifarlens.explain.cam import METHODS as CAM_METHODS
-
         wanted = list(METHODS) if text == "all" else list(CAM_METHODS)
         return [m for m in wanted if METHODS[m].applies_to(capabilities)]
     names = check_methods([m.strip() for m in text.split(",") if m.strip()] if isinstance(text, str) else list(text))
     for name in names:
         if not METHODS[name].applies_to(capabilities):
-            raise CifarlensError(f"{name} needs a global-average-pool + linear head, which this model does not have; "
-                                 "drop it from --methods (all and cams leave it out)")  # fmt: skip
+            raise CifarlensError(
+                f"{name} needs a global-average-pool + linear head, which this model does not have; "
+                "drop it from --methods (all and cams leave it out)"
+            )
     return names
 
 
-def rank(run, *, methods: str | Sequence[str] = "all", n: int = 500, split: str = "test", data_dir: str | None = None,
-         device: str = "auto", settings: RankSettings | None = None, partial_to: str | Path | None = None,
-         on_batch: Callable[[int, int], None] | None = None) -> RankResult:  # fmt: skip
+def rank(
+    run,
+    *,
+    methods: str | Sequence[str] = "all",
+    n: int = 500,
+    split: str = "test",
+    data_dir: str | None = None,
+    device: str = "auto",
+    settings: RankSettings | None = None,
+    partial_to: str | Path | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> RankResult:
     """Rank ``methods`` (``all``, ``cams`` or names) on ``n`` seeded images of the run's ``split``, explaining
     the predicted class of each (see the module doc for the columns). With ``partial_to``, the table of the
     images done so far is written there after every batch, so a long ranking stopped half-way keeps them;
     ``on_batch(done, total)`` reports progress."""
-    from cifarlens.explain.images import model_input
-    from cifarlens.explain.runs import load_run_model
-    from cifarlens.run import RunDir
-    from cifarlens.run.predictor import Predictor
 
     settings = settings or RankSettings()
     model, spec, dev = load_run_model(run, device)
@@ -383,28 +471,39 @@ def rank(run, *, methods: str | Sequence[str] = "all", n: int = 500, split: str 
     indices = seeded_indices(len(chosen), n, settings.seed)
     images = chosen.images[indices]
     targets = Predictor(model, spec, device=dev).probabilities(images).argmax(1).tolist()
-    x = model_input(images, spec).to(dev)
+    x = spec.inputs(images).to(dev)
     found = notes(model, names, methods, caps)
 
     def after_batch(done: int, total: int, rows: list[dict], curves: dict) -> None:
         if partial_to is not None and done < total:
-            RankResult(spec.name, split, indices[:done], settings, rows, curves, str(dev), found,
-                       planned=total).write(partial_to)  # fmt: skip
+            RankResult(spec.name, split, indices[:done], settings, rows, curves, str(dev), found, planned=total).write(
+                partial_to
+            )
         if on_batch:
             on_batch(done, total)
 
-    rows, curves = rank_maps(model, x, targets, names, capabilities=caps, mean=spec.mean, std=spec.std,
-                             settings=settings, on_batch=after_batch)  # fmt: skip
+    rows, curves = rank_maps(
+        model,
+        x,
+        targets,
+        names,
+        capabilities=caps,
+        mean=spec.mean,
+        std=spec.std,
+        settings=settings,
+        on_batch=after_batch,
+    )
     return RankResult(spec.name, split, indices, settings, rows, curves, str(dev), found)
 
 
 def notes(model: nn.Module, names: list[str], asked: str | Sequence[str], capabilities: Capabilities) -> list[str]:
     """What a reader of the ranking should know: methods ``all``/``cams`` left out, and ``method_notes``."""
-    from cifarlens.explain.attribution import method_notes
 
     left_out = [m for m in METHODS if not METHODS[m].applies_to(capabilities)]
     found = []
     if asked in ("all", "cams") and left_out:
-        found.append(f"left out: {', '.join(left_out)} (needs a global-average-pool + linear head, which "
-                     f"{type(model).__name__} does not have)")  # fmt: skip
+        found.append(
+            f"left out: {', '.join(left_out)} (needs a global-average-pool + linear head, which "
+            f"{type(model).__name__} does not have)"
+        )
     return found + method_notes(model, names)

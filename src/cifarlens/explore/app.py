@@ -24,7 +24,7 @@ No endpoint takes a path: the runs are the ones named on the command line, the i
 
 from __future__ import annotations
 
-import threading
+import functools
 from importlib import resources
 from typing import Any
 
@@ -50,19 +50,34 @@ def plotly_js() -> bytes:
     return resources.files("plotly").joinpath("package_data", "plotly.min.js").read_bytes()
 
 
-def create_app(explorer: Explorer, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
-    """The FastAPI application that serves ``explorer``."""
+def create_app(
+    explorer: Explorer, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> FastAPI:
+    """The FastAPI application that serves ``explorer``: the page and its files, and the JSON API."""
     app = FastAPI(title="cifarlens explore", version="1", docs_url=None, redoc_url=None)
-    vendor: dict[str, bytes] = {}
-    vendor_lock = threading.Lock()
+    _add_page(app)
+    _add_run_api(app, explorer)
+    _add_image_api(app, explorer, max_bytes=max_bytes, max_pixels=max_pixels)
+    return app
 
-    def answer(call, *args, **kwargs) -> Any:
-        try:
-            return call(*args, **kwargs)
-        except NotFound as err:
-            raise HTTPException(404, str(err)) from None
-        except CifarlensError as err:  # a bad option: unknown method or layer, bad channel list ...
-            raise HTTPException(400, str(err)) from None
+
+def _answer(call, *args, **kwargs) -> Any:
+    """``call(*args, **kwargs)``, a missing thing as 404 and a bad option (unknown method or layer ...) as 400."""
+    try:
+        return call(*args, **kwargs)
+    except NotFound as err:
+        raise HTTPException(404, str(err)) from None
+    except CifarlensError as err:
+        raise HTTPException(400, str(err)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def _plotly_bytes() -> bytes:
+    return plotly_js()
+
+
+def _add_page(app: FastAPI) -> None:
+    """The single page, its static files and the vendored plotly.js."""
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -76,60 +91,66 @@ def create_app(explorer: Explorer, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pi
 
     @app.get("/vendor/plotly.min.js")
     def plotly() -> Response:
-        with vendor_lock:
-            if "plotly" not in vendor:
-                vendor["plotly"] = plotly_js()
-        return Response(vendor["plotly"], media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+        return Response(_plotly_bytes(), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/favicon.ico")
     def favicon() -> Response:
         return Response(status_code=204)
 
+
+def _add_run_api(app: FastAPI, explorer: Explorer) -> None:
+    """What each run shows: overview, confusion cells, disagreements between runs, the 2-D map, channels."""
+
     @app.get("/api/info")
     def info() -> dict[str, Any]:
-        return answer(explorer.info)
+        return _answer(explorer.info)
 
     @app.get("/api/runs/{r}/overview")
     def overview(r: int) -> dict[str, Any]:
-        return answer(explorer.overview, r)
+        return _answer(explorer.overview, r)
 
     @app.get("/api/runs/{r}/confusion")
     def confusion(r: int) -> dict[str, Any]:
-        return answer(explorer.confusion, r)
+        return _answer(explorer.confusion, r)
 
     @app.get("/api/runs/{r}/cell")
     def cell(r: int, true: int, predicted: int) -> dict[str, Any]:
-        return answer(explorer.cell, r, true, predicted)
+        return _answer(explorer.cell, r, true, predicted)
 
     @app.get("/api/disagreements")
     def disagreements() -> dict[str, Any]:
-        return answer(explorer.disagreements)
+        return _answer(explorer.disagreements)
 
     @app.get("/api/runs/{r}/map")
     def projection(r: int, layer: str | None = None, method: str = "pca") -> dict[str, Any]:
-        return answer(explorer.projection, r, layer=layer, method=method)
+        return _answer(explorer.projection, r, layer=layer, method=method)
+
+    @app.get("/api/runs/{r}/channels")
+    def channels(
+        r: int, layer: str | None = None, channels: str = "0-7", k: int = Query(8, ge=1, le=32)
+    ) -> dict[str, Any]:
+        return _answer(explorer.channels, r, layer=layer, channels=channels, k=k)
+
+
+def _add_image_api(app: FastAPI, explorer: Explorer, *, max_bytes: int, max_pixels: int) -> None:
+    """One image: a thumbnail, and a run's prediction, attributions and feature maps of a split image or an upload."""
 
     @app.get("/api/images/{index}.png")
     def thumbnail(index: int, scale: int = Query(4, ge=1, le=16)) -> Response:
-        return Response(answer(explorer.thumbnail, index, scale), media_type="image/png",
-                        headers={"Cache-Control": "max-age=3600"})  # fmt: skip
+        return Response(
+            _answer(explorer.thumbnail, index, scale), media_type="image/png", headers={"Cache-Control": "max-age=3600"}
+        )
 
     @app.get("/api/runs/{r}/images/{index}")
     def explain_image(r: int, index: int, methods: str = "", layer: str | None = None) -> dict[str, Any]:
-        image = answer(explorer.image, index)
-        return answer(explorer.explain, r, image, methods=_names(methods), layer=layer, index=index)
+        image = _answer(explorer.image, index)
+        return _answer(explorer.explain, r, image, methods=_names(methods), layer=layer, index=index)
 
     @app.post("/api/runs/{r}/upload")
     async def upload(request: Request, r: int, methods: str = "", layer: str | None = None) -> dict[str, Any]:
-        answer(explorer.run, r)
+        _answer(explorer.run, r)
         image = torch.from_numpy(await read_image_upload(request, max_bytes=max_bytes, max_pixels=max_pixels))
-        return await run_in_threadpool(answer, explorer.explain, r, image, methods=_names(methods), layer=layer)
-
-    @app.get("/api/runs/{r}/channels")
-    def channels(r: int, layer: str | None = None, channels: str = "0-7", k: int = Query(8, ge=1, le=32)) -> dict[str, Any]:
-        return answer(explorer.channels, r, layer=layer, channels=channels, k=k)
-
-    return app
+        return await run_in_threadpool(_answer, explorer.explain, r, image, methods=_names(methods), layer=layer)
 
 
 def _names(text: str) -> list[str]:

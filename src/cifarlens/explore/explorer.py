@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cifarlens.device import resolve_device
 from cifarlens.errors import ConfigError
+from cifarlens.evaluation.metrics import classification_report
+from cifarlens.experiments.compare import run_labels
+from cifarlens.explain.attribution import METHODS, attribute_maps, check_methods
+from cifarlens.explain.dataset_examples import top_images
+from cifarlens.explain.projection import projection_run
+from cifarlens.io import atomic_path
+from cifarlens.models.layers import FeatureExtractor, list_layers
 from cifarlens.run import RunDir
+from cifarlens.run.predictor import Predictor
 
 THUMBNAIL_SCALE = 4  # thumbnails: each CIFAR pixel drawn as a 4x4 block (nearest neighbour, never blurred)
 OVERLAY_SIDE = 256  # attribution overlays are drawn this many pixels wide
@@ -64,15 +74,18 @@ def overlay(image: np.ndarray, heat: np.ndarray, side: int = OVERLAY_SIDE) -> np
     scale = max(1, side // image.shape[0])
     big = upscale(image, scale).astype(np.float32)
     peak = max(float(heat.max()), 1e-12)
-    field = F.interpolate(torch.from_numpy(heat / peak)[None, None].float(), size=big.shape[:2], mode="bilinear",
-                          align_corners=False)[0, 0].numpy()  # fmt: skip
+    field = F.interpolate(
+        torch.from_numpy(heat / peak)[None, None].float(), size=big.shape[:2], mode="bilinear", align_corners=False
+    )[0, 0].numpy()
     return (0.5 * big + 0.5 * colour_map(field, "jet")).round().astype(np.uint8)
 
 
-def feature_tiles(maps: torch.Tensor, *, count: int = FEATURE_TILES, tile: int = 48,
-                  columns: int = 8) -> tuple[np.ndarray, list[int]]:  # fmt: skip
-    """(C, h, w) activations -> (one uint8 image, the channels in it) of the ``count`` channels with the highest mean, each scaled by
-    its own maximum (viridis) and enlarged to ``tile`` pixels by nearest neighbour, ``columns`` per row."""
+def feature_tiles(
+    maps: torch.Tensor, *, count: int = FEATURE_TILES, tile: int = 48, columns: int = 8
+) -> tuple[np.ndarray, list[int]]:
+    """(C, h, w) activations -> (one uint8 image, the channels in it) of the ``count`` channels with the highest
+    mean, each scaled by its own maximum (viridis) and enlarged to ``tile`` pixels by nearest neighbour, ``columns``
+    per row."""
     order = maps.flatten(1).mean(1).argsort(descending=True)[:count]
     chosen = maps[order].clamp_min(0)
     chosen = chosen / chosen.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
@@ -94,9 +107,9 @@ class Explorer:
     server's threads never run one module at once.
     """
 
-    def __init__(self, runs: list[str | Path], *, split: str = "test", data_dir: str | None = None,
-                 device: str = "cpu"):  # fmt: skip
-        from cifarlens.device import resolve_device
+    def __init__(
+        self, runs: list[str | Path], *, split: str = "test", data_dir: str | None = None, device: str = "cpu"
+    ):
 
         if not 1 <= len(runs) <= 2:
             raise ConfigError(f"explore shows one run, or two to compare; got {len(runs)}")
@@ -108,8 +121,10 @@ class Explorer:
         for other in self.runs[1:]:
             theirs = other.load_data(data_dir).split(split)
             if len(theirs) != len(chosen) or not torch.equal(theirs.labels, chosen.labels):
-                raise ConfigError(f"the two runs' {split} splits hold different images (another --val-size or "
-                                  "seed); compare them on --split test")  # fmt: skip
+                raise ConfigError(
+                    f"the two runs' {split} splits hold different images (another --val-size or "
+                    "seed); compare them on --split test"
+                )
             if tuple(other.read_spec().classes) != self.classes:
                 raise ConfigError(f"{self.runs[0]} and {other} predict different classes; compare runs of one dataset")
         self.device = resolve_device(device)
@@ -135,14 +150,12 @@ class Explorer:
 
     def run_label(self, r: int) -> str:
         """The run's short unique name (its folder name, more of the path where two names are the same)."""
-        from cifarlens.experiments.compare import run_labels
 
         self.run(r)  # an unknown r: NotFound
         return run_labels([run.path for run in self.runs])[r]
 
     def info(self) -> dict[str, Any]:
         """What every page needs: the runs, the split, the classes, the layers and the attribution methods."""
-        from cifarlens.explain.attribution import METHODS
 
         model, spec = self.model(0)
         caps = spec.capabilities(model)
@@ -159,7 +172,6 @@ class Explorer:
 
     def layers(self, r: int) -> dict[str, Any]:
         """The probe stages (features for the map), the spatial ones (feature maps, channels) and the CAM layer."""
-        from cifarlens.models.layers import list_layers
 
         if r in self._layers:
             return self._layers[r]
@@ -169,8 +181,13 @@ class Explorer:
         stages = list(caps.probe_stages)
         spatial = [s for s in stages if len(shapes.get(s, ())) == 3]
         fine = [s for s in spatial if min(shapes[s][1:]) >= 7]  # maps a person can read, as the CAM layer's
-        self._layers[r] = {"probe": stages, "spatial": spatial, "shapes": {s: shapes.get(s) for s in stages},
-                           "feature_maps": (fine or spatial or [None])[-1], "cam_layer": caps.cam_layer}  # fmt: skip
+        self._layers[r] = {
+            "probe": stages,
+            "spatial": spatial,
+            "shapes": {s: shapes.get(s) for s in stages},
+            "feature_maps": (fine or spatial or [None])[-1],
+            "cam_layer": caps.cam_layer,
+        }
         return self._layers[r]
 
     # -- predictions --------------------------------------------------------------------------------------------
@@ -184,13 +201,13 @@ class Explorer:
     def _cached_probabilities(self, r: int) -> np.ndarray:
         from safetensors.numpy import load_file, save_file
 
-        from cifarlens.io import atomic_path
-        from cifarlens.run.predictor import Predictor
-
         run = self.run(r)
-        path = run.explore_file(f"predictions_{self.split}.safetensors")
-        stamp = {"weights_sha256": _sha256(run.weights_file), "images": str(len(self.labels)),
-                 "labels_sha256": hashlib.sha256(self.labels.numpy().tobytes()).hexdigest()}  # fmt: skip
+        path = run.explore_predictions_file(self.split)
+        stamp = {
+            "weights_sha256": _sha256(run.weights_file),
+            "images": str(len(self.labels)),
+            "labels_sha256": hashlib.sha256(self.labels.numpy().tobytes()).hexdigest(),
+        }
         if path.is_file() and _metadata(path) == stamp:
             return load_file(str(path))["probabilities"]
         model, spec = self.model(r)
@@ -218,7 +235,6 @@ class Explorer:
     # -- pages: overview, confusion, disagreements -----------------------------------------------------------------
     def overview(self, r: int) -> dict[str, Any]:
         """Config, headline accuracy (TTA when scored, the plain one beside), per-class scores, curves, provenance."""
-        from cifarlens.evaluation.metrics import classification_report
 
         run = self.run(r)
         headline = run.headline()
@@ -228,19 +244,28 @@ class Explorer:
             logits = torch.from_numpy(np.log(np.clip(self.probabilities(r), 1e-12, None)))
             per_class = classification_report(logits, self.labels, self.classes)["per_class"]
         return {
-            "run": self.run_label(r), "path": str(run.path.resolve()), "config": run.config, "headline": headline,
-            "per_class": per_class, "per_class_source": source, "metrics": run.metrics,
+            "run": self.run_label(r),
+            "path": str(run.path.resolve()),
+            "config": run.config,
+            "headline": headline,
+            "per_class": per_class,
+            "per_class_source": source,
+            "metrics": run.metrics,
             "provenance": {k: run.provenance.get(k) for k in ("cifarlens", "git_sha", "processor", "cuda")},
             "explore_accuracy": float((self.predicted(r) == self.labels.numpy()).mean()),
-        }  # fmt: skip
+        }
 
     def confusion(self, r: int) -> dict[str, Any]:
         """Counts (true class x predicted class) of run ``r`` on the split, no TTA."""
         k = len(self.classes)
         matrix = np.zeros((k, k), dtype=np.int64)
         np.add.at(matrix, (self.labels.numpy(), self.predicted(r)), 1)
-        return {"classes": list(self.classes), "matrix": matrix.tolist(), "images": int(matrix.sum()),
-                "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1))}  # fmt: skip
+        return {
+            "classes": list(self.classes),
+            "matrix": matrix.tolist(),
+            "images": int(matrix.sum()),
+            "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)),
+        }
 
     def cell(self, r: int, true: int, predicted: int) -> dict[str, Any]:
         """The images of class ``true`` that run ``r`` predicts as ``predicted``, most confident first."""
@@ -250,8 +275,12 @@ class Explorer:
         probs = self.probabilities(r)
         hits = np.flatnonzero((self.labels.numpy() == true) & (probs.argmax(1) == predicted))
         order = hits[np.argsort(-probs[hits, predicted], kind="stable")]
-        return {"true": self.classes[true], "predicted": self.classes[predicted], "count": len(order),
-                "images": self.describe(order, r)}  # fmt: skip
+        return {
+            "true": self.classes[true],
+            "predicted": self.classes[predicted],
+            "count": len(order),
+            "images": self.describe(order, r),
+        }
 
     def disagreements(self) -> dict[str, Any]:
         """With two runs: the images the first gets right and the second wrong, and the reverse, each list
@@ -265,8 +294,12 @@ class Explorer:
             hits = np.flatnonzero(right[r] & ~right[1 - r])
             confidence = self.probabilities(r)[hits].max(1)
             lists[key] = self.describe(hits[np.argsort(-confidence, kind="stable")], r)
-        return {"runs": [self.run_label(0), self.run_label(1)], **lists,
-                "both_right": int((right[0] & right[1]).sum()), "both_wrong": int((~right[0] & ~right[1]).sum())}  # fmt: skip
+        return {
+            "runs": [self.run_label(0), self.run_label(1)],
+            **lists,
+            "both_right": int((right[0] & right[1]).sum()),
+            "both_wrong": int((~right[0] & ~right[1]).sum()),
+        }
 
     # -- images ------------------------------------------------------------------------------------------------
     def image(self, index: int) -> torch.Tensor:
@@ -278,30 +311,38 @@ class Explorer:
         """Image ``index`` of the split as a PNG, each pixel a ``scale`` x ``scale`` square."""
         return png_bytes(upscale(self.image(index).permute(1, 2, 0).numpy(), max(1, min(scale, 16))))
 
-    def explain(self, r: int, image: torch.Tensor, *, methods: list[str], layer: str | None = None,
-                index: int | None = None) -> dict[str, Any]:  # fmt: skip
+    def explain(
+        self, r: int, image: torch.Tensor, *, methods: list[str], layer: str | None = None, index: int | None = None
+    ) -> dict[str, Any]:
         """For one uint8 image (3, H, W): run ``r``'s top-5 classes, an attribution overlay per method for the
         predicted class (``attribute_maps``, the library behind ``explain attribute``) and the feature maps of
-        ``layer`` (default: the deepest spatial probe stage of at least 7x7). ``methods`` may be empty: no attribution."""
-        import time
-
-        from cifarlens.explain.attribution import attribute_maps, check_methods
-        from cifarlens.explain.images import model_input
-        from cifarlens.models.layers import FeatureExtractor
-
+        ``layer`` (default: the deepest spatial probe stage of at least 7x7). ``methods`` may be empty: no
+        attribution."""
         if methods:
             check_methods(methods)
         model, spec = self.model(r)
         layers = self.layers(r)
         layer = layer or layers["feature_maps"]
         with self._lock:
-            x = model_input(image[None].to(self.device), spec)
-            with torch.no_grad():
-                probs = model(x).float().softmax(1)[0].cpu()
+            predictor = Predictor(model, spec, device=self.device)
+            probs = predictor.probabilities(image[None])[0]
+            x = predictor.inputs(image[None])
             target = int(probs.argmax())
             t0 = time.perf_counter()
-            found = attribute_maps(model, x, [target], methods, capabilities=spec.capabilities(model),
-                                   mean=spec.mean, std=spec.std, seed=0) if methods else {}  # fmt: skip
+            found = (
+                attribute_maps(
+                    model,
+                    x,
+                    [target],
+                    methods,
+                    capabilities=spec.capabilities(model),
+                    mean=spec.mean,
+                    std=spec.std,
+                    seed=0,
+                )
+                if methods
+                else {}
+            )
             seconds = time.perf_counter() - t0
             if (r, layer) not in self._extractors:  # building one traces the model: once per run and layer
                 self._extractors[r, layer] = FeatureExtractor(model, [layer])
@@ -309,17 +350,25 @@ class Explorer:
         pixels = image.permute(1, 2, 0).numpy()
         top = probs.argsort(descending=True)[:5].tolist()
         result = {
-            "index": index, "label": self.classes[int(self.labels[index])] if index is not None else None,
+            "index": index,
+            "label": self.classes[int(self.labels[index])] if index is not None else None,
             "image": data_uri(upscale(pixels, OVERLAY_SIDE // pixels.shape[0])),
             "top5": [{"class": self.classes[c], "probability": float(probs[c])} for c in top],
-            "explained": self.classes[target], "attribution_seconds": seconds,
-            "attributions": [{"method": m, "image": data_uri(overlay(pixels, a.maps[0])),
-                              "ms": round(1000 * a.seconds_per_image, 1)} for m, a in found.items()],
-        }  # fmt: skip
+            "explained": self.classes[target],
+            "attribution_seconds": seconds,
+            "attributions": [
+                {"method": m, "image": data_uri(overlay(pixels, a.maps[0])), "ms": round(1000 * a.seconds_per_image, 1)}
+                for m, a in found.items()
+            ],
+        }
         if outputs.ndim == 3:
             grid, channels = feature_tiles(outputs)
-            result["feature_maps"] = {"layer": layer, "shape": list(outputs.shape), "channels": channels,
-                                      "image": data_uri(grid)}  # fmt: skip
+            result["feature_maps"] = {
+                "layer": layer,
+                "shape": list(outputs.shape),
+                "channels": channels,
+                "image": data_uri(grid),
+            }
         else:
             result["feature_maps"] = {"layer": layer, "shape": list(outputs.shape), "channels": [], "image": None}
         return result
@@ -328,8 +377,6 @@ class Explorer:
     def projection(self, r: int, *, layer: str | None = None, method: str = "pca") -> dict[str, Any]:
         """2-D map of the whole split's features at ``layer`` (default: the deepest probe stage) by ``method``,
         computed through ``explain projection`` once and read back from ``RUN/explain/projection/`` after."""
-        from cifarlens.explain.projection import projection_run
-        from cifarlens.explain.runs import file_stem
 
         if method not in PROJECTION_METHODS:
             raise ConfigError(f"unknown projection method {method!r}; use one of {', '.join(PROJECTION_METHODS)}")
@@ -338,9 +385,8 @@ class Explorer:
         layer = layer or stages[-1]
         if layer not in stages:
             raise NotFound(f"no probe stage {layer!r}; the map can show {', '.join(stages)}")
-        folder = run.explain_dir("projection", make=False)
-        stem = f"{file_stem(layer)}_{method}"
-        numbers, points_file = folder / f"{stem}.json", folder / f"{stem}_points.npy"
+        files = run.projection_files(layer, method)
+        numbers, points_file = files["numbers"], files["points"]
         saved = _read_json(numbers)
         if saved.get("split") == self.split and saved.get("images") == len(self.labels) and points_file.is_file():
             points, quality = np.load(points_file, allow_pickle=False), saved
@@ -352,11 +398,18 @@ class Explorer:
         predicted = self.predicted(r)
         truth = self.labels.numpy()
         return {
-            "layer": layer, "method": method, "x": np.round(points[:, 0], 4).tolist(), "y": np.round(points[:, 1], 4).tolist(),
-            "label": truth.tolist(), "predicted": predicted.tolist(), "correct": (predicted == truth).tolist(),
+            "layer": layer,
+            "method": method,
+            "x": np.round(points[:, 0], 4).tolist(),
+            "y": np.round(points[:, 1], 4).tolist(),
+            "label": truth.tolist(),
+            "predicted": predicted.tolist(),
+            "correct": (predicted == truth).tolist(),
             "classes": list(self.classes),
-            "quality": {k: quality.get(k) for k in ("trustworthiness", "knn_accuracy_2d", "knn_accuracy_features", "backend")},
-        }  # fmt: skip
+            "quality": {
+                k: quality.get(k) for k in ("trustworthiness", "knn_accuracy_2d", "knn_accuracy_features", "backend")
+            },
+        }
 
     # -- channels ----------------------------------------------------------------------------------------------------
     def channels(self, r: int, *, layer: str | None = None, channels: str = "0-7", k: int = 8) -> dict[str, Any]:
@@ -364,23 +417,20 @@ class Explorer:
         (``explain top-images``), computed once and kept in ``RUN/explore/``."""
         from safetensors.numpy import load_file, save_file
 
-        from cifarlens.explain.dataset_examples import top_images
-        from cifarlens.explain.runs import file_stem
-        from cifarlens.io import atomic_path
-
         run = self.run(r)
         spatial = self.layers(r)["spatial"]
         layer = layer or spatial[-1]
         if layer not in spatial:
             raise NotFound(f"no spatial probe stage {layer!r}; channels can be shown for {', '.join(spatial)}")
-        path = run.explore_file(f"channels_{self.split}_{file_stem(layer)}_{channels.replace(',', '+')}_k{k}.safetensors")
+        path = run.explore_channels_file(self.split, layer, channels, k)
         stamp = {"weights_sha256": _sha256(run.weights_file), "images": str(len(self.labels))}
         if path.is_file() and _metadata(path) == stamp:
             saved = load_file(str(path))
         else:
             with self._lock:
-                found = top_images(run.path, layer=layer, channels=channels, k=k, split=self.split,
-                                   device=str(self.device))  # fmt: skip
+                found = top_images(
+                    run.path, layer=layer, channels=channels, k=k, split=self.split, device=str(self.device)
+                )
             saved = {
                 "channels": np.array([c.channel for c in found.channels], dtype=np.int64),
                 "optimised": np.stack([(c.optimised * 255).round().astype(np.uint8) for c in found.channels]),
@@ -391,12 +441,17 @@ class Explorer:
                 save_file(saved, str(tmp), metadata=stamp)
         scale = max(1, 96 // saved["optimised"].shape[1])
         return {
-            "layer": layer, "k": k,
-            "channels": [{"channel": int(c), "optimised": data_uri(upscale(img, scale)),
-                          "top": [{**row, "score": round(float(s), 4)} for row, s in zip(self.describe(idx, r), scores)]}
-                         for c, img, idx, scores in zip(saved["channels"], saved["optimised"], saved["indices"],
-                                                        saved["scores"])],
-        }  # fmt: skip
+            "layer": layer,
+            "k": k,
+            "channels": [
+                {
+                    "channel": int(c),
+                    "optimised": data_uri(upscale(img, scale)),
+                    "top": [{**row, "score": round(float(s), 4)} for row, s in zip(self.describe(idx, r), scores)],
+                }
+                for c, img, idx, scores in zip(saved["channels"], saved["optimised"], saved["indices"], saved["scores"])
+            ],
+        }
 
 
 def _sha256(path: Path) -> str:

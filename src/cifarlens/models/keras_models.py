@@ -35,6 +35,7 @@ from torch import nn
 
 from cifarlens.data.cifar10 import keras_home
 from cifarlens.errors import CifarlensError, ConfigError, first_line
+from cifarlens.models.layers import default_stages, default_target_layer, list_layers
 from cifarlens.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, WeightsUnavailable, offline
 
 KERAS_PREFIX = "keras:"
@@ -87,6 +88,9 @@ def import_keras():
     """Keras on the torch backend; sets ``KERAS_BACKEND=torch`` when Keras is not imported yet."""
     if "keras" not in sys.modules:
         os.environ["KERAS_BACKEND"] = "torch"
+    # Keras imports TensorFlow when it is installed, whose C++ logs ("Could not find cuda drivers") would follow
+    # every command's output; a user who sets TF_CPP_MIN_LOG_LEVEL gets their own level.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         import keras
     except ImportError:
@@ -188,7 +192,6 @@ def _single_output(layer):
 def capability_fields(model: KerasNet, image_size: int) -> dict:
     """What a KerasNet declares, as ``Capabilities`` fields (the registry builds them): its Linear head, taps for
     CAMs and probes, its preprocessing."""
-    from cifarlens.models.layers import default_stages, default_target_layer, list_layers
 
     mean, std = PREPROCESSING[model.preprocess]
     return {
@@ -207,7 +210,8 @@ def capability_fields(model: KerasNet, image_size: int) -> dict:
 
 
 def create_keras_model(name: str, num_classes: int = 10, **kwargs) -> KerasNet:
-    """``keras:<Application>`` (``pretrained``) or ``keras:<file>.keras`` (``config``, ``preprocess``, ``trust_code``)."""
+    """``keras:<Application>`` (``pretrained``), or ``keras:<file>.keras`` (``config``, ``preprocess``,
+    ``trust_code``)."""
     accepted = keras_kwargs(name)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
@@ -268,7 +272,9 @@ def _weights_from_cache(keras, app: str):
             return original(fname, origin, cache_subdir=cache_subdir, cache_dir=str(keras_home()), **kwargs)
         except Exception as err:  # get_file wraps every download failure in a bare Exception
             reason = first_line(err)
-            raise WeightsUnavailable(f"could not get pretrained weights {fname} (keras:{app}): {reason}; {where}") from None
+            raise WeightsUnavailable(
+                f"could not get pretrained weights {fname} (keras:{app}): {reason}; {where}"
+            ) from None
 
     file_utils.get_file = get_file
     try:
@@ -305,7 +311,9 @@ def read_keras_config(path: Path) -> dict:
         with zipfile.ZipFile(path) as archive:
             return json.loads(archive.read("config.json"))
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError):
-        raise ConfigError(f"{path} is not a Keras 3 .keras file (a zip with config.json); save it with model.save") from None
+        raise ConfigError(
+            f"{path} is not a Keras 3 .keras file (a zip with config.json); save it with model.save"
+        ) from None
 
 
 def _has_lambda(config) -> bool:

@@ -36,8 +36,14 @@ class LayerInfo:
 def _tracer_kwargs(model: nn.Module) -> dict:
     # Subclasses of torch layers defined outside torch (airnet's Whitening conv) stay single nodes
     # named after the module, instead of being traced into their weight and bias attributes.
-    custom = {type(m) for m in model.modules() if type(m).__module__.split(".")[0] != "torch" and
-              any(base.__module__.startswith("torch.nn.modules") and base is not nn.Module for base in type(m).__mro__[1:])}  # fmt: skip
+    custom = {
+        type(m)
+        for m in model.modules()
+        if type(m).__module__.split(".")[0] != "torch"
+        and any(
+            base.__module__.startswith("torch.nn.modules") and base is not nn.Module for base in type(m).__mro__[1:]
+        )
+    }
     return {"leaf_modules": sorted(custom, key=lambda t: t.__name__)}
 
 
@@ -203,8 +209,14 @@ def default_target_layer(model: nn.Module, image_size: int = 32, min_side: int =
     tensor. timm's ResNet-18 at 32 px gives its layer1 output, a torchvision ResNet-18 ``layer3``.
     """
     finished, calls = module_calls(model, image_size)
-    spatial = [c for c in finished if calls[c.name] == 1 and isinstance(c.output, torch.Tensor)
-               and c.output.ndim == 4 and min(c.output.shape[2:]) > 1]  # fmt: skip
+    spatial = [
+        c
+        for c in finished
+        if calls[c.name] == 1
+        and isinstance(c.output, torch.Tensor)
+        and c.output.ndim == 4
+        and min(c.output.shape[2:]) > 1
+    ]
     if not spatial:
         raise LayerError(f"{type(model).__name__} has no module with a spatial output to attach a CAM to")
     fine = [c for c in spatial if min(c.output.shape[2:]) >= min_side]
@@ -218,7 +230,9 @@ def map_size(model: nn.Module, layer: str, image_size: int = 32) -> tuple[int, i
     finished, _ = module_calls(model, image_size)
     out = next((c.output for c in finished if c.name == layer), None)
     if not isinstance(out, torch.Tensor) or out.ndim != 4:
-        raise LayerError(f"module {layer!r} has no spatial output; pick a conv layer (see cifarlens explain layers RUN)")
+        raise LayerError(
+            f"module {layer!r} has no spatial output; pick a conv layer (see cifarlens explain layers RUN)"
+        )
     return int(out.shape[2]), int(out.shape[3])
 
 

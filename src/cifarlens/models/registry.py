@@ -25,6 +25,7 @@ from cifarlens.data.augment import CIFAR10_MEAN, CIFAR10_STD
 from cifarlens.errors import ConfigError
 from cifarlens.models.keras_models import capability_fields as keras_capability_fields
 from cifarlens.models.keras_models import create_keras_model, is_keras, keras_kwargs
+from cifarlens.models.layers import default_stages, default_target_layer, gap_features, list_layers
 from cifarlens.models.pretrained import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -49,7 +50,8 @@ class Capabilities:
     pretrained_mean: tuple[float, ...] = IMAGENET_MEAN  # ... and with --pretrained weights
     pretrained_std: tuple[float, ...] = IMAGENET_STD
     input_size: int = 32  # side the model was designed for
-    init_from_data: Callable[[nn.Module, torch.Tensor], None] | None = None  # fit data-dependent layers on normalised images
+    # fit data-dependent layers on normalised images
+    init_from_data: Callable[[nn.Module, torch.Tensor], None] | None = None
     stop_early: tuple[str, ...] = ()  # parameters trained only for the first --whiten-bias-epochs epochs
 
     @property
@@ -103,7 +105,6 @@ def guess_capabilities(model: nn.Module, image_size: int = 32) -> Capabilities:
     """Capabilities read off a built model that declares none (``timm:`` models): the last Linear is the
     classifier, the last once-called spatial module the CAM layer, stage ends the probe stages, and
     timm's ``pretrained_cfg`` the normalisation."""
-    from cifarlens.models.layers import default_stages, default_target_layer, gap_features, list_layers
 
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
@@ -124,7 +125,9 @@ def get_submodule(model: nn.Module, name: str) -> nn.Module:
     try:
         return model.get_submodule(name)
     except AttributeError:
-        raise ValueError(f"{type(model).__name__} has no module {name!r} (check its register_model declaration)") from None
+        raise ValueError(
+            f"{type(model).__name__} has no module {name!r} (check its register_model declaration)"
+        ) from None
 
 
 def list_models() -> list[str]:
@@ -167,9 +170,7 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         valid = ", ".join(sorted(accepted)) or "none"
-        raise ConfigError(
-            f"model {name!r} does not take argument(s) {', '.join(unknown)}; valid arguments: {valid}"
-        )
+        raise ConfigError(f"model {name!r} does not take argument(s) {', '.join(unknown)}; valid arguments: {valid}")
     return fn(num_classes=num_classes, **kwargs)
 
 

@@ -46,9 +46,16 @@ def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1, batch_norm: bool = Tru
 @register_model(
     classifier="classifier.fc3",
     cam_layer="features.relu2",
-    probe_stages=("features.relu1", "features.pool1", "features.relu2", "features.pool2", "flatten",
-                  "classifier.relu1", "classifier.relu2"),
-)  # fmt: skip
+    probe_stages=(
+        "features.relu1",
+        "features.pool1",
+        "features.relu2",
+        "features.pool2",
+        "flatten",
+        "classifier.relu1",
+        "classifier.relu2",
+    ),
+)
 def tutorial(num_classes: int = 10) -> nn.Module:
     """LeNet-style net from the PyTorch 60-minute blitz CIFAR-10 tutorial (2 conv, 3 fc)."""
     features = OrderedDict(
@@ -72,9 +79,16 @@ def tutorial(num_classes: int = 10) -> nn.Module:
 @register_model(
     classifier="classifier.fc3",
     cam_layer="features.block8",
-    probe_stages=("features.drop1", "features.drop3", "features.drop4", "features.pool", "flatten",
-                  "classifier.drop1", "classifier.drop2"),
-)  # fmt: skip
+    probe_stages=(
+        "features.drop1",
+        "features.drop3",
+        "features.drop4",
+        "features.pool",
+        "flatten",
+        "classifier.drop1",
+        "classifier.drop2",
+    ),
+)
 def seed_bn8(num_classes: int = 10, dropout: float = 0.3, conv_dropout: float = 0.1) -> nn.Module:
     """8 conv layers (32-512 channels) with BatchNorm and dropout, then 3 fc layers; the cifarlens baseline."""
     _check_dropout("dropout", dropout)
@@ -107,8 +121,15 @@ def seed_bn8(num_classes: int = 10, dropout: float = 0.3, conv_dropout: float = 
 @register_model(
     classifier="classifier.fc2",
     cam_layer="features.relu3",
-    probe_stages=("features.relu1", "features.relu2", "features.relu3", "features.pool3", "flatten", "classifier.drop1"),
-)  # fmt: skip
+    probe_stages=(
+        "features.relu1",
+        "features.relu2",
+        "features.relu3",
+        "features.pool3",
+        "flatten",
+        "classifier.drop1",
+    ),
+)
 def vgg_small(num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
     """Three Conv(3x3)-ReLU-MaxPool stacks (64, 128, 256 channels) and a 512-unit fc layer, VGG style."""
     _check_dropout("dropout", dropout)
@@ -131,9 +152,15 @@ def vgg_small(num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
 @register_model(
     classifier="classifier.fc2",
     cam_layer="features.block3.conv2",
-    probe_stages=("features.block1.conv2.relu", "features.block2.conv2.relu", "features.block3.conv2.relu",
-                  "features.block3.drop", "flatten", "classifier.drop1"),
-)  # fmt: skip
+    probe_stages=(
+        "features.block1.conv2.relu",
+        "features.block2.conv2.relu",
+        "features.block3.conv2.relu",
+        "features.block3.drop",
+        "flatten",
+        "classifier.drop1",
+    ),
+)
 def conv_blocks(
     num_classes: int = 10, blocks: int = 3, width: int = 32, dropout: bool = True, batch_norm: bool = True
 ) -> nn.Module:

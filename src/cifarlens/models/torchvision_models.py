@@ -42,7 +42,7 @@ def _resnet(builder, weights, num_classes: int, cifar_stem: bool, pretrained: bo
     cam_layer="layer3",
     probe_stages=("layer1.1.relu_1", "layer2.1.relu_1", "layer3.1.relu_1", "layer4.1.relu_1", "flatten"),
     gap_features="layer4",
-)  # fmt: skip
+)
 def resnet18(num_classes: int = 10, cifar_stem: bool = True, pretrained: bool = False) -> nn.Module:
     """torchvision ResNet-18; CIFAR stem: 3x3 stride-1 conv1 and no max-pool (He et al. 2016); ImageNet weights."""
     return _resnet(tvm.resnet18, tvm.ResNet18_Weights.DEFAULT, num_classes, cifar_stem, pretrained)
@@ -53,7 +53,7 @@ def resnet18(num_classes: int = 10, cifar_stem: bool = True, pretrained: bool = 
     cam_layer="layer3",
     probe_stages=("layer1.2.relu_2", "layer2.3.relu_2", "layer3.5.relu_2", "layer4.2.relu_2", "flatten"),
     gap_features="layer4",
-)  # fmt: skip
+)
 def resnet50(num_classes: int = 10, cifar_stem: bool = True, pretrained: bool = False) -> nn.Module:
     """torchvision ResNet-50 (bottleneck blocks); CIFAR stem option; ImageNet weights (V2 recipe)."""
     return _resnet(tvm.resnet50, tvm.ResNet50_Weights.DEFAULT, num_classes, cifar_stem, pretrained)
@@ -82,7 +82,7 @@ class MobileNetV2(nn.Module):
     cam_layer="features.13",
     probe_stages=("features.3.add", "features.6.add", "features.13.add", "features.17.conv.3", "classifier.0"),
     gap_features="features",
-)  # fmt: skip
+)
 def mobilenet_v2(
     num_classes: int = 10,
     cifar_stem: bool = True,
@@ -112,10 +112,18 @@ def mobilenet_v2(
 @register_model(
     classifier="classifier.fc2",
     cam_layer="features.22",
-    probe_stages=("features.5", "features.12", "features.22", "features.32", "features.42", "flatten", "classifier.drop1"),
-)  # fmt: skip
+    probe_stages=(
+        "features.5",
+        "features.12",
+        "features.22",
+        "features.32",
+        "features.42",
+        "flatten",
+        "classifier.drop1",
+    ),
+)
 def vgg16(num_classes: int = 10, batch_norm: bool = True, dropout: float = 0.5, pretrained: bool = False) -> nn.Module:
-    """torchvision VGG16 (Simonyan & Zisserman 2015), optional BatchNorm, 512-512-classes CIFAR head; ImageNet weights."""
+    """torchvision VGG16 (Simonyan & Zisserman 2015), optional BatchNorm, 512-512-classes head; ImageNet weights."""
     model = (tvm.vgg16_bn if batch_norm else tvm.vgg16)(weights=None)
     if pretrained:
         load_pretrained(model, tvm.VGG16_BN_Weights.DEFAULT if batch_norm else tvm.VGG16_Weights.DEFAULT)
@@ -136,7 +144,7 @@ def vgg16(num_classes: int = 10, batch_norm: bool = True, dropout: float = 0.5, 
     cam_layer="features.2",
     probe_stages=("features.1.0.block.1", "features.2.1.add", "features.3.1.add", "features.5.2.add", "classifier.0"),
     gap_features="features",
-)  # fmt: skip
+)
 def efficientnet_b0(num_classes: int = 10, dropout: float = 0.2, pretrained: bool = False) -> nn.Module:
     """torchvision EfficientNet-B0 (Tan & Le 2019), ImageNet layout; ImageNet weights. Best at --image-size 96+."""
     model = tvm.efficientnet_b0(weights=None, dropout=dropout)
@@ -150,7 +158,7 @@ def efficientnet_b0(num_classes: int = 10, dropout: float = 0.2, pretrained: boo
     classifier="classifier.2",
     cam_layer="features.1",
     probe_stages=("features.1.2.add", "features.3.2.add", "features.5.8.add", "features.7.2.add", "classifier.1"),
-)  # fmt: skip
+)
 def convnext_tiny(num_classes: int = 10, pretrained: bool = False) -> nn.Module:
     """torchvision ConvNeXt-Tiny (Liu et al. 2022), ImageNet layout; ImageNet weights. Best at --image-size 96+."""
     model = tvm.convnext_tiny(weights=None)

@@ -14,6 +14,7 @@ from cifarlens.data import RunData
 from cifarlens.evaluation import evaluate_run
 from cifarlens.report.html import write_report
 from cifarlens.run import RunDir
+from cifarlens.training import load_run_config
 
 
 def after_training(run_dir: str | Path, *, console: Console, data: RunData | None = None) -> Path:
@@ -21,14 +22,14 @@ def after_training(run_dir: str | Path, *, console: Console, data: RunData | Non
     ``tta_translate``, ``report``), on the device it trained on; ``data`` skips reading the splits again.
     Returns the run directory."""
     run = RunDir(run_dir).require_weights()
-    cfg = run.read_config()
-    if cfg.get("evaluate", True):
+    cfg = load_run_config(run.path)
+    if cfg.evaluate:
         device = run.read_summary().get("train", {}).get("device", "cpu")
         options = {"split": "test", "data": data or run.load_data(), "device": device, "console": console}
         evaluate_run(run.path, **options)
-        if cfg.get("tta", False):
-            evaluate_run(run.path, tta=True, tta_translate=bool(cfg.get("tta_translate", False)), **options)
-    if cfg.get("report", True):
+        if cfg.tta:
+            evaluate_run(run.path, tta=True, tta_translate=cfg.tta_translate, **options)
+    if cfg.report:
         console.print(f"report: {write_report([run.path], run.report_file)}")
     console.print(f"run saved to {run}")
     return run.path

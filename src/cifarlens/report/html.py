@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cifarlens.evaluation.plots import plot_curves
+from cifarlens.experiments.compare import _cell, comparison_rows, load_runs, plot_overlaid_curves, results, run_labels
 from cifarlens.io import atomic_write_text
 from cifarlens.run import RunDir
 
@@ -35,7 +37,8 @@ pre { background: #f7f7f7; padding: .6rem; overflow-x: auto; font-size: .8rem; m
 .muted { color: #777; font-size: .85rem; } .worst { color: #b00; font-weight: bold; }
 nav a { margin-right: 1rem; } .scroll { overflow-x: auto; }
 table.facts td { text-align: left; } table.facts td:first-child { font-weight: bold; background: #f8f8f8; }
-table.rank td:nth-child(2), table.rank td:last-child, table.rank th:nth-child(2), table.rank th:last-child { text-align: left; }
+table.rank td:nth-child(2), table.rank td:last-child,
+table.rank th:nth-child(2), table.rank th:last-child { text-align: left; }
 """
 
 
@@ -45,7 +48,8 @@ def _esc(value: Any) -> str:
 
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt)}"><figcaption class="muted">{_esc(alt)}</figcaption></figure>'
+    caption = f'<figcaption class="muted">{_esc(alt)}</figcaption>'
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt)}">{caption}</figure>'
 
 
 def _table(header: list[str], rows: list[list[Any]], marks: list[list[str]] | None = None, css: str = "") -> str:
@@ -103,26 +107,36 @@ def _torch_version(provenance: dict[str, Any]) -> str:
 
 
 def _run_section(run: Path, label: str, anchor: str) -> str:
-    from cifarlens.evaluation.plots import plot_curves
-    from cifarlens.experiments.compare import results
-
+    """One run's section: its facts, curves, per-class table, plots, explanations, config and metrics."""
     rec = RunDir(run).require_config("pass folders written by cifarlens train")
     curves = rec.plot_file("curves")
     if not curves.is_file() and rec.metrics:
         plot_curves(rec.metrics, curves)  # trials scored without `evaluate` have none yet
-    res = results(rec)
-    train = rec.summary.get("train", {})
-    prov = rec.provenance
-    parts = [f'<section id="{anchor}"><h2>{_esc(label)}</h2>']
+    parts = [f'<section id="{anchor}"><h2>{_esc(label)}</h2>', _facts(rec)]
+    if not rec.summary.get("test"):
+        parts.append(
+            '<p class="muted">not scored on the test split (a sweep trial, or trained with --no-evaluate); '
+            f"run <code>cifarlens evaluate {_esc(run)}</code></p>"
+        )
+    if curves.is_file():
+        parts.append("<h3>Training curves</h3>" + _img(curves, "loss, accuracy and learning rate per epoch"))
+    parts += [_per_class(rec), _plots(rec), _explain_section(rec), _config(rec), _metrics(rec), "</section>"]
+    return "\n".join(part for part in parts if part)
+
+
+def _facts(rec: RunDir) -> str:
+    """The run at a glance: model, accuracy, size, speed, machine and code."""
+    res, train, prov = results(rec), rec.summary.get("train", {}), rec.provenance
+    known = {key: res[key] is not None for key in ("params", "macs", "train_s", "images_per_s")}
     facts = [
         ("model", f"{rec.config.get('model')} {json.dumps(rec.config.get('model_args') or {})}"),
         ("test accuracy", _headline(rec)),
         ("validation accuracy", _pct(res["val_acc"])),
         ("epochs", train.get("epochs", len(rec.metrics))),
-        ("parameters", f"{res['params']:,}" if res["params"] is not None else "n/a"),
-        ("MACs per image", f"{res['macs']:,}" if res["macs"] is not None else "n/a"),
-        ("training time", f"{res['train_s']:.1f} s" if res["train_s"] is not None else "n/a"),
-        ("images/s (training)", f"{res['images_per_s']:.0f}" if res["images_per_s"] is not None else "n/a"),
+        ("parameters", f"{res['params']:,}" if known["params"] else "n/a"),
+        ("MACs per image", f"{res['macs']:,}" if known["macs"] else "n/a"),
+        ("training time", f"{res['train_s']:.1f} s" if known["train_s"] else "n/a"),
+        ("images/s (training)", f"{res['images_per_s']:.0f}" if known["images_per_s"] else "n/a"),
         (
             "device",
             f"{train.get('device', prov.get('device', ''))} {train.get('precision', prov.get('precision', ''))}",
@@ -131,116 +145,127 @@ def _run_section(run: Path, label: str, anchor: str) -> str:
             "code",
             f"cifarlens {prov.get('cifarlens', '')}, git {prov.get('git_sha') or 'n/a'}, torch {_torch_version(prov)}",
         ),
-        ("run directory", str(run)),
+        ("run directory", str(rec.path)),
     ]
     rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in facts)
-    parts.append(f'<table class="facts"><tbody>{rows}</tbody></table>')
-    if not rec.summary.get("test"):
-        parts.append('<p class="muted">not scored on the test split (a sweep trial, or trained with --no-evaluate); '
-                     f"run <code>cifarlens evaluate {_esc(run)}</code></p>")  # fmt: skip
-    if curves.is_file():
-        parts.append("<h3>Training curves</h3>" + _img(curves, "loss, accuracy and learning rate per epoch"))
-    if rec.per_class:
-        worst = min(float(r["accuracy"]) for r in rec.per_class)
-        header = ["class", "accuracy", "precision", "recall", "F1", "support"]
-        rows = [
-            [
-                r["class"],
-                _pct(r["accuracy"]),
-                _pct(r["precision"]),
-                _pct(r["recall"]),
-                f"{float(r['f1']):.3f}",
-                r["support"],
-            ]
-            for r in rec.per_class
-        ]
-        marks = [["", "worst" if float(r["accuracy"]) == worst else "", "", "", "", ""] for r in rec.per_class]
-        parts.append("<h3>Per-class accuracy (test)</h3>" + _table(header, rows, marks, css="per-class"))
-    confusion, mistakes = rec.plot_file("confusion_test"), rec.plot_file("misclassified_test")
+    return f'<table class="facts"><tbody>{rows}</tbody></table>'
+
+
+def _per_class(rec: RunDir) -> str:
+    """The per-class table of the test evaluation, its worst class marked."""
+    if not rec.per_class:
+        return ""
+    worst = min(r["accuracy"] for r in rec.per_class)
+    header = ["class", "accuracy", "precision", "recall", "F1", "support"]
+    rows = [
+        [r["class"], _pct(r["accuracy"]), _pct(r["precision"]), _pct(r["recall"]), f"{r['f1']:.3f}", r["support"]]
+        for r in rec.per_class
+    ]
+    marks = [["", "worst" if r["accuracy"] == worst else "", "", "", "", ""] for r in rec.per_class]
+    return "<h3>Per-class accuracy (test)</h3>" + _table(header, rows, marks, css="per-class")
+
+
+def _plots(rec: RunDir) -> str:
+    """The confusion matrix, the most confident mistakes, and every other plot of the run."""
+    curves, confusion, mistakes = (rec.plot_file(n) for n in ("curves", "confusion_test", "misclassified_test"))
+    parts = []
     if confusion.is_file():
         parts.append("<h3>Confusion matrix (test)</h3>" + _img(confusion, "confusion matrix on the test split"))
     if mistakes.is_file():
         parts.append(
             "<h3>Misclassified examples (test)</h3>" + _img(mistakes, "most confident mistakes on the test split")
         )
-    plots = curves.parent
-    main_plots = {curves.name, confusion.name, mistakes.name}
-    others = sorted(p for p in plots.glob("*.png") if p.name not in main_plots) if plots.is_dir() else []
+    shown = {curves.name, confusion.name, mistakes.name}
+    others = sorted(p for p in curves.parent.glob("*.png") if p.name not in shown) if curves.parent.is_dir() else []
     if others:
         parts.append("<h3>Other plots</h3>" + "".join(_img(p, p.stem.replace("_", " ")) for p in others))
-    parts.append(_explain_section(rec))
-    parts.append(
-        "<h3>Config</h3>"
-        + _table(["option", "value"], [[k, json.dumps(v) if isinstance(v, dict) else v] for k, v in rec.config.items()])
-    )
-    if rec.metrics:
-        columns = [
-            c
-            for c in (
-                "epoch",
-                "train_loss",
-                "train_acc",
-                "val_loss",
-                "val_acc",
-                "test_loss",
-                "test_acc",
-                "lr",
-                "seconds",
-                "images_per_s",
-            )
-            if any(c in r for r in rec.metrics)
-        ]
-        parts.append(
-            "<h3>Metrics per epoch</h3>" + _table(columns, [[r.get(c, "") for c in columns] for r in rec.metrics])
-        )
-    parts.append("</section>")
-    return "\n".join(parts)
+    return "".join(parts)
 
 
-RANK_COLUMNS = {"rank": "#", "method": "method", "deletion_auc": "deletion AUC (low)", "insertion_auc": "insertion AUC (high)",
-                "road_morf": "ROAD MoRF (low)", "road_lerf": "ROAD LeRF (high)", "randomisation_corr_head": "rand. corr: head",
-                "randomisation_corr_all": "rand. corr: all", "ms_per_image": "ms / image", "verdict": "verdict"}  # fmt: skip
+def _config(rec: RunDir) -> str:
+    rows = [[k, json.dumps(v) if isinstance(v, dict) else v] for k, v in rec.config.items()]
+    return "<h3>Config</h3>" + _table(["option", "value"], rows)
+
+
+METRICS_SHOWN = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "seconds",
+    "images_per_s",
+)
+
+
+def _metrics(rec: RunDir) -> str:
+    columns = [c for c in METRICS_SHOWN if any(c in r for r in rec.metrics)]
+    if not columns:
+        return ""
+    return "<h3>Metrics per epoch</h3>" + _table(columns, [[r.get(c, "") for c in columns] for r in rec.metrics])
+
+
+RANK_COLUMNS = {
+    "rank": "#",
+    "method": "method",
+    "deletion_auc": "deletion AUC (low)",
+    "insertion_auc": "insertion AUC (high)",
+    "road_morf": "ROAD MoRF (low)",
+    "road_lerf": "ROAD LeRF (high)",
+    "randomisation_corr_head": "rand. corr: head",
+    "randomisation_corr_all": "rand. corr: all",
+    "ms_per_image": "ms / image",
+    "verdict": "verdict",
+}
 
 
 def _rank_section(run: RunDir) -> tuple[str, set[Path]]:
     """The rankings of attribution methods (``explain rank``, ``explain compare-cam``) and the attribution figures
     (``explain attribute``), first among the explanations; returns the HTML and the files it showed."""
-    root = run.path / run.EXPLAIN
     parts, shown = [], set()
     for command, heading in (("rank", "Attribution methods, ranked"), ("compare-cam", "CAM methods, ranked")):
-        html_part, files = _ranking(root / command, heading)
+        html_part, files = _ranking(run.rank_files(command), heading)
         parts.append(html_part)
         shown |= files
-    figures = sorted((root / "attribute").glob("*.png")) if (root / "attribute").is_dir() else []
+    figures = sorted(run.explain_dir("attribute", make=False).glob("*.png"))
     if figures:
         parts.append("<h3>Attribution maps</h3>" + "".join(_img(p, f"attribute/{p.name}") for p in figures))
         shown |= set(figures)
     return "".join(parts), shown
 
 
-def _ranking(folder: Path, heading: str) -> tuple[str, set[Path]]:
-    from cifarlens.explain.ranking import RANK_FILES
+def _ranking(files: dict[str, Path], heading: str) -> tuple[str, set[Path]]:
 
-    table = folder / RANK_FILES["table"]
+    table = files["table"]
     if not table.is_file():
         return "", set()
     with open(table, newline="") as f:
         rows = list(csv.DictReader(f))
     cells = [[_rank_cell(key, r.get(key, "")) for key in RANK_COLUMNS] for r in rows]
-    marks = [["worst" if key == "verdict" and r.get("passes_sanity") == "False" else "" for key in RANK_COLUMNS]
-             for r in rows]  # fmt: skip
-    parts = [f'<h3>{_esc(heading)}</h3><div class="scroll">', _table(list(RANK_COLUMNS.values()), cells, marks, css="rank"),
-             "</div>"]  # fmt: skip
-    numbers = folder / RANK_FILES["numbers"]
+    marks = [
+        ["worst" if key == "verdict" and r.get("passes_sanity") == "False" else "" for key in RANK_COLUMNS]
+        for r in rows
+    ]
+    parts = [
+        f'<h3>{_esc(heading)}</h3><div class="scroll">',
+        _table(list(RANK_COLUMNS.values()), cells, marks, css="rank"),
+        "</div>",
+    ]
+    numbers = files["numbers"]
     if numbers.is_file():
         saved = json.loads(numbers.read_text())
-        parts.append(f'<p class="muted">{len(saved.get("indices", []))} seeded {_esc(saved.get("split", ""))} images '
-                     f'on {_esc(saved.get("device", ""))}</p>')  # fmt: skip
+        parts.append(
+            f'<p class="muted">{len(saved.get("indices", []))} seeded {_esc(saved.get("split", ""))} images '
+            f"on {_esc(saved.get('device', ''))}</p>"
+        )
         parts += [f'<p class="muted">note: {_esc(note)}</p>' for note in saved.get("notes", [])]
-    chart = folder / RANK_FILES["chart"]
+    chart = files["chart"]
     if chart.is_file():
-        parts.append(_img(chart, f"{folder.name}: faithfulness, sanity and cost of each method"))
-    return "".join(parts), {folder / name for name in RANK_FILES.values()}
+        parts.append(_img(chart, f"{chart.parent.name}: faithfulness, sanity and cost of each method"))
+    return "".join(parts), set(files.values())
 
 
 def _rank_cell(key: str, value: str) -> str:
@@ -276,7 +301,6 @@ def _explain_section(run: RunDir) -> str:
 
 
 def _comparison_section(runs: list[Path]) -> str:
-    from cifarlens.experiments.compare import _cell, comparison_rows, load_runs, plot_overlaid_curves
 
     records = load_runs(runs)
     header, rows = comparison_rows(records)
@@ -291,7 +315,6 @@ def _comparison_section(runs: list[Path]) -> str:
 
 def render_report(runs: list[str | Path]) -> str:
     """The HTML page for ``runs`` (see the module doc)."""
-    from cifarlens.experiments.compare import run_labels
 
     paths = [Path(r) for r in runs]
     labels = run_labels(paths)

@@ -7,7 +7,7 @@ is the model's forward pass over a split, as every reader of a run calls it.
 """
 
 from cifarlens.run.checkpoint import Checkpoint
-from cifarlens.run.directory import METRIC_COLUMNS, RunDir, provenance, write_json
+from cifarlens.run.directory import METRIC_COLUMNS, RunDir, machine_provenance, write_json
 from cifarlens.run.predictor import Predictor, tta_logits
 from cifarlens.run.spec import ModelSpec, load_state_checked, load_weights, read_spec, save_weights
 
@@ -19,7 +19,7 @@ __all__ = [
     "RunDir",
     "load_state_checked",
     "load_weights",
-    "provenance",
+    "machine_provenance",
     "read_spec",
     "save_weights",
     "tta_logits",

@@ -48,8 +48,9 @@ def has_checkpoint(folder: Path) -> bool:
     return (folder / LATEST).is_file()
 
 
-def save_checkpoint(folder: Path, epoch: int, model: nn.Module, spec: ModelSpec, state: dict[str, Any],
-                    step: int = 0) -> None:  # fmt: skip
+def save_checkpoint(
+    folder: Path, epoch: int, model: nn.Module, spec: ModelSpec, state: dict[str, Any], step: int = 0
+) -> None:
     """Write the checkpoint ``step`` steps after finished epoch ``epoch`` (1-based; step 0: at its end) and
     prune older ones. A full disk is a ``CheckpointWriteError``; the previous checkpoint stays usable."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,8 @@ def save_checkpoint(folder: Path, epoch: int, model: nn.Module, spec: ModelSpec,
         free = shutil.disk_usage(folder).free / 2**20
         raise CheckpointWriteError(
             f"no space left on the disk holding {folder} ({free:.0f} MiB free) while writing a checkpoint; "
-            f"the previous checkpoint is kept: free some space, then continue with cifarlens train --resume {folder.parent}"
+            "the previous checkpoint is kept: free some space, then continue with "
+            f"cifarlens train --resume {folder.parent}"
         ) from None
     for old in sorted(folder.glob("epoch-*.safetensors"))[:-KEEP]:
         old.unlink(missing_ok=True)
@@ -88,7 +90,9 @@ def load_checkpoint(folder: Path) -> Checkpoint:
         weights = load_file(str(folder / latest["weights"]))
         state = torch.load(folder / latest["state"], map_location="cpu", weights_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise RunDirError(f"checkpoint in {folder} is unreadable ({type(err).__name__}: {err}); start the run again") from None
+        raise RunDirError(
+            f"checkpoint in {folder} is unreadable ({type(err).__name__}: {err}); start the run again"
+        ) from None
     step = int(latest.get("step", 0))
     if state.get("epoch") != latest["epoch"] or int(state.get("step", 0)) != step:
         raise RunDirError(f"checkpoint in {folder} is inconsistent (state of another moment); start the run again")

@@ -11,8 +11,8 @@ Layout::
     RUN/confusion_KEY.csv    its confusion matrix
     RUN/plots/*.png          curves, confusion_KEY, misclassified_KEY
     RUN/checkpoint/          resumable state (cifarlens.run.checkpoint)
-    RUN/explain/COMMAND/     what each explain command wrote
-    RUN/export/              ONNX graphs and their sidecars
+    RUN/explain/COMMAND/     what each explain command wrote (COMMAND: RunDir.EXPLAIN_COMMANDS)
+    RUN/export/              model.onnx, model.int8.onnx and their JSON sidecars, TFLite/SavedModel, bench.json
     RUN/explore/             what ``cifarlens explore`` computed once and keeps (predictions, channel images)
     RUN/report.html          the static HTML report
 
@@ -37,6 +37,9 @@ import yaml
 from torch import nn
 
 from cifarlens import __version__
+from cifarlens.config import read_yaml
+from cifarlens.data import prepare_data
+from cifarlens.device import cpu_has_fast_bf16, cpu_name
 from cifarlens.errors import RunDirError
 from cifarlens.io import atomic_write_text
 from cifarlens.run import checkpoint
@@ -46,10 +49,25 @@ if TYPE_CHECKING:
     from cifarlens.data import RunData
 
 METRIC_COLUMNS = [
-    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-    "lr", "seconds", "image_size", "images_per_s", "elapsed", "train_clock", "gflops",
-    "data_s", "forward_s", "backward_s", "step_s",
-]  # fmt: skip
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "seconds",
+    "image_size",
+    "images_per_s",
+    "elapsed",
+    "train_clock",
+    "gflops",
+    "data_s",
+    "forward_s",
+    "backward_s",
+    "step_s",
+]
 _INT_COLUMNS = {"epoch", "image_size"}
 PER_CLASS_COLUMNS = ["class", "accuracy", "precision", "recall", "f1", "support"]
 
@@ -68,6 +86,22 @@ class RunDir:
     EXPORT = "export"
     EXPLORE = "explore"
     REPORT = "report.html"
+    # One folder per explain command under explain/ (a new command adds its folder here).
+    EXPLAIN_COMMANDS = (
+        "layers",
+        "features",
+        "projection",
+        "probe",
+        "filters",
+        "feature-maps",
+        "activation-max",
+        "top-images",
+        "cam",
+        "attribute",
+        "rank",
+        "compare-cam",
+    )
+    RANK_FILES = {"table": "rank.csv", "markdown": "rank.md", "chart": "rank.png", "numbers": "rank.json"}
     HEADLINE_KEYS = ("test_tta_translate", "test_tta", "test")  # the fullest scored test evaluation first
 
     def __init__(self, path: str | Path):
@@ -122,7 +156,10 @@ class RunDir:
         return self.path / f"confusion_{key}.csv"
 
     def explain_dir(self, command: str, *, make: bool = True) -> Path:
-        """``explain/COMMAND/``, made if missing (unless ``make`` is False): where one explain command writes."""
+        """``explain/COMMAND/`` (COMMAND one of ``EXPLAIN_COMMANDS``), made if missing unless ``make`` is False:
+        where one explain command writes."""
+        if command not in self.EXPLAIN_COMMANDS:
+            raise ValueError(f"no explain folder {command!r}; add it to RunDir.EXPLAIN_COMMANDS")
         folder = self.path / self.EXPLAIN / command
         if make:
             folder.mkdir(parents=True, exist_ok=True)
@@ -135,16 +172,62 @@ class RunDir:
             return []
         return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".png", ".json", ".csv"))
 
+    @staticmethod
+    def file_stem(layer: str) -> str:
+        """A layer name as part of a file name (no folder separators)."""
+        return layer.replace("/", "_")
+
+    @classmethod
+    def projection_names(cls, layer: str, method: str) -> dict[str, str]:
+        """The file names of the 2-D map of ``layer`` by ``method``: its chart, its numbers and its points."""
+        stem = f"{cls.file_stem(layer)}_{method}"
+        return {"chart": f"{stem}.png", "numbers": f"{stem}.json", "points": f"{stem}_points.npy"}
+
+    def projection_files(self, layer: str, method: str) -> dict[str, Path]:
+        """``projection_names`` in ``explain/projection/``."""
+        folder = self.explain_dir("projection", make=False)
+        return {kind: folder / name for kind, name in self.projection_names(layer, method).items()}
+
+    def rank_files(self, command: str = "rank") -> dict[str, Path]:
+        """``RANK_FILES`` in ``explain/COMMAND/`` (``rank``, or ``compare-cam`` for the CAM-only ranking): the
+        ranking of attribution methods as a table, markdown, chart and every number behind them."""
+        folder = self.explain_dir(command, make=False)
+        return {kind: folder / name for kind, name in self.RANK_FILES.items()}
+
     def explore_file(self, name: str) -> Path:
         """``explore/NAME``, its folder made if missing: a cache of ``cifarlens explore``."""
         folder = self.path / self.EXPLORE
         folder.mkdir(parents=True, exist_ok=True)
         return folder / name
 
+    def explore_predictions_file(self, split: str) -> Path:
+        """The explorer's cache of the model's outputs on ``split``."""
+        return self.explore_file(f"predictions_{split}.safetensors")
+
+    def explore_channels_file(self, split: str, layer: str, channels: str, k: int) -> Path:
+        """The explorer's cache of the top-``k`` images of ``channels`` (e.g. ``3,5``) of ``layer`` on ``split``."""
+        return self.explore_file(
+            f"channels_{split}_{self.file_stem(layer)}_{channels.replace(',', '+')}_k{k}.safetensors"
+        )
+
     @property
     def export_dir(self) -> Path:
-        """``export/``: where ``cifarlens export`` puts the ONNX graphs (not made here)."""
+        """``export/``: where ``cifarlens export`` puts the graphs (not made here)."""
         return self.path / self.EXPORT
+
+    @property
+    def onnx_file(self) -> Path:
+        """``export/model.onnx``: the exported graph (its int8 version and sidecars are named after it)."""
+        return self.export_dir / "model.onnx"
+
+    def tf_file(self, fmt: str) -> Path:
+        """``export/model.tflite`` (``fmt`` tflite) or ``export/saved_model/`` (saved_model)."""
+        return self.export_dir / ("model.tflite" if fmt == "tflite" else "saved_model")
+
+    @property
+    def bench_file(self) -> Path:
+        """``export/bench.json``: what ``cifarlens bench`` measured on the run."""
+        return self.export_dir / "bench.json"
 
     # -- what kind of folder ------------------------------------------------------------------------
     def has_config(self) -> bool:
@@ -180,29 +263,23 @@ class RunDir:
         return self
 
     # -- config ---------------------------------------------------------------------------------------
-    def read_config(self) -> dict[str, Any]:
-        """config.yaml as a plain mapping (``cifarlens.training.load_run_config`` types it)."""
-        from cifarlens.config import read_yaml
-
-        self.require_config()
-        return read_yaml(self.config_file, where="the run directory")
-
     @cached_property
     def config(self) -> dict[str, Any]:
-        """``read_config()``, read once."""
-        return self.read_config()
+        """config.yaml as a plain mapping, read once; ``cifarlens.training.load_run_config`` types it."""
+        self.require_config()
+        return read_yaml(self.config_file, where="the run directory")
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_file, yaml.safe_dump(config, sort_keys=False))
+        self.__dict__.pop("config", None)
 
     def load_data(self, data_dir: str | Path | None = None) -> "RunData":
         """The splits the run was trained with, rebuilt from its config (``data_dir``: where the data is now)."""
-        from cifarlens.data import prepare_data
 
         if not self.has_config():
             raise RunDirError(f"{self.path} has no {self.CONFIG}; it is not a complete cifarlens run directory")
-        cfg = self.read_config()
+        cfg = self.config
         return prepare_data(
             data_dir or cfg.get("data_dir") or None,
             download=bool(cfg.get("download", True)),
@@ -266,8 +343,12 @@ class RunDir:
         labels = {"test_tta_translate": "test, TTA + shifts", "test_tta": "test, TTA", "test": "test"}
         for key in self.HEADLINE_KEYS:
             if key in self.summary:
-                return {"key": key, "label": labels[key], "accuracy": float(self.summary[key]["accuracy"]),
-                        "plain": self.test_acc}  # fmt: skip
+                return {
+                    "key": key,
+                    "label": labels[key],
+                    "accuracy": float(self.summary[key]["accuracy"]),
+                    "plain": self.test_acc,
+                }
         if self.test_acc is None:
             return None
         return {"key": "test", "label": "test", "accuracy": float(self.test_acc), "plain": self.test_acc}
@@ -280,15 +361,16 @@ class RunDir:
 
     # -- provenance -----------------------------------------------------------------------------------------
     def write_provenance(self, machine: dict[str, Any]) -> None:
-        write_json(self.provenance_file, provenance() | machine)
+        write_json(self.provenance_file, machine_provenance() | machine)
 
     @cached_property
     def provenance(self) -> dict[str, Any]:
         return _read_json_object(self.provenance_file, "re-run training")
 
     # -- evaluation reports -----------------------------------------------------------------------------
-    def write_evaluation(self, key: str, per_class: list[dict[str, Any]], confusion: list[list[int]],
-                         classes: Sequence[str]) -> None:  # fmt: skip
+    def write_evaluation(
+        self, key: str, per_class: list[dict[str, Any]], confusion: list[list[int]], classes: Sequence[str]
+    ) -> None:
         """per_class_KEY.csv and confusion_KEY.csv of one evaluation."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -335,8 +417,9 @@ class RunDir:
     def save_model(self, model: nn.Module, spec: ModelSpec) -> None:
         save_weights(model, spec, self.weights_file)
 
-    def save_checkpoint(self, epoch: int, model: nn.Module, spec: ModelSpec, state: dict[str, Any],
-                        step: int = 0) -> None:  # fmt: skip
+    def save_checkpoint(
+        self, epoch: int, model: nn.Module, spec: ModelSpec, state: dict[str, Any], step: int = 0
+    ) -> None:
         """The checkpoint ``step`` steps after finished epoch ``epoch`` (1-based; 0: at its end), atomically;
         older ones are pruned."""
         checkpoint.save_checkpoint(self.checkpoint_dir, epoch, model, spec, state, step)
@@ -374,9 +457,8 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def provenance() -> dict[str, Any]:
+def machine_provenance() -> dict[str, Any]:
     """Git SHA of the cifarlens checkout (if any), package versions, and the machine."""
-    from cifarlens.device import cpu_has_fast_bf16, cpu_name
 
     return {
         "cifarlens": __version__,
@@ -410,7 +492,11 @@ def _git_sha() -> str | None:
         )
         sha = out.stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarlens.data.augment import model_input
 from cifarlens.device import autocast
 from cifarlens.errors import ConfigError
 from cifarlens.run.spec import ModelSpec
@@ -36,8 +35,10 @@ def tta_logits(model: nn.Module, x: torch.Tensor, translate: bool = False) -> to
         return logits
     h, w = x.shape[-2:]
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    shifted = [mirror_logits(model, padded[..., dy : dy + h, dy : dy + w].contiguous(memory_format=torch.channels_last))
-               for dy in (0, 2)]  # fmt: skip
+    shifted = [
+        mirror_logits(model, padded[..., dy : dy + h, dy : dy + w].contiguous(memory_format=torch.channels_last))
+        for dy in (0, 2)
+    ]
     return logits / 2 + (shifted[0] + shifted[1]) / 4
 
 
@@ -53,9 +54,18 @@ class Predictor:
     see ``tta_logits``). ``compile`` runs the forward through ``torch.compile``.
     """
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, *, device: str | torch.device = "cpu",
-                 precision: str = "fp32", tta: bool = False, tta_translate: bool = False,
-                 batch_size: int = 500, compile: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        *,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        tta: bool = False,
+        tta_translate: bool = False,
+        batch_size: int = 500,
+        compile: bool = False,
+    ):
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         self.device = torch.device(device)
@@ -68,7 +78,7 @@ class Predictor:
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> the normalised, resized, channels-last float batch the model takes."""
-        x = model_input(images.to(self.device, non_blocking=True), self.spec.mean, self.spec.std, self.spec.image_size)
+        x = self.spec.inputs(images.to(self.device, non_blocking=True))
         return x.contiguous(memory_format=torch.channels_last)  # the fast layout for convs on CPU and GPU
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -82,7 +92,9 @@ class Predictor:
         if not len(images):  # ask the model for its number of classes
             images = torch.zeros(1, *images.shape[1:], dtype=torch.uint8)
             return self._batch_logits(images)[:0]
-        return torch.cat([self._batch_logits(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)])
+        return torch.cat(
+            [self._batch_logits(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        )
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Softmax of ``logits``: float32 (N, C)."""

@@ -12,8 +12,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from cifarlens import __version__
+from cifarlens.data.augment import model_input
 from cifarlens.errors import RunDirError
 from cifarlens.io import atomic_path
+from cifarlens.models import create_model, model_capabilities
 
 
 @dataclass
@@ -28,8 +31,12 @@ class ModelSpec:
     std: tuple[float, ...]
     image_size: int = 32  # side the model is fed at: CIFAR images are resized to it (pretrained backbones)
 
+    def inputs(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> the normalised float batch (N, 3, S, S) the model takes, S = ``size`` or the
+        spec's ``image_size``: the one input pipeline of training and every reader of a run."""
+        return model_input(images, self.mean, self.std, size or self.image_size)
+
     def to_metadata(self) -> dict[str, str]:
-        from cifarlens import __version__
 
         return {
             "format": "cifarlens",
@@ -57,18 +64,15 @@ class ModelSpec:
             )
         except (KeyError, ValueError, TypeError):
             raise RunDirError(
-                f"{path} has no cifarlens header (model name, args, classes); "
-                "it was not written by cifarlens train"
+                f"{path} has no cifarlens header (model name, args, classes); it was not written by cifarlens train"
             ) from None
 
     def build(self) -> nn.Module:
-        from cifarlens.models import create_model
 
         return create_model(self.name, num_classes=self.num_classes, **self.kwargs)
 
     def capabilities(self, model: nn.Module):
         """The model's declared ``Capabilities`` (guessed from ``model`` for ``timm:`` models)."""
-        from cifarlens.models import model_capabilities
 
         return model_capabilities(self.name, model, self.image_size)
 

@@ -2,18 +2,7 @@
 
 from cifarlens.training.config import TrainConfig
 from cifarlens.training.recipes import RECIPES, recipe_options
+from cifarlens.training.run_folder import load_run_config
+from cifarlens.training.trainer import resume, train
 
 __all__ = ["RECIPES", "TrainConfig", "load_run_config", "recipe_options", "resume", "train"]
-
-
-def __getattr__(name: str):
-    # The loop pulls in evaluation and models; importing it lazily keeps `cifarlens --help` quick.
-    if name in ("train", "resume"):
-        from cifarlens.training import trainer
-
-        return getattr(trainer, name)
-    if name == "load_run_config":
-        from cifarlens.training import runs
-
-        return runs.load_run_config
-    raise AttributeError(name)

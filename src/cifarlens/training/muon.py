@@ -47,8 +47,14 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.9, nesterov: bool = True, ns_steps: int = 3):
-        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": 0.0,
-                    "ns_steps": ns_steps, "muon": False}  # fmt: skip
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "weight_decay": 0.0,
+            "ns_steps": ns_steps,
+            "muon": False,
+        }
         super().__init__(params, defaults)
         for group in self.param_groups:
             if group["muon"] and any(p.ndim < 2 for p in group["params"]):

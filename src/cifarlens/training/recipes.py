@@ -71,8 +71,12 @@ _AIRBENCH94: dict[str, object] = _PLAIN | {
     "tta": True,
 }
 
-_FAST: dict[str, object] = _AIRBENCH94 | {"early_size": 24, "early_epochs": 5, "early_mode": "resize",
-                                         "tta_translate": True}  # fmt: skip
+_FAST: dict[str, object] = _AIRBENCH94 | {
+    "early_size": 24,
+    "early_epochs": 5,
+    "early_mode": "resize",
+    "tta_translate": True,
+}
 
 RECIPES: dict[str, dict[str, object]] = {
     # The default: airbench94's recipe with the first 5 of 8 epochs on images shrunk to 24x24 (half
@@ -84,12 +88,14 @@ RECIPES: dict[str, dict[str, object]] = {
     "fast10": _FAST | {"early_epochs": 6, "epochs": 10},
     # The quick one: a quarter of the width, 6 epochs, torch.compile, and JPEG copies in the training
     # mix (they lift the score on the bundled JPEG-recovered test set); figures in BENCHMARKS.md.
-    "fast90": _AIRBENCH94 | {"augment": "crop,altflip,jpeg", "compile": True, "model_args": {"width": 32, "wide": 128}, "epochs": 6},
+    "fast90": _AIRBENCH94
+    | {"augment": "crop,altflip,jpeg", "compile": True, "model_args": {"width": 32, "wide": 128}, "epochs": 6},
     # airbench94's full width and 8 epochs with the JPEG mix: the best score on JPEG-damaged test images.
     "fast95": _AIRBENCH94 | {"augment": "crop,altflip,jpeg", "compile": True},
     "airbench94": _AIRBENCH94 | {"tta_translate": True},
     # The best recipe of the seed reports: seed_bn8, Adam 5e-4, batch 60, 20 epochs.
-    "seed": _PLAIN | {
+    "seed": _PLAIN
+    | {
         "model": "seed_bn8",
         "epochs": 20,
         "batch_size": 60,
@@ -99,7 +105,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "augment": "crop,flip",
     },
     # The PyTorch 60-minute-blitz setup: SGD 1e-3 momentum 0.9, batch 4, 2 epochs.
-    "tutorial": _PLAIN | {
+    "tutorial": _PLAIN
+    | {
         "model": "tutorial",
         "epochs": 2,
         "batch_size": 4,
@@ -111,7 +118,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "channels_last": False,
     },
     # Small VGG of the seed reports: Adam 1e-3, batch 64, 15 epochs.
-    "vgg_small": _PLAIN | {
+    "vgg_small": _PLAIN
+    | {
         "model": "vgg_small",
         "epochs": 15,
         "batch_size": 64,
@@ -121,7 +129,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "augment": "crop,flip",
     },
     # Keras-style Conv-BN blocks of the seed reports: Adam 1e-3, batch 64, 25 epochs.
-    "conv_blocks": _PLAIN | {
+    "conv_blocks": _PLAIN
+    | {
         "model": "conv_blocks",
         "epochs": 25,
         "batch_size": 64,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from cifarlens.data import Augmenter, EpochImages, RunData, Split, iterate_batches, model_input
+from cifarlens.data import Augmenter, EpochImages, RunData, Split, iterate_batches
 from cifarlens.device import autocast
 from cifarlens.models import Capabilities
 from cifarlens.run import Checkpoint, ModelSpec, RunDir
@@ -74,7 +74,7 @@ class Learner:
 
     def inputs(self, images: torch.Tensor, size: int) -> torch.Tensor:
         """uint8 images (B, 3, 32, 32) -> the normalised float batch (B, 3, size, size) the model takes."""
-        x = model_input(images.to(self.device, non_blocking=True), self.spec.mean, self.spec.std, size)
+        x = self.spec.inputs(images.to(self.device, non_blocking=True), size)
         return x.contiguous(memory_format=self.memory_format)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, laps: Laps) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,8 +142,9 @@ class Feed:
         """(images, labels) of epoch ``epoch`` from step ``first`` on, before augmentation. ``restored``: the
         state ``gen`` had after the steps done before a resume (their draws are restored, not replayed)."""
         split = Split(self.epoch_images(epoch, gen), self.train.labels)
-        batches = iterate_batches(split, self.batch_size, shuffle=True, generator=gen, drop_last=self.drop_last,
-                                  start=first)  # fmt: skip
+        batches = iterate_batches(
+            split, self.batch_size, shuffle=True, generator=gen, drop_last=self.drop_last, start=first
+        )
         if restored is not None:
             gen.set_state(restored)
         return batches

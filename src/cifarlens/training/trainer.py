@@ -2,9 +2,9 @@
 
 ``train(cfg)`` starts a run and ``resume(run_dir)`` continues one; both go through
 ``setup(...) -> TrainState`` (``cifarlens.training.state``: learner, feed, ledger, checkpoints), then
-``train_one_epoch`` and ``evaluate_epoch`` per epoch, then ``finish``. Data stays as uint8 tensors; each batch is augmented, normalised and moved to the
-device as a whole. Every epoch ends with an atomic checkpoint, so ``resume`` continues a killed
-run and, with the same seed, ends with the same numbers.
+``train_one_epoch`` and ``evaluate_epoch`` per epoch, then ``finish``. Data stays as uint8 tensors; each batch
+is augmented, normalised and moved to the device as a whole. Every epoch ends with an atomic checkpoint, so
+``resume`` continues a killed run and, with the same seed, ends with the same numbers.
 
 On a CUDA GPU, where the fast recipes train in seconds, the loop keeps the host out of the way: the training
 images, their order and their augmentation live on the device (drawn from a generator there), metrics are
@@ -36,15 +36,34 @@ from cifarlens.models import create_model, model_capabilities
 from cifarlens.run import ModelSpec, Predictor, RunDir
 from cifarlens.training import distributed
 from cifarlens.training.config import TrainConfig
+from cifarlens.training.linear_probe import linear_probe
 from cifarlens.training.optim import build_optimizer, build_scheduler
-from cifarlens.training.runs import default_out, load_run_config, new_run_dir, run_config, start_run_dir, write_train_summary
+from cifarlens.training.run_folder import (
+    default_out,
+    load_run_config,
+    new_run_dir,
+    run_config,
+    start_run_dir,
+    write_train_summary,
+)
 from cifarlens.training.saving import CheckpointWriter
 from cifarlens.training.state import PHASES, Checkpoints, Feed, Laps, Learner, Ledger, TrainState
 from cifarlens.training.stopping import StopRequest, stop_on_signals
 from cifarlens.training.transfer import freeze, model_arguments, train_mode
 
-__all__ = ["PHASES", "EpochMetrics", "TrainState", "evaluate_epoch", "finish", "resume", "save_epoch", "setup",
-           "train", "train_one_epoch", "train_step"]  # fmt: skip
+__all__ = [
+    "PHASES",
+    "EpochMetrics",
+    "TrainState",
+    "evaluate_epoch",
+    "finish",
+    "resume",
+    "save_epoch",
+    "setup",
+    "train",
+    "train_one_epoch",
+    "train_step",
+]
 
 EpochHook = Callable[[dict], None]
 
@@ -71,11 +90,16 @@ class EpochMetrics:
 
 
 # -- entry points ---------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, *, console: Console | None = None, data: RunData | None = None,
-          on_epoch_end: EpochHook | None = None) -> Path:  # fmt: skip
+def train(
+    cfg: TrainConfig,
+    *,
+    console: Console | None = None,
+    data: RunData | None = None,
+    on_epoch_end: EpochHook | None = None,
+) -> Path:
     """Train as ``cfg`` says; return the run directory.
 
-    ``cfg.features_from`` fits a linear probe instead (``cifarlens.training.features``); with
+    ``cfg.features_from`` fits a linear probe instead (``cifarlens.training.linear_probe``); with
     ``cfg.distributed`` this is one process of a torchrun job (``cifarlens.training.distributed``).
     ``data`` skips reading the dataset (a sweep passes its cached splits). ``on_epoch_end(row)`` gets
     each epoch's metrics row after its checkpoint is written (on a GPU: after the last checkpoint taken,
@@ -85,14 +109,18 @@ def train(cfg: TrainConfig, *, console: Console | None = None, data: RunData | N
     started = time.perf_counter()
     console = console or Console(soft_wrap=True)  # paths printed whole, as the CLI console does
     if cfg.features_from:
-        from cifarlens.training.features import linear_probe
-
         return linear_probe(cfg, console=console, data=data)
     return _run(cfg, None, False, console, data, on_epoch_end, started)
 
 
-def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, *, console: Console | None = None,
-           data: RunData | None = None, on_epoch_end: EpochHook | None = None) -> Path:  # fmt: skip
+def resume(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    console: Console | None = None,
+    data: RunData | None = None,
+    on_epoch_end: EpochHook | None = None,
+) -> Path:
     """Continue the killed run in ``run_dir`` with its saved config; return the run directory.
 
     ``overrides`` may hold only ``data_dir``: where the data is now, if it moved since the run began
@@ -117,14 +145,30 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, *, cons
     return _run(cfg, run, bool(moved_to), console or Console(soft_wrap=True), data, on_epoch_end, started)
 
 
-def _run(cfg: TrainConfig, run: RunDir | None, moved: bool, console: Console, data: RunData | None,
-         on_epoch_end: EpochHook | None, started: float) -> Path:  # fmt: skip
+def _run(
+    cfg: TrainConfig,
+    run: RunDir | None,
+    moved: bool,
+    console: Console,
+    data: RunData | None,
+    on_epoch_end: EpochHook | None,
+    started: float,
+) -> Path:
     ctx, device = distributed.setup(cfg.distributed, resolve_device(cfg.device))
     try:
         rank_console = console if ctx.main else Console(quiet=True)
         with stop_on_signals() as stop:
-            state = setup(cfg, run=run, ctx=ctx, device=device, console=rank_console, data=data, moved=moved,
-                          started=started, stop=stop)  # fmt: skip
+            state = setup(
+                cfg,
+                run=run,
+                ctx=ctx,
+                device=device,
+                console=rank_console,
+                data=data,
+                moved=moved,
+                started=started,
+                stop=stop,
+            )
             try:
                 for epoch in range(state.feed.start_epoch, cfg.epochs):
                     metrics = train_one_epoch(state, epoch)
@@ -144,9 +188,18 @@ def _run(cfg: TrainConfig, run: RunDir | None, moved: bool, console: Console, da
 
 
 # -- setup ------------------------------------------------------------------------------------------------
-def setup(cfg: TrainConfig, *, run: RunDir | None = None, ctx: distributed.Context | None = None,
-          device: torch.device | None = None, console: Console | None = None, data: RunData | None = None,
-          moved: bool = False, started: float | None = None, stop: StopRequest | None = None) -> TrainState:  # fmt: skip
+def setup(
+    cfg: TrainConfig,
+    *,
+    run: RunDir | None = None,
+    ctx: distributed.Context | None = None,
+    device: torch.device | None = None,
+    console: Console | None = None,
+    data: RunData | None = None,
+    moved: bool = False,
+    started: float | None = None,
+    stop: StopRequest | None = None,
+) -> TrainState:
     """Data, model, optimizer and run folder of a new run (``run`` None) or of the resumed ``run``."""
     started = time.perf_counter() if started is None else started
     ctx = ctx or distributed.Context()
@@ -168,8 +221,12 @@ def setup(cfg: TrainConfig, *, run: RunDir | None = None, ctx: distributed.Conte
     learner = _learner(cfg, ctx, device, precision, data)
     feed = _feed(cfg, ctx, device, data)
     flops = _flops_by_size(cfg, learner, data)
-    checkpoints = Checkpoints(CheckpointWriter(run, background=device.type == "cuda"), cfg.checkpoint_every,
-                              gpu=device.type == "cuda", stop=StopRequest() if stop is None else stop)  # fmt: skip
+    checkpoints = Checkpoints(
+        CheckpointWriter(run, background=device.type == "cuda"),
+        cfg.checkpoint_every,
+        gpu=device.type == "cuda",
+        stop=StopRequest() if stop is None else stop,
+    )
     state = TrainState(cfg, run, ctx, console, learner, feed, Ledger(flops), checkpoints)
     if resuming:
         _restore(state, moved)
@@ -184,16 +241,21 @@ def _read_data(cfg: TrainConfig, ctx: distributed.Context, run: RunDir, saved: b
     if not ctx.main:  # rank 0 downloads a missing dataset alone; the others read it after
         distributed.barrier(ctx)
     data = prepare_data(
-        cfg.data_dir or None, download=cfg.download, subset=cfg.subset, val_size=cfg.val_size, seed=cfg.seed,
+        cfg.data_dir or None,
+        download=cfg.download,
+        subset=cfg.subset,
+        val_size=cfg.val_size,
+        seed=cfg.seed,
         saved_in=run.config_file if saved else None,
-    )  # fmt: skip
+    )
     if ctx.main:
         distributed.barrier(ctx)
     return data
 
 
-def _learner(cfg: TrainConfig, ctx: distributed.Context, device: torch.device, precision: str,
-             data: RunData) -> Learner:  # fmt: skip
+def _learner(
+    cfg: TrainConfig, ctx: distributed.Context, device: torch.device, precision: str, data: RunData
+) -> Learner:
     """The model, its spec and capabilities, the optimizer and schedule (``forward`` is wrapped later)."""
     torch.manual_seed(cfg.seed)
     stored_args, build_args = model_arguments(cfg)
@@ -207,8 +269,20 @@ def _learner(cfg: TrainConfig, ctx: distributed.Context, device: torch.device, p
     optimizer = build_optimizer(model, cfg, caps)
     scheduler = build_scheduler(optimizer, cfg, _steps_per_epoch(cfg, ctx, data)[0])
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    return Learner(model, model, optimizer, scheduler, scaler, spec, caps, device, precision, memory_format,
-                   cfg.label_smoothing, frozen)  # fmt: skip
+    return Learner(
+        model,
+        model,
+        optimizer,
+        scheduler,
+        scaler,
+        spec,
+        caps,
+        device,
+        precision,
+        memory_format,
+        cfg.label_smoothing,
+        frozen,
+    )
 
 
 def _steps_per_epoch(cfg: TrainConfig, ctx: distributed.Context, data: RunData) -> tuple[int, int, bool]:
@@ -238,8 +312,10 @@ def _flops_by_size(cfg: TrainConfig, learner: Learner, data: RunData) -> dict[in
         except RuntimeError as err:  # the first forward pass, before the run is written: a fixed-size head
             reason = first_line(err)
             flag = "--image-size" if size == learner.spec.image_size else "--early-size"
-            raise ConfigError(f"model {cfg.model} does not take {size}x{size} inputs ({reason}); "
-                              f"pick another {flag}, or a model with global pooling") from None  # fmt: skip
+            raise ConfigError(
+                f"model {cfg.model} does not take {size}x{size} inputs ({reason}); "
+                f"pick another {flag}, or a model with global pooling"
+            ) from None
     return flops
 
 
@@ -289,7 +365,9 @@ def _announce(state: TrainState) -> None:
     )
     if learner.frozen:
         trainable = sum(p.numel() for p in learner.model.parameters() if p.requires_grad)
-        state.console.print(f"--freeze {cfg.freeze}: {len(learner.frozen)} tensors frozen, {trainable:,} parameters trained")
+        state.console.print(
+            f"--freeze {cfg.freeze}: {len(learner.frozen)} tensors frozen, {trainable:,} parameters trained"
+        )
 
 
 def _prepare_loop(state: TrainState, started: float) -> None:
@@ -307,8 +385,10 @@ def _prepare_loop(state: TrainState, started: float) -> None:
     learner.ddp = state.ctx.active
     if cfg.compile and gpu and not state.ctx.active:
         state.ledger.compile_s = _compile_ahead(state)
-        state.console.print(f"compiled the training step for {len(_step_shapes(state))} batch shapes in "
-                            f"{state.ledger.compile_s:.1f}s (not on the training clock)")  # fmt: skip
+        state.console.print(
+            f"compiled the training step for {len(_step_shapes(state))} batch shapes in "
+            f"{state.ledger.compile_s:.1f}s (not on the training clock)"
+        )
     state.ledger.writer = _tensorboard(state.run) if cfg.tensorboard and state.ctx.main else None
     state.ledger.start_clocks(started)
     state.checkpoints.restart()
@@ -382,9 +462,15 @@ class EpochRun:
 
     def partial(self, steps_done: int) -> dict[str, Any]:
         """Where the epoch is, as a recovery checkpoint saves it (``begin_epoch`` reads it back)."""
-        return {"step": steps_done, "generator": self.gen.get_state(), "loss": self.loss.detach().cpu(),
-                "correct": self.correct.cpu(), "seen": self.seen, "phases": dict(self.laps.phases),
-                "seconds": self.clock.seconds()}  # fmt: skip
+        return {
+            "step": steps_done,
+            "generator": self.gen.get_state(),
+            "loss": self.loss.detach().cpu(),
+            "correct": self.correct.cpu(),
+            "seen": self.seen,
+            "phases": dict(self.laps.phases),
+            "seconds": self.clock.seconds(),
+        }
 
 
 def begin_epoch(state: TrainState, epoch: int) -> EpochRun:
@@ -401,9 +487,20 @@ def begin_epoch(state: TrainState, epoch: int) -> EpochRun:
     if partial is None:
         loss, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
         return EpochRun(epoch, gen, size, window, loss, correct, 0, 0, None, Laps(), clock, t0)
-    return EpochRun(epoch, gen, size, window, partial["loss"].to(device), partial["correct"].to(device),
-                    int(partial["seen"]), int(partial["step"]), partial["generator"], Laps(partial["phases"]), clock,
-                    t0)  # fmt: skip
+    return EpochRun(
+        epoch,
+        gen,
+        size,
+        window,
+        partial["loss"].to(device),
+        partial["correct"].to(device),
+        int(partial["seen"]),
+        int(partial["step"]),
+        partial["generator"],
+        Laps(partial["phases"]),
+        clock,
+        t0,
+    )
 
 
 def train_one_epoch(state: TrainState, epoch: int) -> EpochMetrics:
@@ -413,8 +510,14 @@ def train_one_epoch(state: TrainState, epoch: int) -> EpochMetrics:
     run = begin_epoch(state, epoch)
     train_mode(state.learner.model)
     with _progress(state.console) as progress:
-        task = progress.add_task(f"epoch {epoch + 1}/{state.cfg.epochs}", total=feed.steps_per_epoch,
-                                 completed=run.first, loss=math.nan, acc=0.0, ips=0.0)  # fmt: skip
+        task = progress.add_task(
+            f"epoch {epoch + 1}/{state.cfg.epochs}",
+            total=feed.steps_per_epoch,
+            completed=run.first,
+            loss=math.nan,
+            acc=0.0,
+            ips=0.0,
+        )
         batches = feed.batches(epoch, run.gen, run.first, run.restored)
         run.laps.restart()
         for step, (images, labels) in enumerate(batches, start=run.first):
@@ -441,13 +544,19 @@ def _epoch_metrics(state: TrainState, run: EpochRun) -> EpochMetrics:
     state.ledger.add_training(seconds)
     loss, correct, seen = distributed.sum_across([run.loss, run.correct, run.seen], state.ctx, state.device)
     return EpochMetrics(
-        epoch=run.epoch + 1, train_loss=loss / seen, train_acc=correct / seen,
-        lr=state.learner.optimizer.param_groups[0]["lr"], images_per_s=seen / seconds,
-        train_clock=state.ledger.train_clock, image_size=run.size,
+        epoch=run.epoch + 1,
+        train_loss=loss / seen,
+        train_acc=correct / seen,
+        lr=state.learner.optimizer.param_groups[0]["lr"],
+        images_per_s=seen / seconds,
+        train_clock=state.ledger.train_clock,
+        image_size=run.size,
         gflops=state.ledger.flops_per_image[run.size] * seen / seconds / 1e9,
-        phases=run.laps.phases if state.device.type == "cpu" else None,  # CPU ops are synchronous: wall clocks split the step
+        phases=run.laps.phases
+        if state.device.type == "cpu"
+        else None,  # CPU ops are synchronous: wall clocks split the step
         started=run.t0,
-    )  # fmt: skip
+    )
 
 
 def _recovery_point(state: TrainState, run: EpochRun, steps_done: int) -> None:
@@ -458,8 +567,9 @@ def _recovery_point(state: TrainState, run: EpochRun, steps_done: int) -> None:
         return
     if state.ctx.main:
         extra = {"partial": run.partial(steps_done)}
-        checkpoints.save(run.epoch, state.learner.model, state.learner.spec, state.training_state() | extra,
-                         step=steps_done)  # fmt: skip
+        checkpoints.save(
+            run.epoch, state.learner.model, state.learner.spec, state.training_state() | extra, step=steps_done
+        )
     else:
         checkpoints.restart()
     if checkpoints.stop:
@@ -488,8 +598,13 @@ def _report_step(state: TrainState, progress: Progress, task, run: EpochRun, ste
             f"loss became {mean_loss} in epoch {run.epoch + 1} step {step + 1}; stopped, last good "
             f"checkpoint kept ({kept}); lower --lr or use --precision fp32"
         )
-    progress.update(task, completed=step + 1, loss=mean_loss, acc=run.correct.item() / run.seen,
-                    ips=run.seen / (time.perf_counter() - run.t0))  # fmt: skip
+    progress.update(
+        task,
+        completed=step + 1,
+        loss=mean_loss,
+        acc=run.correct.item() / run.seen,
+        ips=run.seen / (time.perf_counter() - run.t0),
+    )
 
 
 def evaluate_epoch(state: TrainState, metrics: EpochMetrics) -> dict[str, Any]:
@@ -524,8 +639,14 @@ def finish(state: TrainState) -> Path:
         return run.path
     state.checkpoints.saver.wait()
     run.save_model(learner.model, learner.spec)
-    write_train_summary(run, ledger.rows, state.cfg, learner.device, learner.precision,
-                        {"train_s": ledger.train_s, "compile_s": ledger.compile_s})  # fmt: skip
+    write_train_summary(
+        run,
+        ledger.rows,
+        state.cfg,
+        learner.device,
+        learner.precision,
+        {"train_s": ledger.train_s, "compile_s": ledger.compile_s},
+    )
     return run.path
 
 
@@ -546,7 +667,9 @@ def training_flops_per_image(learner: Learner, images: torch.Tensor, size: int) 
 
 def _score(state: TrainState, split: Split) -> tuple[float, float]:
     learner = state.learner
-    logits = Predictor(learner.model, learner.spec, device=learner.device, precision=learner.precision).logits(split.images)
+    logits = Predictor(learner.model, learner.spec, device=learner.device, precision=learner.precision).logits(
+        split.images
+    )
     loss = F.cross_entropy(logits, split.labels).item()
     acc = (logits.argmax(1) == split.labels).float().mean().item()
     train_mode(learner.model)

@@ -24,7 +24,9 @@ def model_arguments(cfg: TrainConfig) -> tuple[dict, dict]:
     stored = dict(cfg.model_args)
     if is_keras_file(cfg.model):  # the run keeps the file's architecture; the build reads its weights too
         config = stored.get("config") or read_keras_config(keras_path(cfg.model))
-        return stored | {"config": config}, {k: v for k, v in stored.items() if k != "config"} | {"trust_code": cfg.trust_code}
+        return stored | {"config": config}, {k: v for k, v in stored.items() if k != "config"} | {
+            "trust_code": cfg.trust_code
+        }
     if cfg.pretrained and "cifar_stem" in model_kwargs(cfg.model):
         stored.setdefault("cifar_stem", False)
     return stored, stored | ({"pretrained": True} if cfg.pretrained else {})

@@ -25,7 +25,9 @@ def new_run_dir(cfg: TrainConfig) -> RunDir:
     """The run folder for a new run, not made yet (``start_run_dir`` makes it); refuses one that holds a run."""
     run = RunDir(cfg.out or default_out(cfg.model))
     if run.config_file.exists():
-        raise RunDirError(f"run directory {run} already holds a run; continue it with --resume {run} or pick another --out")
+        raise RunDirError(
+            f"run directory {run} already holds a run; continue it with --resume {run} or pick another --out"
+        )
     if run.path.exists() and not run.path.is_dir():
         raise RunDirError(f"--out {run} is a file; pick a folder path")
     return run
@@ -47,11 +49,12 @@ def run_config(cfg: TrainConfig, data: RunData) -> dict:
 def load_run_config(run: str | Path) -> TrainConfig:
     """The resolved config saved in a run directory."""
     run = RunDir(run).require_config("check the path")
-    return build_config(TrainConfig, run.read_config(), sources=(str(run.config_file),))
+    return build_config(TrainConfig, run.config, sources=(str(run.config_file),))
 
 
-def write_train_summary(run: RunDir, rows: list[dict], cfg: TrainConfig, device, precision: str,
-                        clocks: dict[str, float] | None = None) -> None:  # fmt: skip
+def write_train_summary(
+    run: RunDir, rows: list[dict], cfg: TrainConfig, device, precision: str, clocks: dict[str, float] | None = None
+) -> None:
     """summary.json's ``train`` key: the last epoch's numbers, device and precision, and ``clocks`` (the
     trainer's ``train_s``: seconds of training steps alone; ``compile_s``: compiling ahead, apart from them)."""
     last = rows[-1]

@@ -1,16 +1,13 @@
-"""What the library functions that explain a run share: its model on a device, file names, CSV files."""
+"""The run's model as every explain function loads it, and the layer they explain by default."""
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from cifarlens.device import resolve_device
-from cifarlens.io import atomic_write_text
 from cifarlens.run import ModelSpec, RunDir
 
 
@@ -19,20 +16,6 @@ def load_run_model(run: str | Path, device: str = "cpu") -> tuple[nn.Module, Mod
     dev = resolve_device(device)
     model, spec = RunDir(run).load_model(dev)
     return model, spec, dev
-
-
-def file_stem(layer: str) -> str:
-    """A layer name as part of a file name (no folder separators)."""
-    return layer.replace("/", "_")
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """``rows`` (dicts with the same keys) as a CSV file with a header, written atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 def last_stage(model: nn.Module, spec: ModelSpec) -> str:

@@ -19,15 +19,15 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from cifarlens.data import RunData, model_input, prepare_data
+from cifarlens.data import RunData, prepare_data
 from cifarlens.device import configure_cpu, resolve_device
 from cifarlens.errors import ConfigError
 from cifarlens.models import create_model, model_capabilities, model_kwargs
 from cifarlens.models.pretrained import is_timm
 from cifarlens.models.registry import get_submodule
-from cifarlens.run import ModelSpec, RunDir
+from cifarlens.run import ModelSpec, Predictor, RunDir
 from cifarlens.training.config import TrainConfig
-from cifarlens.training.runs import new_run_dir, start_run_dir, write_train_summary
+from cifarlens.training.run_folder import new_run_dir, start_run_dir, write_train_summary
 from cifarlens.training.transfer import model_arguments
 
 
@@ -48,10 +48,8 @@ def penultimate_features(
     head = classifier(model, spec)
     captured: list[torch.Tensor] = []
     handle = head.register_forward_pre_hook(lambda _module, args: captured.append(args[0].float().flatten(1).cpu()))
-    model.to(device).eval()
     try:
-        for start in range(0, len(images), batch_size):
-            model(model_input(images[start : start + batch_size].to(device), spec.mean, spec.std, spec.image_size))
+        Predictor(model, spec, device=device, batch_size=batch_size).logits(images)
     finally:
         handle.remove()
     return torch.cat(captured) if captured else torch.empty(0, head.in_features)
