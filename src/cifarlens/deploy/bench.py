@@ -300,8 +300,8 @@ def bench_run(
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
+    model, spec = load_torch(source)  # a missing or unreadable source: one line, before the data is read
     data = load_eval_images(source, data_dir, test_images=test_images)
-    model, spec = load_torch(source)
     graphs = {b: exported_graph(source, b) for b in backends if b not in TORCH_BACKENDS}
     if any(not graph.is_file() for graph in graphs.values()):
         int8 = any(b.endswith("-int8") for b in graphs)
