@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     parser.add_argument("--test-images", type=int, default=0, help="0: the whole test split")
     parser.add_argument("--out", type=Path, default=RESULTS / "deploy_speed.json")
+    parser.add_argument("--max-int8-drop", type=float, default=0.5, help="export --max-int8-drop (accuracy points)")
     parser.add_argument("--quick", action="store_true", help="tiny runs and short measurements (a pipeline check)")
     args = parser.parse_args()
 
@@ -115,7 +116,7 @@ def main() -> None:
         ("resnet18", args.resnet18_run, "resnet18", r18_train),
     ):
         ensure_run(path, recipe, train_args)
-        export = ["export", path, "--quantize", "int8"]
+        export = ["export", path, "--quantize", "int8", "--max-int8-drop", args.max_int8_drop]
         if args.test_images:
             export += ["--test-images", args.test_images]
         cifarlens(*export)

@@ -25,7 +25,7 @@ from cifarlens.data.image_files import ImageFileError, collect_images, load_imag
 from cifarlens.deploy.onnx_export import VerificationError, export_run, load_eval_images
 from cifarlens.deploy.predict import predict_files
 from cifarlens.deploy.runtime import OnnxClassifier, open_classifier
-from cifarlens.errors import RunDirError
+from cifarlens.errors import CifarlensError, RunDirError
 
 
 def _samples_dir() -> Path:
@@ -268,9 +268,9 @@ def test_pickle_refused_unless_trusted_then_weights_only(run, tmp_path):
 
     evil = tmp_path / "evil.pkl"
     torch.save({"x": Payload()}, evil)
-    with pytest.raises(RunDirError, match="weights_only=True"):
+    with pytest.raises(CifarlensError, match="weights_only=False, which cifarlens never uses"):
         open_classifier(evil, trust_pickle=True, model="tutorial")
-    with pytest.raises(RunDirError, match="does not match"):
+    with pytest.raises(CifarlensError, match="do not fit the model"):
         open_classifier(pt, trust_pickle=True, model="seed_bn8")
 
     result = cifarlens("predict", pt, tmp_path)

@@ -161,6 +161,7 @@ LAYERS = (
     "run",
     "training",
     "evaluation",
+    "importing",
     "explain",
     "experiments",
     "deploy",

@@ -54,8 +54,9 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def config_options(cls: type, defaults: dict[str, Any]) -> list[inspect.Parameter]:
-    """One keyword-only ``--option`` per dataclass field, help from the field's comment.
+def config_options(cls: type, defaults: dict[str, Any], skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """One keyword-only ``--option`` per dataclass field (but those in ``skip``: the command's arguments), help
+    from the field's comment.
 
     Every option defaults to None so that only flags the user typed override lower layers.
     """
@@ -63,6 +64,8 @@ def config_options(cls: type, defaults: dict[str, Any]) -> list[inspect.Paramete
     comments = field_comments(cls)
     params = []
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         annotation = field_types(cls)[f.name]
         help_text = comments.get(f.name, "")
         if get_origin(annotation) is Literal:
@@ -83,8 +86,8 @@ def config_options(cls: type, defaults: dict[str, Any]) -> list[inspect.Paramete
     return params
 
 
-def with_config_options(cls: type, defaults: dict[str, Any]) -> Callable:
-    """Give ``fn(**fixed, options: dict)`` a signature with ``cls``'s fields as options."""
+def with_config_options(cls: type, defaults: dict[str, Any], skip: tuple[str, ...] = ()) -> Callable:
+    """Give ``fn(**fixed, options: dict)`` a signature with ``cls``'s fields (but ``skip``) as options."""
 
     def decorate(fn: Callable) -> Callable:
         # Resolved here, in fn's module: typer would evaluate string annotations in this module's globals.
@@ -94,7 +97,7 @@ def with_config_options(cls: type, defaults: dict[str, Any]) -> Callable:
             for name, p in inspect.signature(fn).parameters.items()
             if name != "options"
         ]
-        generated = config_options(cls, defaults)
+        generated = config_options(cls, defaults, skip)
         names = {p.name for p in generated}
 
         @functools.wraps(fn)

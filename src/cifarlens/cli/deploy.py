@@ -55,6 +55,9 @@ def export(
         int, typer.Option(help="test images the export is verified on (0: the run's whole test split)")
     ] = 0,
     calibration_images: Annotated[int, typer.Option(help="training images int8 is calibrated on")] = 512,
+    max_int8_drop: Annotated[
+        float, typer.Option(help="accuracy points int8 may lose against fp32 before its graph is refused")
+    ] = 0.5,
     data_dir: DataDir = None,
     trust_pickle: TrustPickle = False,
     model: ModelName = None,
@@ -88,6 +91,7 @@ def export(
         trust_pickle=trust_pickle,
         model_name=model,
         model_args=_model_args(model_args),
+        max_int8_drop=max_int8_drop,
     )
     table = Table(title=f"ONNX export of {escape(str(source))} (verified on {len(data.test_labels)} test images)")
     for column in ("graph", "exporter", "max |logit diff|", "top-1 agreement", "accuracy", "vs"):

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cifarlens import __version__
 from cifarlens.cli import deploy as _deploy
 from cifarlens.cli import experiments as _experiments
 from cifarlens.cli import explore as _explore
+from cifarlens.cli import importing as _importing
 from cifarlens.cli.explain import app as explain_app
 from cifarlens.console import console, err_console, user_errors, with_config_options
 from cifarlens.errors import CifarlensError
@@ -167,6 +169,18 @@ def list_models_command() -> None:
         args = ", ".join(f"{k}={v!r}" for k, v in model_kwargs(name).items())
         table.add_row(name, f"{params:,}", args, model_description(name))
     console.print(table)
+    families = Table(title="models from elsewhere", title_justify="left")
+    families.add_column("name or source", style="bold")
+    families.add_column("what it is")
+    for source, what in (
+        ("timm:NAME", "a timm architecture (pip install 'cifarlens[timm]'), e.g. --model timm:resnet18"),
+        ("keras:APPLICATION, keras:FILE.keras", "a keras.applications model or a user's .keras file"),
+        ("cifarlens import FILE.py:FACTORY", "a model class from your own code, with --weights and --trust-code"),
+        ("cifarlens import MODEL.pt / .pt2", "a TorchScript file or a torch.export program"),
+        ("cifarlens import NAME --weights W", "any name above, with weights from another training script"),
+    ):
+        families.add_row(escape(source), escape(what))
+    console.print(families)
 
 
 @app.command()
@@ -233,6 +247,7 @@ app.command()(_deploy.predict)
 app.command()(_deploy.bench)
 app.command()(_deploy.serve)
 app.command()(_explore.explore)
+app.command("import")(_importing.import_model)
 app.add_typer(explain_app, name="explain")
 
 

@@ -35,6 +35,7 @@ from cifarlens.deploy.runtime import (
 )
 from cifarlens.errors import CifarlensError, ConfigError, first_line
 from cifarlens.io import atomic_path
+from cifarlens.models.layers import takes_hooks
 from cifarlens.run import ModelSpec, RunDir, write_json
 
 MIN_AGREEMENT = 0.999  # fp32 ONNX vs PyTorch, top-1
@@ -79,6 +80,11 @@ def export_graph(
     The dynamo exporter (torch.export + onnxscript) is tried first; if it fails, the TorchScript
     exporter is used with a warning.
     """
+    if not takes_hooks(model):
+        raise ConfigError(
+            "a TorchScript model cannot be exported: neither ONNX exporter traces through a loaded ScriptModule; "
+            "import the model as a torch.export .pt2 or from its Python code to export it"
+        )
     wrapper = Preprocessed(model.eval(), spec.mean, spec.std, spec.image_size).eval()
     # Batch 2, not 1: torch.export specialises a dimension of size 1 and the batch would not stay dynamic.
     example = torch.zeros(2 if dynamic_batch else 1, 3, CIFAR_SIZE, CIFAR_SIZE, dtype=torch.uint8)

@@ -29,7 +29,8 @@ from cifarlens.deploy.classifier import ONNX_FORMAT, Classifier, read_sidecar, s
 from cifarlens.deploy.openvino_runtime import OpenVinoClassifier, precision_of
 from cifarlens.deploy.tf_runtime import SavedModelClassifier, TfliteClassifier, is_saved_model  # TF loads on use
 from cifarlens.errors import CifarlensError, ConfigError, RunDirError, first_line
-from cifarlens.run import ModelSpec, RunDir, load_state_checked, load_weights
+from cifarlens.models.state_dicts import fit_state_dict, read_weights_file
+from cifarlens.run import ModelSpec, RunDir, load_weights
 from cifarlens.run.predictor import Predictor
 
 # Every inference backend, by the name bench, predict and serve take (--backend). The onnxruntime and openvino
@@ -169,20 +170,9 @@ def _load_pickle(path: Path, trust: bool, model: str | None, model_args: dict[st
     if not path.is_file():
         raise RunDirError(f"{path} not found")
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # weights_only refuses arbitrary objects with an UnpicklingError (or others)
-        first = first_line(err)
-        raise RunDirError(f"{path} could not be read as a plain state dict with weights_only=True ({first})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # cifarlens checkpoints and many training scripts nest the weights
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RunDirError(f"{path} does not hold a state dict (name -> tensor); save model.state_dict()")
     spec = ModelSpec(model, model_args, len(CLASSES), CLASSES, CIFAR10_MEAN, CIFAR10_STD)
     net = spec.build()
-    load_state_checked(net, state, path)
+    net.load_state_dict(fit_state_dict(read_weights_file(path), net, path))
     return net.eval(), spec
 
 

@@ -43,7 +43,7 @@ def model_size(run: RunDir) -> tuple[int | None, int | None]:
 
     if run.has_weights():
         spec = run.read_spec()
-        model, size = spec.build(), spec.image_size
+        model, size = spec.build(run.path), spec.image_size
     else:
         model, size = create_model(run.config["model"], **(run.config.get("model_args") or {})), 32
     total = summarize(model, input_size=(1, 3, size, size), depth=1)["total"]
@@ -74,8 +74,12 @@ def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
 
 
 def _flatten(config: dict[str, Any]) -> dict[str, Any]:
-    """Config with each model argument as its own ``model_args.NAME`` key, defaults filled in."""
-
+    """Config with each model argument as its own ``model_args.NAME`` key, defaults filled in; an imported
+    model is told by what it was imported from (``source``, ``weights``) instead of where the run keeps it."""
+    if "imported" in config:
+        imported = config["imported"]
+        rest = {k: v for k, v in config.items() if k not in ("imported", "model_args")}
+        return rest | {"source": imported.get("source"), "weights": imported.get("weights")}
     flat = {k: v for k, v in config.items() if k != "model_args"}
     try:
         defaults = model_kwargs(config["model"])

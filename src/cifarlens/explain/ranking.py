@@ -46,6 +46,7 @@ from cifarlens.explain.faithfulness import DeletionInsertion
 from cifarlens.explain.plots import plot_rank
 from cifarlens.explain.run_model import load_run_model
 from cifarlens.io import atomic_write_csv, atomic_write_text
+from cifarlens.models.layers import check_hookable
 from cifarlens.models.registry import Capabilities
 from cifarlens.run import RunDir, write_json
 from cifarlens.run.predictor import Predictor
@@ -309,6 +310,7 @@ def rank_maps(
 
     settings = settings or RankSettings()
     check_methods(methods)
+    check_hookable(model)  # the random reference is a CAM
     model = model.eval()
     randomised_models = {
         step: randomised(model, names, settings.seed) for step, names in cascade_modules(model, capabilities).items()

@@ -28,7 +28,7 @@ from cifarlens.experiments.compare import run_labels
 from cifarlens.explain.attribution import METHODS, attribute_maps, check_methods
 from cifarlens.explain.dataset_examples import top_images
 from cifarlens.explain.projection import projection_run
-from cifarlens.io import atomic_path
+from cifarlens.io import atomic_path, sha256_file
 from cifarlens.models.layers import FeatureExtractor, list_layers
 from cifarlens.run import RunDir
 from cifarlens.run.predictor import Predictor
@@ -204,7 +204,7 @@ class Explorer:
         run = self.run(r)
         path = run.explore_predictions_file(self.split)
         stamp = {
-            "weights_sha256": _sha256(run.weights_file),
+            "weights_sha256": sha256_file(run.weights_file),
             "images": str(len(self.labels)),
             "labels_sha256": hashlib.sha256(self.labels.numpy().tobytes()).hexdigest(),
         }
@@ -423,7 +423,7 @@ class Explorer:
         if layer not in spatial:
             raise NotFound(f"no spatial probe stage {layer!r}; channels can be shown for {', '.join(spatial)}")
         path = run.explore_channels_file(self.split, layer, channels, k)
-        stamp = {"weights_sha256": _sha256(run.weights_file), "images": str(len(self.labels))}
+        stamp = {"weights_sha256": sha256_file(run.weights_file), "images": str(len(self.labels))}
         if path.is_file() and _metadata(path) == stamp:
             saved = load_file(str(path))
         else:
@@ -452,14 +452,6 @@ class Explorer:
                 for c, img, idx, scores in zip(saved["channels"], saved["optimised"], saved["indices"], saved["scores"])
             ],
         }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _metadata(path: Path) -> dict[str, str]:

@@ -37,9 +37,9 @@ from cifarlens.data.cifar10 import keras_home
 from cifarlens.errors import CifarlensError, ConfigError, first_line
 from cifarlens.models.layers import default_stages, default_target_layer, list_layers
 from cifarlens.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, WeightsUnavailable, offline
+from cifarlens.models.trust import TRUST_ENV, trusted
 
 KERAS_PREFIX = "keras:"
-TRUST_ENV = "CIFARLENS_TRUST_CODE"
 
 # Each mode as the (mean, std) of our normalisation ``(x / 255 - mean) / std`` on RGB input; ``caffe``
 # also flips RGB to BGR inside the model (KerasNet.forward). keras.applications.imagenet_utils has the modes.
@@ -297,10 +297,6 @@ def _fixed_names(keras):
 
 
 # ---- a user's .keras file ----------------------------------------------------------------------------------------
-
-
-def trusted() -> bool:
-    return os.environ.get(TRUST_ENV, "").lower() in ("1", "true", "yes", "on")
 
 
 def read_keras_config(path: Path) -> dict:

@@ -75,7 +75,9 @@ class FeatureExtractor:
                 "(see cifarlens explain layers RUN)"
             )
         self._graph = None
-        if _traceable_nodes(model) is not None:
+        if _traceable_nodes(model) is None:
+            check_hookable(model)
+        else:
             from torchvision.models.feature_extraction import create_feature_extractor
 
             self._graph = create_feature_extractor(
@@ -168,6 +170,20 @@ def default_stages(layers: list[LayerInfo]) -> list[str]:
     return stages
 
 
+def takes_hooks(model: nn.Module) -> bool:
+    """False for TorchScript (or a model wrapping it): PyTorch runs no forward hooks on a ScriptModule."""
+    return not any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+
+
+def check_hookable(model: nn.Module) -> None:
+    """A ``LayerError`` for a model whose layers cannot be read (``takes_hooks``)."""
+    if not takes_hooks(model):
+        raise LayerError(
+            "this model is TorchScript, which runs no forward hooks, so its layers cannot be read (CAMs, layer "
+            "attributions, features, probes); import it from its Python class or as a torch.export .pt2 instead"
+        )
+
+
 @dataclass
 class ModuleCall:
     """One finished module call during a forward pass: its first input and its output."""
@@ -179,6 +195,7 @@ class ModuleCall:
 
 def module_calls(model: nn.Module, image_size: int = 32) -> tuple[list[ModuleCall], dict[str, int]]:
     """Every module call of one forward pass on a zero image, in order of completion, and calls per module."""
+    check_hookable(model)
     finished: list[ModuleCall] = []
     calls: dict[str, int] = {}
 
@@ -246,6 +263,7 @@ def module_feeding(model: nn.Module, consumer: str, image_size: int = 32) -> str
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
     """The submodule called ``name``; an unknown name lists the valid ones."""
+    check_hookable(model)
     modules = dict(model.named_modules())
     if name not in modules or not name:
         valid = ", ".join(n for n in modules if n)

@@ -59,6 +59,17 @@ class Capabilities:
         """The top-level module holding the classifier."""
         return self.classifier.split(".")[0]
 
+    # The fields a run stores for an imported model (the callables are our own models' alone).
+    STORED = ("classifier", "cam_layer", "probe_stages", "gap_features", "mean", "std", "input_size")
+
+    def to_dict(self) -> dict:
+        return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in self.STORED}
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "Capabilities":
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in cls.STORED}
+        return cls(**values, pretrained_mean=values["mean"], pretrained_std=values["std"])
+
     def normalization(self, pretrained: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) of the model's inputs."""
         return (self.pretrained_mean, self.pretrained_std) if pretrained else (self.mean, self.std)

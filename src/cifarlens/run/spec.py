@@ -16,7 +16,8 @@ from cifarlens import __version__
 from cifarlens.data.augment import model_input
 from cifarlens.errors import RunDirError
 from cifarlens.io import atomic_path
-from cifarlens.models import create_model, model_capabilities
+from cifarlens.models import Capabilities, create_model, model_capabilities
+from cifarlens.models.imported import create_imported_model, is_imported
 
 
 @dataclass
@@ -30,6 +31,8 @@ class ModelSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     image_size: int = 32  # side the model is fed at: CIFAR images are resized to it (pretrained backbones)
+    # what tools need to know, found once when a model trained elsewhere was imported (None: the registry's)
+    declared: dict[str, Any] | None = None
 
     def inputs(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> the normalised float batch (N, 3, S, S) the model takes, S = ``size`` or the
@@ -48,7 +51,7 @@ class ModelSpec:
             "mean": json.dumps(list(self.mean)),
             "std": json.dumps(list(self.std)),
             "image_size": str(self.image_size),
-        }
+        } | ({"capabilities": json.dumps(self.declared)} if self.declared else {})
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: Path) -> "ModelSpec":
@@ -61,19 +64,24 @@ class ModelSpec:
                 mean=tuple(json.loads(meta["mean"])),
                 std=tuple(json.loads(meta["std"])),
                 image_size=int(meta.get("image_size", 32)),
+                declared=json.loads(meta["capabilities"]) if "capabilities" in meta else None,
             )
         except (KeyError, ValueError, TypeError):
             raise RunDirError(
                 f"{path} has no cifarlens header (model name, args, classes); it was not written by cifarlens train"
             ) from None
 
-    def build(self) -> nn.Module:
-
+    def build(self, home: str | Path | None = None) -> nn.Module:
+        """The model with fresh weights; an imported model is rebuilt from the files in its run folder ``home``."""
+        if is_imported(self.name):
+            return create_imported_model(self.name, None if home is None else Path(home), **self.kwargs)
         return create_model(self.name, num_classes=self.num_classes, **self.kwargs)
 
-    def capabilities(self, model: nn.Module):
-        """The model's declared ``Capabilities`` (guessed from ``model`` for ``timm:`` models)."""
-
+    def capabilities(self, model: nn.Module) -> Capabilities:
+        """The model's ``Capabilities``: found at import, declared by its registered function, or guessed from
+        ``model`` for ``timm:`` models."""
+        if self.declared is not None:
+            return Capabilities.from_dict(self.declared)
         return model_capabilities(self.name, model, self.image_size)
 
 
@@ -102,7 +110,7 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     if not path.is_file():
         raise RunDirError(f"weights file {path} not found; train a model first (cifarlens train)")
     spec, _ = read_spec(path)
-    model = spec.build()
+    model = spec.build(home=path.parent)
     state = load_file(str(path))
     load_state_checked(model, state, path)
     return model.to(device).eval(), spec
