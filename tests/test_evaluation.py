@@ -312,7 +312,7 @@ def run_dir(tmp_path, monkeypatch):
     except (ImportError, CifarlensError):  # the model zoo is not there yet
         torch.manual_seed(0)
         model, name = TinyNet(), "tiny_test_net"
-        monkeypatch.setattr(rundir.ModelSpec, "build", lambda self: TinyNet(self.num_classes))
+        monkeypatch.setattr(rundir.ModelSpec, "build", lambda self, home=None: TinyNet(self.num_classes))
     spec = rundir.ModelSpec(name=name, kwargs={}, num_classes=10, classes=CLASSES, mean=MEAN, std=STD)
     rundir.save_weights(model, spec, run / rundir.RunDir.WEIGHTS)
     write_metrics(
@@ -392,3 +392,25 @@ def test_evaluate_run_user_errors(run_dir, tmp_path):
     (run_dir / rundir.RunDir.CONFIG).unlink()
     with pytest.raises(RunDirError):
         evaluate_run(run_dir)
+
+
+def test_an_evaluation_of_other_data_is_kept_beside_the_runs_own_and_says_what_it_scored(run_dir, tmp_path):
+    from cifarlens.report import render_report
+
+    own = evaluate_run(run_dir, tta_translate=True)
+    other_root = tmp_path / "other"
+    write_cifar(other_root, per_batch=30, seed=5)  # another folder: 30 test images, other pixels
+    other = evaluate_run(run_dir, tta_translate=True, data_dir=other_root)
+    run = rundir.RunDir(run_dir)
+    key = f"test_tta_translate@{other['data']['fingerprint'][:8]}"
+    assert set(run.evaluations()) == {"test_tta_translate", key}
+    assert run.summary["test_tta_translate"]["n"] == 20 and run.summary[key]["n"] == 30  # the own one kept
+    assert run.summary[key]["data"]["folder"] == str((other_root / "cifar-10-batches-py").resolve())
+    assert (run_dir / f"per_class_{key}.csv").is_file()
+    assert run.headline()["key"] == "test_tta_translate" and run.headline()["n"] == 20
+    # the run's own folder named explicitly is the run's own data: the entry is replaced, not duplicated
+    again = evaluate_run(run_dir, tta_translate=True, data_dir=run_dir.parent / "data")
+    assert again["data"]["fingerprint"] == own["data"]["fingerprint"]
+    assert len(rundir.RunDir(run_dir).evaluations()) == 2
+    html = render_report([run_dir])
+    assert key in html and str(other_root.resolve()) in html and own["data"]["fingerprint"] in html

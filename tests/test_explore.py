@@ -140,7 +140,8 @@ def test_thumbnails_are_pixel_sharp(explorer):
 def test_headline_accuracy_prefers_tta_and_keeps_the_plain_one(tmp_path):
     run = RunDir(tmp_path)
     (tmp_path / "summary.json").write_text('{"test": {"accuracy": 0.8}, "test_tta": {"accuracy": 0.82}}')
-    assert run.headline() == {"key": "test_tta", "label": "test, TTA", "accuracy": 0.82, "plain": 0.8}
+    expected = {"key": "test_tta", "label": "test, TTA", "accuracy": 0.82, "plain": 0.8, "n": None, "data": None}
+    assert run.headline() == expected
 
 
 # -- the server, as a user starts it ------------------------------------------------------------------------------

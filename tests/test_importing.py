@@ -324,3 +324,39 @@ def torchvision_version() -> str:
     from importlib import metadata
 
     return metadata.version("torchvision")
+
+
+def test_train_init_from_fine_tunes_an_imported_run(foreign, cifar_root, tmp_path, monkeypatch):
+    from cifarlens.config import build_config
+    from cifarlens.training import TrainConfig, recipe_options, train
+
+    run = _import(foreign, cifar_root, tmp_path / "imported", str(foreign["folder"] / "model.pt2"))
+    options = {
+        "init_from": str(run),
+        "epochs": 1,
+        "batch_size": 50,
+        "optimizer": "sgd",
+        "lr": 0.001,
+        "schedule": "constant",
+        "augment": "flip",
+        "data_dir": str(cifar_root),
+        "download": False,
+        "out": str(tmp_path / "tuned"),
+        "precision": "fp32",
+        "channels_last": False,
+        "threads": 1,
+        "tta": False,
+        "report": False,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tuned = train(build_config(TrainConfig, recipe_options("seed"), options))
+    assert (tuned / "source" / "model.pt2").is_file()
+    model, spec = RunDir(tuned).load_model()  # rebuilt from the new run's own copy
+    assert spec.name == "imported:export" and spec.mean == (0.0, 0.0, 0.0)
+    before, _ = RunDir(run).load_model()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
+    assert changed  # it trained
+    from cifarlens.evaluation import evaluate_run
+
+    assert evaluate_run(tuned)["accuracy"] > 0.5  # from the imported weights, not from scratch

@@ -56,7 +56,9 @@ def evaluate_run(
 
     ``data`` skips rebuilding the splits from config.yaml (the trainer passes its own). Returns
     the result dict stored in summary.json: accuracy, loss, n, per_class, confusion,
-    top_confusions, seconds, plus split, tta and tta_translate. ``tta_translate`` implies ``tta``.
+    top_confusions, seconds, plus split, tta, tta_translate and ``data`` (folder, split, n, fingerprint: what
+    was scored). ``tta_translate`` implies ``tta``. An evaluation of other data than the run's is kept beside
+    the run's own under ``KEY@FINGERPRINT`` (``RunDir.evaluation_key``).
     """
     run = RunDir(run_dir).require_weights()
     if data is None:
@@ -78,19 +80,28 @@ def evaluate_run(
     logits = predictor.logits(chosen.images)
     seconds = time.perf_counter() - t0
     report = classification_report(logits, chosen.labels, classes)
+    record = {
+        "folder": str(Path(data.root).resolve()),
+        "split": split,
+        "n": len(chosen),
+        "fingerprint": chosen.fingerprint(),
+    }
     result = {
         "split": split,
         "tta": tta,
         "tta_translate": tta_translate,
+        "data": record,
         **report,
         "top_confusions": top_confusions(report["confusion"], classes, k=5),
         "seconds": seconds,
     }
 
-    key = result_key(split, tta, tta_translate)
+    key = run.evaluation_key(result_key(split, tta, tta_translate), record)
     run.merge_summary(key, result)
     run.write_evaluation(key, report["per_class"], report["confusion"], classes)
     label = f"{split}{' with TTA + shifts' if tta_translate else ' with TTA' if tta else ''}"
+    if "@" in key:
+        label += f" of {record['folder']}"
     plot_confusion(
         report["confusion"],
         classes,

@@ -25,8 +25,9 @@ from cifarlens.models.imported import (
     package_of,
 )
 from cifarlens.models.state_dicts import fit_state_dict, read_weights_file
+from cifarlens.run import RunDir
 
-SOURCE_DIR = "source"  # RunDir.SOURCE: where the run keeps the copies
+SOURCE_DIR = RunDir.SOURCE  # where the run keeps the copies
 GRAPH_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript")
 
 

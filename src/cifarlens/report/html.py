@@ -120,7 +120,15 @@ def _run_section(run: Path, label: str, anchor: str) -> str:
         )
     if curves.is_file():
         parts.append("<h3>Training curves</h3>" + _img(curves, "loss, accuracy and learning rate per epoch"))
-    parts += [_per_class(rec), _plots(rec), _explain_section(rec), _config(rec), _metrics(rec), "</section>"]
+    parts += [
+        _evaluations(rec),
+        _per_class(rec),
+        _plots(rec),
+        _explain_section(rec),
+        _config(rec),
+        _metrics(rec),
+        "</section>",
+    ]
     return "\n".join(part for part in parts if part)
 
 
@@ -129,10 +137,10 @@ def _facts(rec: RunDir) -> str:
     res, train, prov = results(rec), rec.summary.get("train", {}), rec.provenance
     known = {key: res[key] is not None for key in ("params", "macs", "train_s", "images_per_s")}
     facts = [
-        ("model", f"{rec.config.get('model')} {json.dumps(rec.config.get('model_args') or {})}"),
+        ("model", _model_fact(rec.config)),
         ("test accuracy", _headline(rec)),
         ("validation accuracy", _pct(res["val_acc"])),
-        ("epochs", train.get("epochs", len(rec.metrics))),
+        ("epochs", "n/a (imported)" if "imported" in rec.config else train.get("epochs", len(rec.metrics))),
         ("parameters", f"{res['params']:,}" if known["params"] else "n/a"),
         ("MACs per image", f"{res['macs']:,}" if known["macs"] else "n/a"),
         ("training time", f"{res['train_s']:.1f} s" if known["train_s"] else "n/a"),
@@ -151,6 +159,35 @@ def _facts(rec: RunDir) -> str:
     return f'<table class="facts"><tbody>{rows}</tbody></table>'
 
 
+def _model_fact(config: dict[str, Any]) -> str:
+    """The model and its arguments; for an imported one, what it was imported from."""
+    imported = config.get("imported")
+    if imported:
+        weights = f", weights {imported['weights']}" if imported.get("weights") else ""
+        return f"{config.get('model')} from {imported.get('source')}{weights}"
+    return f"{config.get('model')} {json.dumps(config.get('model_args') or {})}"
+
+
+def _evaluations(rec: RunDir) -> str:
+    """Every evaluation of the run with the data it scored: the run's own first, then those of other data."""
+    entries = rec.evaluations()
+    if not entries:
+        return ""
+    header = ["evaluation", "accuracy", "loss", "images", "data", "fingerprint"]
+    rows = [
+        [
+            key,
+            _pct(entry["accuracy"]),
+            f"{entry['loss']:.4f}" if "loss" in entry else "n/a",
+            entry.get("n", "n/a"),
+            (entry.get("data") or {}).get("folder", "the run's own (recorded before data records)"),
+            (entry.get("data") or {}).get("fingerprint", "n/a"),
+        ]
+        for key, entry in entries.items()
+    ]
+    return "<h3>Evaluations</h3>" + _table(header, rows, css="evaluations")
+
+
 def _per_class(rec: RunDir) -> str:
     """The per-class table of the test evaluation, its worst class marked."""
     if not rec.per_class:
@@ -162,7 +199,9 @@ def _per_class(rec: RunDir) -> str:
         for r in rec.per_class
     ]
     marks = [["", "worst" if r["accuracy"] == worst else "", "", "", "", ""] for r in rec.per_class]
-    return "<h3>Per-class accuracy (test)</h3>" + _table(header, rows, marks, css="per-class")
+    data = rec.summary.get("test", {}).get("data")
+    where = f", {data['n']} images of {data['folder']}" if data else ""
+    return f"<h3>Per-class accuracy (test{_esc(where)})</h3>" + _table(header, rows, marks, css="per-class")
 
 
 def _plots(rec: RunDir) -> str:

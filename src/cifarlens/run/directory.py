@@ -5,7 +5,8 @@ Layout::
     RUN/config.yaml          resolved training config
     RUN/metrics.csv          one row per epoch (METRIC_COLUMNS)
     RUN/model.safetensors    final weights; the header holds the ModelSpec that rebuilds the model
-    RUN/summary.json         results by key: train, test, test_tta, val ...
+    RUN/summary.json         results by key: train, test, test_tta, val ...; each evaluation records its data
+                             (folder, split, n, fingerprint); one of other data is KEY@FINGERPRINT
     RUN/provenance.json      git SHA, package versions, machine, device, precision
     RUN/per_class_KEY.csv    per-class scores of one evaluation (KEY: test, test_tta, val ...)
     RUN/confusion_KEY.csv    its confusion matrix
@@ -15,6 +16,7 @@ Layout::
     RUN/export/              model.onnx, model.int8.onnx and their JSON sidecars, TFLite/SavedModel, bench.json
     RUN/explore/             what ``cifarlens explore`` computed once and keeps (predictions, channel images)
     RUN/report.html          the static HTML report
+    RUN/source/              an imported model's code (with its sibling modules) or graph file
 
 Train, evaluate, explain, export, compare, report and sweep read and write a run only through
 this class, so a file name or format changes in one place.
@@ -39,6 +41,7 @@ from torch import nn
 from cifarlens import __version__
 from cifarlens.config import read_yaml
 from cifarlens.data import prepare_data
+from cifarlens.data.cifar10 import find_batches_dir, resolve_data_dir
 from cifarlens.device import cpu_has_fast_bf16, cpu_name
 from cifarlens.errors import RunDirError
 from cifarlens.io import atomic_write_text
@@ -86,6 +89,7 @@ class RunDir:
     EXPORT = "export"
     EXPLORE = "explore"
     REPORT = "report.html"
+    SOURCE = "source"  # an imported model's code or graph file, which its spec's kwargs name
     # One folder per explain command under explain/ (a new command adds its folder here).
     EXPLAIN_COMMANDS = (
         "layers",
@@ -322,6 +326,26 @@ class RunDir:
         """``read_summary()``, read once."""
         return self.read_summary()
 
+    def evaluation_key(self, key: str, data: dict[str, Any]) -> str:
+        """Where an evaluation of ``data`` (its record: folder, split, n, fingerprint) is kept in summary.json:
+        ``key`` for the run's own data (or the very images an earlier entry under ``key`` scored), else
+        ``KEY@FINGERPRINT``, beside the run's own entry and never over it."""
+        earlier = self.summary.get(key)
+        if earlier is not None and (earlier.get("data") or {}).get("fingerprint") == data["fingerprint"]:
+            return key
+        own = Path(data["folder"]).resolve() == self.own_data_folder()
+        return key if own else f"{key}@{data['fingerprint'][:8]}"
+
+    def own_data_folder(self) -> Path | None:
+        """The folder holding the batches the run's config names (None when it is not there)."""
+        folder = find_batches_dir(resolve_data_dir(self.config.get("data_dir") or None)[0])
+        return folder.resolve() if folder is not None else None
+
+    def evaluations(self) -> dict[str, dict[str, Any]]:
+        """Every evaluation entry of summary.json (those with an accuracy), by key, the run's own first."""
+        entries = {k: v for k, v in self.summary.items() if isinstance(v, dict) and "accuracy" in v}
+        return dict(sorted(entries.items(), key=lambda item: ("@" in item[0], item[0])))
+
     def merge_summary(self, key: str, value: dict[str, Any]) -> None:
         """Set ``summary[key] = value``, keeping the other keys."""
         summary = self.read_summary()
@@ -343,15 +367,19 @@ class RunDir:
         labels = {"test_tta_translate": "test, TTA + shifts", "test_tta": "test, TTA", "test": "test"}
         for key in self.HEADLINE_KEYS:
             if key in self.summary:
+                entry = self.summary[key]
                 return {
                     "key": key,
                     "label": labels[key],
-                    "accuracy": float(self.summary[key]["accuracy"]),
+                    "accuracy": float(entry["accuracy"]),
                     "plain": self.test_acc,
+                    "n": entry.get("n"),
+                    "data": entry.get("data"),
                 }
         if self.test_acc is None:
             return None
-        return {"key": "test", "label": "test", "accuracy": float(self.test_acc), "plain": self.test_acc}
+        accuracy = float(self.test_acc)
+        return {"key": "test", "label": "test", "accuracy": accuracy, "plain": self.test_acc, "n": None, "data": None}
 
     @property
     def val_acc(self) -> float | None:

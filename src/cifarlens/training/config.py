@@ -86,6 +86,9 @@ class TrainConfig:
     tta_translate: bool = True
     # start from ImageNet weights (models with a pretrained argument, timm:<name>); inputs get ImageNet mean/std
     pretrained: bool = False
+    # fine-tune the model of this run (trained or imported: its architecture, weights, normalisation and capabilities;
+    # --model is then ignored)
+    init_from: str = ""
     # keras:FILE.keras models: allow Lambda layers, Python code that runs when the file is loaded (only for files you
     # trust)
     trust_code: bool = False
@@ -160,6 +163,10 @@ class TrainConfig:
 
     def _validate_model(self) -> None:
         """Raise ``ConfigError`` for an unknown model, arguments it does not take, or weights it lacks."""
+        if self.init_from:
+            if self.pretrained:
+                raise ConfigError("--init-from starts from that run's weights; drop --pretrained")
+            return
 
         accepted = model_kwargs(self.model)  # also rejects unknown model names
         unknown = sorted(set(self.model_args) - set(accepted))

@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,11 +259,15 @@ def _learner(
 ) -> Learner:
     """The model, its spec and capabilities, the optimizer and schedule (``forward`` is wrapped later)."""
     torch.manual_seed(cfg.seed)
-    stored_args, build_args = model_arguments(cfg)
-    model = create_model(cfg.model, num_classes=len(data.classes), **build_args)
-    caps = model_capabilities(cfg.model, model, cfg.image_size)
-    mean, std = caps.normalization(cfg.pretrained)
-    spec = ModelSpec(cfg.model, stored_args, len(data.classes), data.classes, mean, std, cfg.image_size)
+    if cfg.init_from:
+        model, spec = _model_of_run(cfg.init_from, data)
+        caps = spec.capabilities(model)
+    else:
+        stored_args, build_args = model_arguments(cfg)
+        model = create_model(cfg.model, num_classes=len(data.classes), **build_args)
+        caps = model_capabilities(cfg.model, model, cfg.image_size)
+        mean, std = caps.normalization(cfg.pretrained)
+        spec = ModelSpec(cfg.model, stored_args, len(data.classes), data.classes, mean, std, cfg.image_size)
     frozen = freeze(model, cfg.freeze, caps)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
@@ -283,6 +288,17 @@ def _learner(
         cfg.label_smoothing,
         frozen,
     )
+
+
+def _model_of_run(source: str, data: RunData) -> tuple[torch.nn.Module, ModelSpec]:
+    """The model of the run ``source`` with its weights, and its spec (``--init-from``)."""
+    model, spec = RunDir(source).load_model()
+    if tuple(spec.classes) != tuple(data.classes):
+        raise ConfigError(
+            f"--init-from {source}: its model predicts {', '.join(spec.classes)}, not this data's classes; "
+            "fine-tune it on the data it was trained for"
+        )
+    return model.train(), spec
 
 
 def _steps_per_epoch(cfg: TrainConfig, ctx: distributed.Context, data: RunData) -> tuple[int, int, bool]:
@@ -322,11 +338,14 @@ def _flops_by_size(cfg: TrainConfig, learner: Learner, data: RunData) -> dict[in
 def _start(state: TrainState) -> None:
     """A new run: fit data-dependent layers, then write the run folder."""
     learner = state.learner
-    if learner.caps.init_from_data is not None:
+    if learner.caps.init_from_data is not None and not state.cfg.init_from:  # --init-from: its fitted layers
         learner.caps.init_from_data(learner.model, learner.inputs(_init_images(state), learner.spec.image_size))
     if state.ctx.main:
         machine = {"device": str(learner.device), "precision": learner.precision, "world_size": state.ctx.world}
         start_run_dir(state.run, state.cfg, state.feed.data, machine)
+        source = RunDir(state.cfg.init_from).path / RunDir.SOURCE if state.cfg.init_from else None
+        if source is not None and source.is_dir():  # an imported model's code: the new run rebuilds it too
+            shutil.copytree(source, state.run.path / RunDir.SOURCE, dirs_exist_ok=True)
 
 
 def _init_images(state: TrainState, n: int = 5000) -> torch.Tensor:

@@ -62,13 +62,17 @@ async function overview() {
   const h = o.headline;
   $("headline").replaceChildren(
     el("b", { text: h ? pct(h.accuracy) : "not scored on the test split" }),
-    el("small", { text: h ? ` ${h.label}` + (h.key !== "test" ? `; plain ${pct(h.plain)}` : "") + ` · ${o.run}` : ` · ${o.run}` }),
+    el("small", { text: h ? ` ${h.label}` + (h.key !== "test" ? `; plain ${pct(h.plain)}` : "") + (h.n ? ` on ${h.n} images` + (h.data ? ` of ${h.data.folder}` : "") : "") + ` · ${o.run}` : ` · ${o.run}` }),
   );
   const worst = Math.min(...o.per_class.map((r) => r.accuracy));
   fillTable($("per-class"), ["class", "accuracy", "precision", "recall", "F1", "support"],
     o.per_class.map((r) => [r.class, pct(r.accuracy) + (r.accuracy === worst ? " (worst)" : ""), pct(r.precision), pct(r.recall), r.f1.toFixed(3), r.support]));
   $("per-class-source").textContent = `from ${o.per_class_source}`;
   fillTable($("config"), ["option", "value"], Object.entries(o.config).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]));
+  if (!o.metrics.length) {
+    $("curves").replaceChildren(el("p", { class: "muted", text: o.config.imported ? "no training curves: the model was imported" : "no epochs recorded" }));
+    return;
+  }
   const epochs = o.metrics.map((m) => m.epoch);
   const series = ["train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss"].filter((k) => o.metrics.some((m) => m[k] !== undefined));
   const traces = series.map((k) => ({ x: epochs, y: o.metrics.map((m) => m[k] ?? null), name: k, mode: "lines+markers", yaxis: k.endsWith("loss") ? "y2" : "y" }));
