@@ -104,6 +104,16 @@ def foreign(cifar_root, tmp_path_factory):
         torch.jit.save(torch.jit.script(model), folder / "model.ts.pt")
         dynamic = ({0: torch.export.Dim.DYNAMIC},)
         torch.export.save(torch.export.export(model, (test_x[:2],), dynamic_shapes=dynamic), folder / "model.pt2")
+        axes = {"x": {0: "batch"}, "scores": {0: "batch"}}
+        torch.onnx.export(
+            model,
+            (test_x[:2],),
+            str(folder / "model.onnx"),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["scores"],
+            dynamic_axes=axes,
+        )
         rolled = torch.export.export(Rolled(model), (test_x[:2],), dynamic_shapes=dynamic)
         torch.export.save(rolled, folder / "rolled.pt2")
     return {
@@ -210,7 +220,7 @@ def test_torchscript_runs_gradient_methods_and_refuses_layer_tools_in_one_line(f
     ok = cifarlens("explain", "attribute", run, "--index", "0", "--method", "saliency,integrated-gradients")
     assert ok.returncode == 0, ok.stderr
     assert_one_line_error(cifarlens("explain", "cam", run, "--index", "0"), "TorchScript", "torch.export .pt2")
-    assert_one_line_error(cifarlens("export", run), "TorchScript model cannot be exported")
+    assert_one_line_error(cifarlens("export", run), "TorchScript model or an ONNX graph cannot be exported")
 
 
 def test_a_wrong_normalisation_is_diagnosed_and_nothing_is_written(foreign, cifar_root, tmp_path):
@@ -360,3 +370,15 @@ def test_train_init_from_fine_tunes_an_imported_run(foreign, cifar_root, tmp_pat
     from cifarlens.evaluation import evaluate_run
 
     assert evaluate_run(tuned)["accuracy"] > 0.5  # from the imported weights, not from scratch
+
+
+def test_an_onnx_graph_evaluates_runs_occlusion_and_refuses_gradients_in_one_line(foreign, cifar_root, tmp_path):
+    run = _import(foreign, cifar_root, tmp_path / "run", str(foreign["folder"] / "model.onnx"))
+    assert RunDir(run).summary["test"]["accuracy"] == pytest.approx(foreign["accuracy"])
+    model, spec = RunDir(run).load_model()
+    images = load_cifar10(cifar_root, download=False).test.images
+    torch.testing.assert_close(model(spec.inputs(images)), foreign["logits"], atol=1e-4, rtol=1e-4)
+    ok = cifarlens("explain", "attribute", run, "--index", "0", "--method", "occlusion")
+    assert ok.returncode == 0, ok.stderr
+    refused = cifarlens("explain", "attribute", run, "--index", "0", "--method", "saliency")
+    assert_one_line_error(refused, "saliency needs gradients", "occlusion")

@@ -49,7 +49,7 @@ def import_model(
     console.print(escape(f"imported {result.what} as {result.spec.name}"), highlight=False)
     found = {
         "classifier": caps.classifier or "none (no nn.Linear)",
-        "CAM layer": caps.cam_layer or "none (TorchScript runs no hooks)",
+        "CAM layer": caps.cam_layer or "none (TorchScript and ONNX graphs take no forward hooks)",
         "probe stages": ", ".join(caps.probe_stages) or "none",
         "input": f"{result.spec.image_size}x{result.spec.image_size}, mean {list(result.spec.mean)}, "
         f"std {list(result.spec.std)}" + (", BGR" if result.spec.kwargs.get("bgr") else ""),

@@ -176,7 +176,7 @@ def list_models_command() -> None:
         ("timm:NAME", "a timm architecture (pip install 'cifarlens[timm]'), e.g. --model timm:resnet18"),
         ("keras:APPLICATION, keras:FILE.keras", "a keras.applications model or a user's .keras file"),
         ("cifarlens import FILE.py:FACTORY", "a model class from your own code, with --weights and --trust-code"),
-        ("cifarlens import MODEL.pt / .pt2", "a TorchScript file or a torch.export program"),
+        ("cifarlens import MODEL.pt / .pt2 / .onnx", "a TorchScript file, a torch.export program or an ONNX graph"),
         ("cifarlens import NAME --weights W", "any name above, with weights from another training script"),
     ):
         families.add_row(escape(source), escape(what))

@@ -82,8 +82,9 @@ def export_graph(
     """
     if not takes_hooks(model):
         raise ConfigError(
-            "a TorchScript model cannot be exported: neither ONNX exporter traces through a loaded ScriptModule; "
-            "import the model as a torch.export .pt2 or from its Python code to export it"
+            "a TorchScript model or an ONNX graph cannot be exported here (neither ONNX exporter traces through a "
+            "loaded ScriptModule; an ONNX graph is one already): import the model as a torch.export .pt2 or from "
+            "its Python code to export it"
         )
     wrapper = Preprocessed(model.eval(), spec.mean, spec.std, spec.image_size).eval()
     # Batch 2, not 1: torch.export specialises a dimension of size 1 and the batch would not stay dynamic.

@@ -32,6 +32,7 @@ from cifarlens.explain.images import choose_images, denormalize
 from cifarlens.explain.plots import plot_cams
 from cifarlens.explain.run_model import load_run_model
 from cifarlens.io import atomic_path, atomic_write_csv
+from cifarlens.models.layers import LayerError
 from cifarlens.models.registry import Capabilities, guess_capabilities
 from cifarlens.run.predictor import Predictor
 
@@ -68,6 +69,7 @@ class Method:
     per_image: bool = False  # the library takes one image per call
     hooks_every_relu: bool = False  # hooks every ReLU module: runs on hook_safe(model), shared modules unshared
     gap_head_only: bool = False  # defined only for a global-average-pool + linear head (the original CAM)
+    gradient_free: bool = False  # perturbs the input and reads the outputs only: runs on a graph without gradients
 
     def applies_to(self, capabilities: Capabilities) -> bool:
         """Whether the method is defined for a model with these capabilities."""
@@ -201,6 +203,7 @@ def _deconvolution(a: Inputs):
     f"drop in the class score when a {PATCH}x{PATCH} window (stride 2) is set to the baseline (Zeiler and Fergus 2014)",
     needs_baseline=True,
     signed=True,
+    gradient_free=True,
 )
 def _occlusion(a: Inputs):
     occlusion = _captum("Occlusion")(a.model)
@@ -220,6 +223,7 @@ def _occlusion(a: Inputs):
     f"drop in the class score when each {PATCH}x{PATCH} patch is set to the baseline",
     needs_baseline=True,
     signed=True,
+    gradient_free=True,
 )
 def _feature_ablation(a: Inputs):
     ablation = _captum("FeatureAblation")(a.model)
@@ -235,6 +239,7 @@ def _feature_ablation(a: Inputs):
     needs_baseline=True,
     signed=True,
     per_image=True,
+    gradient_free=True,
 )
 def _kernel_shap(a: Inputs):
     shap = _captum("KernelShap")(a.model)
@@ -257,6 +262,7 @@ def _kernel_shap(a: Inputs):
     needs_baseline=True,
     signed=True,
     per_image=True,
+    gradient_free=True,
 )
 def _lime(a: Inputs):
     from captum._utils.models.linear_model import SkLearnRidge
@@ -316,6 +322,20 @@ def _guided_gradcam(a: Inputs):
 
 
 # -- running them -------------------------------------------------------------------------------------------
+def check_gradients(model: nn.Module, methods: list[str]) -> None:
+    """A ``LayerError`` naming the methods that need gradients when ``model`` has none (an ONNX graph)."""
+    if all(getattr(m, "differentiable", True) for m in model.modules()):
+        return
+    needing = [m for m in methods if not METHODS[m].gradient_free]
+    if needing:
+        free = ", ".join(n for n, m in METHODS.items() if m.gradient_free)
+        verb = "needs" if len(needing) == 1 else "need"
+        raise LayerError(
+            f"{', '.join(needing)} {verb} gradients, and this model is an ONNX graph run by onnxruntime, which "
+            f"gives none: use {free}, or import the model's PyTorch form"
+        )
+
+
 def without_inplace(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode whose in-place ops (ReLU(inplace=True) ...) write new tensors."""
     safe = copy.deepcopy(model).eval()
@@ -401,6 +421,7 @@ def attribute_maps(
     """Attribution maps of ``methods`` (``METHODS`` names) for normalised x (N, 3, H, W) and the classes
     ``targets``. ``mean``/``std``: the model's input normalisation (for the ``black`` baseline)."""
     check_methods(methods)
+    check_gradients(model, methods)
     caps = capabilities or guess_capabilities(model, x.shape[-1])
     plain = without_inplace(model)
     unshared = hook_safe(model) if any(METHODS[m].hooks_every_relu for m in methods) else plain

@@ -25,6 +25,9 @@ class ImportConfig:
     image_size: int = 32  # side the model is fed at, for models made for larger images (CIFAR images are resized)
     # logits, probabilities (turned into log-probabilities), or auto: probabilities when every output row sums to 1
     output: Literal["auto", "logits", "probabilities"] = "auto"
+    # an .onnx SOURCE's input: float32 (normalised NCHW, --mean/--std) or uint8 (0-255 NCHW, normalised inside
+    # the graph, as cifarlens export writes it)
+    onnx_input: Literal["float32", "uint8"] = "float32"
     classifier: str = ""  # the classifier module (default: the last nn.Linear)
     cam_layer: str = ""  # the default CAM layer (default: the deepest module with an output at least 7x7)
     trust_code: bool = False  # allow running the code of a .py SOURCE (and only a file you trust)
@@ -39,6 +42,8 @@ class ImportConfig:
             raise ConfigError("pass --out RUN, the folder the imported run is written to")
         if self.scale and self.scale != "0-1":
             raise ConfigError(f"--scale {self.scale!r} is not known; --scale 0-1 means x / 255 without normalisation")
+        if self.onnx_input == "uint8" and (self.scale or self.mean or self.std or not self.source.endswith(".onnx")):
+            raise ConfigError("--onnx-input uint8 is for an .onnx graph that normalises inside; drop the other flags")
         if self.scale and (self.mean or self.std):
             raise ConfigError("--scale 0-1 sets the normalisation; drop --mean/--std, or drop --scale")
         self.normalization()  # parse errors now, before any work
@@ -46,7 +51,10 @@ class ImportConfig:
             raise ConfigError(f"--image-size {self.image_size} is too small; CIFAR images are 32x32")
 
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(mean, std) on a 0-1 scale, from --scale or --mean/--std (CIFAR-10's by default)."""
+        """(mean, std) on a 0-1 scale, from --scale or --mean/--std (CIFAR-10's by default); the identity on
+        0-255 for a uint8 ONNX graph."""
+        if self.onnx_input == "uint8":
+            return (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)
         if self.scale == "0-1":
             return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         mean = _triple(self.mean, "--mean") if self.mean else CIFAR10_MEAN

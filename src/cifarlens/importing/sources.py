@@ -17,6 +17,7 @@ from cifarlens.io import sha256_file
 from cifarlens.models import create_model
 from cifarlens.models.imported import (
     IMPORTED_PREFIX,
+    OnnxModule,
     call_factory,
     find_factory,
     load_graph_file,
@@ -47,10 +48,7 @@ def open_source(cfg: ImportConfig) -> Opened:
     """The model ``cfg.source`` names, with ``cfg.weights`` loaded into it."""
     source = cfg.source
     if source.endswith(".onnx"):
-        raise ConfigError(
-            f"{source}: ONNX graphs cannot be imported yet (no gradients, no layers to hook); import the model's "
-            "PyTorch form (file.py:factory, TorchScript or .pt2) instead"
-        )
+        return _open_onnx(Path(source), cfg)
     if ":" in source and not source.startswith(("timm:", "keras:")):
         where, factory = source.rsplit(":", 1)
         if where.endswith(".py"):
@@ -104,6 +102,17 @@ def _open_graph(path: Path, kind: str, cfg: ImportConfig) -> Opened:
         _load_weights(model, cfg)
     what = f"{path.name} ({'torch.export program' if kind == 'export' else 'TorchScript'})"
     return Opened(model, f"{IMPORTED_PREFIX}{kind}", kwargs, {copy: path.resolve()}, types, what)
+
+
+def _open_onnx(path: Path, cfg: ImportConfig) -> Opened:
+    if not path.is_file():
+        raise ConfigError(f"ONNX file {path} not found")
+    if cfg.weights:
+        raise ConfigError(f"{path} holds its own weights; drop --weights")
+    model = OnnxModule(path, cfg.onnx_input)
+    copy = f"{SOURCE_DIR}/model.onnx"
+    kwargs = {"file": copy, "files": {copy: sha256_file(path)}, "input": cfg.onnx_input}
+    return Opened(model, f"{IMPORTED_PREFIX}onnx", kwargs, {copy: path.resolve()}, what=f"{path.name} (ONNX)")
 
 
 def _open_named(name: str, cfg: ImportConfig) -> Opened:

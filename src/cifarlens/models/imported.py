@@ -8,6 +8,7 @@ folder (``home``); the weights are always the run's model.safetensors, loaded in
     imported:module       a factory in an installed package, recorded by module name and package version
     imported:torchscript  a TorchScript file copied to RUN/source/ (``torch.jit.load``)
     imported:export       a ``torch.export`` program (.pt2) copied to RUN/source/, unflattened into its modules
+    imported:onnx         an ONNX graph copied to RUN/source/, run by onnxruntime (no gradients, no layers)
 
 ``bgr``, ``output: probabilities`` and a class ``order`` wrap the model in ``Adapted``, so that every tool feeds
 it RGB and reads log-probabilities (whose softmax is the model's probabilities again) in the dataset's class order.
@@ -34,7 +35,7 @@ from cifarlens.io import sha256_file
 from cifarlens.models.trust import TRUST_ENV, trusted
 
 IMPORTED_PREFIX = "imported:"
-KINDS = ("python", "module", "torchscript", "export")
+KINDS = ("python", "module", "torchscript", "export", "onnx")
 
 
 def is_imported(name: str) -> bool:
@@ -87,6 +88,9 @@ def create_imported_model(name: str, home: Path | None, **kwargs: Any) -> nn.Mod
         _warn_on_version_change(kwargs)
         factory = module_factory(kwargs["module"], kwargs["factory"])
         model = call_factory(factory, kwargs.get("args") or {}, kwargs["factory"])
+    elif kind == "onnx":
+        check_hashes(home, kwargs["files"])
+        model = OnnxModule(home / kwargs["file"], kwargs.get("input", "float32"))
     else:
         check_hashes(home, kwargs["files"])
         model = load_graph_file(home / kwargs["file"], kind)
@@ -211,6 +215,38 @@ def load_graph_file(path: Path, kind: str) -> nn.Module:
         for node in getattr(getattr(module, "graph", None), "nodes", ()):
             node.meta.clear()
     return model
+
+
+class OnnxModule(nn.Module):
+    """An ONNX graph as a module: a normalised float batch (N, 3, H, W) in, the graph's scores out, through
+    onnxruntime. ``input`` ``uint8`` is for graphs that normalise inside (cifarlens's own export): their spec's
+    normalisation is the identity on a 0-255 scale and the batch is rounded to uint8 here. onnxruntime gives
+    no gradients and has no modules to hook: ``differentiable`` and ``takes_hooks`` say so to the tools."""
+
+    differentiable = False
+    takes_hooks = False
+
+    def __init__(self, path: Path, input: str = "float32"):
+        super().__init__()
+        import onnxruntime as ort
+
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own types for a bad file
+            raise ConfigError(f"{path} could not be read as an ONNX graph: {first_line(err)}") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.input = input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().float().cpu()
+        if self.input == "uint8":
+            array = x.round().clamp(0, 255).to(torch.uint8).numpy()
+        else:
+            array = x.contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0]).float()
+
+    def __deepcopy__(self, memo) -> "OnnxModule":
+        return self  # no parameters to change, and an onnxruntime session cannot be copied
 
 
 # -- the copies in the run ------------------------------------------------------------------------------------

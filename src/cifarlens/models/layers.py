@@ -171,16 +171,20 @@ def default_stages(layers: list[LayerInfo]) -> list[str]:
 
 
 def takes_hooks(model: nn.Module) -> bool:
-    """False for TorchScript (or a model wrapping it): PyTorch runs no forward hooks on a ScriptModule."""
-    return not any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+    """False for TorchScript (PyTorch runs no forward hooks on a ScriptModule) and for a graph run outside
+    PyTorch (a module saying ``takes_hooks = False``: an ONNX graph), or a model wrapping either."""
+    return not any(
+        isinstance(m, torch.jit.ScriptModule) or not getattr(m, "takes_hooks", True) for m in model.modules()
+    )
 
 
 def check_hookable(model: nn.Module) -> None:
     """A ``LayerError`` for a model whose layers cannot be read (``takes_hooks``)."""
     if not takes_hooks(model):
         raise LayerError(
-            "this model is TorchScript, which runs no forward hooks, so its layers cannot be read (CAMs, layer "
-            "attributions, features, probes); import it from its Python class or as a torch.export .pt2 instead"
+            "this model is TorchScript or an ONNX graph, whose layers cannot be read (no forward hooks: CAMs, layer "
+            "attributions, features, probes, rank's random reference); import it from its Python class or as a "
+            "torch.export .pt2 instead"
         )
 
 
