@@ -133,23 +133,32 @@ def main() -> None:
     parser.add_argument("--no-check", action="store_true", help="import --no-check (the smoke test's untrained net)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="where the runs go (default: a temporary folder)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep what --workdir already holds (the checkpoint, the two runs)"
+    )
     args = parser.parse_args()
     data_dir = Path(os.environ["CIFARLENS_DATA_DIR"])
     from cifarlens.device import cpu_name
 
+    if args.reuse and args.workdir is None:
+        raise SystemExit("--reuse needs --workdir")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="import_any_model_"))
-    images, labels = read_cifar(data_dir)
-    keep = np.random.default_rng(args.seed).permutation(len(labels))[: args.subset]
-    model, opt, plain_seconds = train_plain(images[keep], labels[keep], args)
-    checkpoint = work / "resnet18_dataparallel.pt"
-    state = {"module." + k: v for k, v in model.state_dict().items()}
-    torch.save({"epoch": args.epochs, "model": state, "optimizer": opt.state_dict()}, checkpoint)
-
-    imported = work / "imported"
-    source = f"{HERE / 'foreign' / 'resnet18.py'}:make"
-    flags = ["--weights", str(checkpoint), "--trust-code", "--out", str(imported)] + (["--no-check"] * args.no_check)
-    import_out, import_seconds = cifarlens("import", source, *flags)
-    ours = work / "cifarlens"
+    work.mkdir(parents=True, exist_ok=True)
+    phases = work / "phases.json"  # seconds of the phases done, so that --reuse skips them and keeps their times
+    done = json.loads(phases.read_text()) if args.reuse and phases.is_file() else {}
+    checkpoint, imported, ours = work / "resnet18_dataparallel.pt", work / "imported", work / "cifarlens"
+    if not (args.reuse and checkpoint.is_file()):
+        images, labels = read_cifar(data_dir)
+        keep = np.random.default_rng(args.seed).permutation(len(labels))[: args.subset]
+        model, opt, done["train_seconds_plain_loop"] = train_plain(images[keep], labels[keep], args)
+        state = {"module." + k: v for k, v in model.state_dict().items()}
+        torch.save({"epoch": args.epochs, "model": state, "optimizer": opt.state_dict()}, checkpoint)
+        phases.write_text(json.dumps(done))
+    if not (args.reuse and (imported / "model.safetensors").is_file()):
+        source = f"{HERE / 'foreign' / 'resnet18.py'}:make"
+        flags = ["--weights", str(checkpoint), "--trust-code", "--out", str(imported)] + ["--no-check"] * args.no_check
+        done["import_output"], done["import_seconds"] = cifarlens("import", source, *flags)
+        phases.write_text(json.dumps(done))
     train_flags = [
         "--model",
         "resnet18",
@@ -185,7 +194,12 @@ def main() -> None:
         "--no-eval-test-every-epoch",
         "--no-report",
     ]
-    _, ours_seconds = cifarlens("train", *train_flags, "--out", str(ours))
+    if not (args.reuse and (ours / "model.safetensors").is_file()):
+        _, done["train_seconds_cifarlens_train"] = cifarlens("train", *train_flags, "--out", str(ours))
+        phases.write_text(json.dumps(done))
+    import_out = done.get("import_output", "")
+    plain_seconds, import_seconds = done.get("train_seconds_plain_loop"), done.get("import_seconds")
+    ours_seconds = done.get("train_seconds_cifarlens_train")
     result = {
         "command": "python benchmarks/import_any_model.py " + " ".join(sys.argv[1:]),
         "date": date.today().isoformat(),
