@@ -69,6 +69,7 @@ def test_train_writes_a_self_contained_report(runs):
         "Metrics per epoch",
     ):
         assert heading in page, heading
+    assert "100 images of " in page  # the test data the per-class table scored
     sources = re.findall(r'<img src="([^"]*)"', page)
     assert len(sources) >= 3 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "http://" not in page and "https://" not in page

@@ -200,8 +200,8 @@ def _per_class(rec: RunDir) -> str:
     ]
     marks = [["", "worst" if r["accuracy"] == worst else "", "", "", "", ""] for r in rec.per_class]
     data = rec.summary.get("test", {}).get("data")
-    where = f", {data['n']} images of {data['folder']}" if data else ""
-    return f"<h3>Per-class accuracy (test{_esc(where)})</h3>" + _table(header, rows, marks, css="per-class")
+    where = f"<p class=\"data\">{data['n']} images of {_esc(data['folder'])}</p>" if data else ""
+    return "<h3>Per-class accuracy (test)</h3>" + where + _table(header, rows, marks, css="per-class")
 
 
 def _plots(rec: RunDir) -> str:
