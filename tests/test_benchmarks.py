@@ -373,3 +373,37 @@ def test_gpu_check_versions_needs_the_data_named(tmp_path):
         check=False,
     )
     assert_one_line_error(proc, "CIFARLENS_DATA_DIR is not set")
+
+
+def test_robustness_benchmark(cifar_root, tmp_path):
+    out = tmp_path / "robustness.json"
+    script(
+        cifar_root,
+        "benchmarks/robustness.py",
+        "--variants",
+        "fast,fast-augmix",
+        "--seeds",
+        "0",
+        "--val-size",
+        "100",
+        "--epochs",
+        "1",
+        "--corruptions",
+        "gaussian_noise,contrast",
+        "--severities",
+        "1,5",
+        "--timing-backends",
+        "torch",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+        timeout=900,
+    )
+    result = json.loads(out.read_text())
+    assert [(r["variant"], r["seed"]) for r in result["runs"]] == [("fast", 0), ("fast-augmix", 0)]
+    run = result["runs"][1]
+    assert run["train_flags"][:4] == ["--recipe", "fast", "--augment", "crop,altflip,augmix"]
+    assert set(run["corruptions"]) == {"gaussian_noise", "contrast"} and 0 <= run["ece_after"] <= 1
+    assert result["paired_against_fast"]["fast-augmix"]["seeds"] == [0]
+    assert result["timing"][0]["backend"] == "torch" and result["timing"][0]["cells"] == 4

@@ -193,8 +193,26 @@ def test_color_jitter_shifts_brightness_and_scales_contrast_per_image():
 
 
 def test_unknown_augmentation_lists_valid():
-    with pytest.raises(ConfigError, match="crop, flip, altflip, jpeg, cutout, color"):
+    with pytest.raises(ConfigError, match="crop, flip, altflip, jpeg, augmix, cutout, color"):
         Augmenter("crop,rotate")
+
+
+def test_augmix_replaces_about_half_the_images_seeded_and_keeps_the_rest():
+    from cifarlens.data import EpochImages
+
+    images = torch.randint(0, 256, (400, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    epoch = EpochImages(images, "augmix", seed=0)
+    first = epoch(0, torch.Generator().manual_seed(7))
+    assert first.shape == images.shape and first.dtype == torch.uint8
+    assert torch.equal(first, epoch(0, torch.Generator().manual_seed(7)))  # seeded: a resumed epoch sees the same
+    changed = (first != images).flatten(1).any(1)
+    assert 0.4 < changed.float().mean() < 0.6
+    assert not torch.equal(first, epoch(1, torch.Generator().manual_seed(8)))
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    epoch(0, torch.Generator().manual_seed(7))
+    assert torch.equal(torch.rand(1), before)  # the global random state is left as it was
 
 
 def test_normalize_uses_cifar_statistics():

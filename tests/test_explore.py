@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import assert_one_line_error, cifarlens
 from PIL import Image
 
@@ -190,6 +191,31 @@ def server(run_dir, second_run):
         proc.wait(timeout=30)
 
 
+def test_robustness_and_calibration_pages_show_what_the_run_recorded(explorer, run_dir):
+    from cifarlens.evaluation.calibration import calibration_report
+    from cifarlens.robustness.config import RobustnessConfig
+    from cifarlens.robustness.score import robustness_run
+
+    assert explorer.robustness(0)["keys"] == [] and "cifarlens robustness" in explorer.robustness(0)["command"]
+    numbers = robustness_run(
+        RobustnessConfig(run=str(run_dir), corruptions="contrast,impulse_noise", severities="4,5", split="test")
+    )
+    page = explorer.robustness(0)
+    assert page["key"] == "test_seed0" and page["corruptions"] == ["contrast", "impulse_noise"]
+    assert page["accuracy"][0] == [c["accuracy"] for c in numbers["cells"] if c["corruption"] == "contrast"]
+    cell = next(c for c in numbers["cells"] if c["flipped"])
+    flipped = explorer.robustness_flipped(0, key="test_seed0", corruption=cell["corruption"], severity=cell["severity"])
+    assert flipped["count"] == cell["flipped"] and len(flipped["images"]) == min(cell["flipped"], 8)
+    for shown in flipped["images"]:  # the corrupted image is made again exactly: the model errs on it as it did
+        assert shown["clean"]["predicted"] == shown["label"] != shown["corrupted"]["predicted"]
+        assert shown["clean"]["attribution"].startswith("data:image/png;base64,")
+    calibration = explorer.calibration(0)
+    probs = torch.from_numpy(explorer.probabilities(0)).double()
+    assert calibration["ece"] == pytest.approx(calibration_report(probs.log(), explorer.labels)["ece"], abs=1e-6)
+    wrong = [m["confidence"] for m in calibration["mistakes"]]
+    assert wrong == sorted(wrong, reverse=True) and all(m["predicted"] != m["label"] for m in calibration["mistakes"])
+
+
 def test_the_json_endpoints_of_the_real_server(server, explorer):
     import httpx
 
@@ -309,6 +335,28 @@ def test_the_pages_work_in_headless_chromium(server, explorer):
                 m for m in explorer.info()["default_methods"] if m in explorer.info()["methods"]
             ]
             page.screenshot(path=str(ARTIFACTS / "image.png"), full_page=True)
+
+            page.goto(f"{server}/#robustness")
+            page.wait_for_selector("#robustness-heat .hm, #robustness-heat .heatmaplayer", timeout=60_000)
+            assert "mean corruption accuracy" in page.locator("#robustness-headline").text_content()
+            flips = explorer.robustness(0)["flipped"][0][1]  # contrast at the second severity
+            click = "{points: [{pointIndex: [0, 1]}]}"
+            page.evaluate(f"document.getElementById('robustness-heat').emit('plotly_click', {click})")
+            title = f": {flips} images flipped from right to wrong"
+            page.wait_for_function(f"document.querySelector('#flipped-title').textContent.includes('{title}')")
+            assert page.locator("#flipped .pair").count() == min(flips, 8) > 0
+            page.wait_for_function(
+                "[...document.querySelectorAll('#flipped img')].every((i) => i.naturalWidth === 128)"
+            )
+            page.screenshot(path=str(ARTIFACTS / "robustness.png"), full_page=True)
+            page.goto(f"{server}/#calibration")
+            mistakes = explorer.calibration(0)["mistakes_total"]
+            page.wait_for_function(
+                f"document.querySelector('#mistakes-title').textContent.includes('of {mistakes} mistakes')"
+            )
+            assert page.locator("#mistakes figure").count() == min(mistakes, 40)
+            assert page.locator("#calibration-headline").text_content().startswith("ECE")
+            page.screenshot(path=str(ARTIFACTS / "calibration.png"), full_page=True)
             assert errors == []
         finally:
             browser.close()

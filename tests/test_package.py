@@ -136,6 +136,9 @@ CAPABILITY_LIBRARIES = (
     "umap",
     "sklearn",
     "matplotlib",
+    "cv2",
+    "skimage",
+    "torchmetrics",
 )
 
 
@@ -165,6 +168,7 @@ LAYERS = (
     "explain",
     "experiments",
     "deploy",
+    "robustness",
     "report",
     "explore",
     "cli",

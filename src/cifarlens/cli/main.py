@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, Literal, Optional
 
 import typer
 from rich.markup import escape
@@ -24,6 +24,7 @@ from cifarlens.cli import deploy as _deploy
 from cifarlens.cli import experiments as _experiments
 from cifarlens.cli import explore as _explore
 from cifarlens.cli import importing as _importing
+from cifarlens.cli import robustness as _robustness
 from cifarlens.cli.explain import app as explain_app
 from cifarlens.console import console, err_console, user_errors, with_config_options
 from cifarlens.errors import CifarlensError
@@ -153,6 +154,44 @@ def evaluate(
     )
 
 
+@dataclasses.dataclass
+class CalibrateConfig:
+    """The options of ``cifarlens calibrate`` (each field's comment is its ``--help`` text)."""
+
+    run: str = ""  # the run directory to calibrate
+    split: Literal["val", "test"] = "val"  # fit on half of this split, judge on the other half (and on test)
+    seed: int = 0  # seed of the split into halves
+    device: str = "auto"  # auto, cpu, cuda or mps
+    batch_size: int = 500  # images per forward pass
+    data_dir: str = ""  # folder holding cifar-10-batches-py (default: the run's, then $CIFARLENS_DATA_DIR)
+
+
+@app.command()
+@user_errors
+@with_config_options(CalibrateConfig, dataclasses.asdict(CalibrateConfig()), skip=("run",))
+def calibrate(
+    run: Annotated[str, typer.Argument(help="run directory to calibrate")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of options; flags override it")] = None,
+    options: dict | None = None,
+) -> None:
+    """Fit temperature scaling on half of the held-out split; predict, serve and export then apply it."""
+    from cifarlens.config import build_config, read_yaml
+    from cifarlens.device import resolve_device
+    from cifarlens.evaluation.calibrate import calibrate_run
+
+    file_options = read_yaml(config) if config else {}
+    cfg = build_config(CalibrateConfig, file_options, (options or {}) | {"run": run}, sources=(str(config), "options"))
+    calibrate_run(
+        cfg.run,
+        split=cfg.split,
+        seed=cfg.seed,
+        data_dir=cfg.data_dir or None,
+        device=str(resolve_device(cfg.device)),
+        batch_size=cfg.batch_size,
+        console=console,
+    )
+
+
 @app.command("models")
 @user_errors
 def list_models_command() -> None:
@@ -248,6 +287,7 @@ app.command()(_deploy.bench)
 app.command()(_deploy.serve)
 app.command()(_explore.explore)
 app.command("import")(_importing.import_model)
+app.command()(_robustness.robustness)
 app.add_typer(explain_app, name="explain")
 
 

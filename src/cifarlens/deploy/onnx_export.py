@@ -32,6 +32,7 @@ from cifarlens.deploy.runtime import (
     int8_path,
     load_torch,
     sidecar_path,
+    temperature_of,
 )
 from cifarlens.errors import CifarlensError, ConfigError, first_line
 from cifarlens.io import atomic_path
@@ -73,12 +74,19 @@ def input_contract(spec: ModelSpec, dynamic_batch: bool) -> dict[str, Any]:
 
 
 def export_graph(
-    model: nn.Module, spec: ModelSpec, out: Path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
+    model: nn.Module,
+    spec: ModelSpec,
+    out: Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    temperature: float = 1.0,
 ) -> str:
     """Write the ONNX graph of ``model`` behind its preprocessing to ``out``; returns the exporter used.
 
     The dynamo exporter (torch.export + onnxscript) is tried first; if it fails, the TorchScript
-    exporter is used with a warning.
+    exporter is used with a warning. ``temperature`` (the run's, from ``cifarlens calibrate``) divides the logits
+    inside the graph.
     """
     if not takes_hooks(model):
         raise ConfigError(
@@ -86,7 +94,7 @@ def export_graph(
             "loaded ScriptModule; an ONNX graph is one already): import the model as a torch.export .pt2 or from "
             "its Python code to export it"
         )
-    wrapper = Preprocessed(model.eval(), spec.mean, spec.std, spec.image_size).eval()
+    wrapper = Preprocessed(model.eval(), spec.mean, spec.std, spec.image_size, temperature).eval()
     # Batch 2, not 1: torch.export specialises a dimension of size 1 and the batch would not stay dynamic.
     example = torch.zeros(2 if dynamic_batch else 1, 3, CIFAR_SIZE, CIFAR_SIZE, dtype=torch.uint8)
     common = dict(input_names=[INPUT], output_names=[OUTPUT], opset_version=opset)
@@ -119,8 +127,15 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) ->
     }
 
 
-def model_info(fmt: str, source: str | Path, spec: ModelSpec, inputs: dict[str, Any]) -> dict[str, Any]:
+def model_info(
+    fmt: str, source: str | Path, spec: ModelSpec, inputs: dict[str, Any], temperature: float = 1.0
+) -> dict[str, Any]:
     """What the sidecar JSON of any exported model starts with: format, model, classes, normalisation, I/O."""
+    meaning = "logits (softmax for probabilities)"
+    if temperature != 1.0:
+        meaning = (
+            f"logits divided by the temperature {temperature:g} of cifarlens calibrate (softmax for probabilities)"
+        )
     return {
         "format": fmt,
         "cifarlens_version": __version__,
@@ -131,10 +146,11 @@ def model_info(fmt: str, source: str | Path, spec: ModelSpec, inputs: dict[str, 
         "mean": list(spec.mean),
         "std": list(spec.std),
         "image_size": spec.image_size,
+        "temperature": temperature,
         "input": inputs,
         "output": {
             "name": OUTPUT,
-            "meaning": "logits (softmax for probabilities)",
+            "meaning": meaning,
             "shape": ["batch", spec.num_classes],
         },
     }
@@ -168,16 +184,17 @@ def export_run(
     if not 14 <= opset <= 23:
         raise ConfigError(f"--opset {opset} is not supported; choose 14 to 23 (default {DEFAULT_OPSET})")
     model, spec = load_torch(source, trust_pickle=trust_pickle, model=model_name, model_args=model_args)
-    reference = TorchClassifier(model, spec, str(source)).logits(data.test_images, batch_size)
+    temperature = temperature_of(source)
+    reference = TorchClassifier(model, spec, str(source), temperature=temperature).logits(data.test_images, batch_size)
     base = {
-        **model_info(ONNX_FORMAT, source, spec, input_contract(spec, dynamic_batch)),
+        **model_info(ONNX_FORMAT, source, spec, input_contract(spec, dynamic_batch), temperature),
         "opset": opset,
         "dynamic_batch": dynamic_batch,
         "torch_version": torch.__version__,
     }
     result: dict[str, Any] = {"fp32": None, "int8": None}
     with atomic_path(out) as tmp:
-        exporter = export_graph(model, spec, tmp, opset=opset, dynamic_batch=dynamic_batch)
+        exporter = export_graph(model, spec, tmp, opset=opset, dynamic_batch=dynamic_batch, temperature=temperature)
         fp32_logits, check = _check_graph(tmp, base, data, reference, batch_size)
         check |= {"against": "pytorch fp32", "min_agreement": min_agreement}
         if check["top1_agreement"] < min_agreement:

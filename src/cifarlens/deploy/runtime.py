@@ -44,16 +44,26 @@ class Preprocessed(nn.Module):
     """``model`` behind its input pipeline: uint8 RGB (N, 3, H, W) -> logits (N, C).
 
     ``x / 255``, per-channel ``(x - mean) / std``, then a bilinear resize to ``image_size`` when
-    the model was trained larger than the 32x32 CIFAR images (as training resized them).
+    the model was trained larger than the 32x32 CIFAR images (as training resized them). The logits are divided
+    by ``temperature`` (``cifarlens calibrate``'s), so that their softmax is the calibrated probability.
     """
 
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], image_size: int = 32):
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        image_size: int = 32,
+        temperature: float = 1.0,
+    ):
         super().__init__()
         self.model = model
         self.mean, self.std, self.image_size = tuple(mean), tuple(std), image_size
+        self.temperature = float(temperature)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(model_input(images, self.mean, self.std, self.image_size))  # the training pipeline's own
+        logits = self.model(model_input(images, self.mean, self.std, self.image_size))  # the training pipeline's own
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 class TorchClassifier(Classifier):
@@ -68,12 +78,19 @@ class TorchClassifier(Classifier):
         compile: bool = False,
         device: str = "cpu",
         precision: str = "fp32",
+        temperature: float = 1.0,
     ):
         self.spec = spec
         self.classes = tuple(spec.classes)
         self.backend = "torch-compile" if compile else ("torch-bf16" if precision == "bf16" else "torch")
         self.source = source
-        self.info = {"model": spec.name, "model_args": spec.kwargs, "image_size": spec.image_size}
+        self.temperature = float(temperature)
+        self.info = {
+            "model": spec.name,
+            "model_args": spec.kwargs,
+            "image_size": spec.image_size,
+            "temperature": self.temperature,
+        }
         self.predictor = Predictor(
             model.eval().to(memory_format=torch.channels_last),
             spec,
@@ -85,7 +102,8 @@ class TorchClassifier(Classifier):
 
     def run(self, images: np.ndarray) -> np.ndarray:
         self.predictor.batch_size = max(len(images), 1)  # Classifier.logits has batched already
-        return self.predictor.logits(torch.from_numpy(images)).numpy()
+        logits = self.predictor.logits(torch.from_numpy(images))
+        return (logits if self.temperature == 1.0 else logits / self.temperature).numpy()
 
 
 class OnnxClassifier(Classifier):
@@ -189,12 +207,37 @@ def exported_graph(source: str | Path, backend: str) -> Path:
     return int8_path(graph) if backend.endswith("-int8") else graph
 
 
+def temperature_of(source: str | Path) -> float:
+    """The temperature ``cifarlens calibrate`` stored for the run of ``source`` (the run, or its weights file);
+    1.0 for a file outside a run or a run never calibrated."""
+    path = Path(source)
+    run = RunDir(path if path.is_dir() else path.parent)
+    return run.temperature if path.is_dir() or path.name == run.WEIGHTS else 1.0
+
+
 def torch_backend(model: nn.Module, spec: ModelSpec, source: str | Path, backend: str, device: str = "cpu"):
-    """``model`` as the PyTorch ``backend`` (one of ``TORCH_BACKENDS``) runs it."""
+    """``model`` as the PyTorch ``backend`` (one of ``TORCH_BACKENDS``) runs it, its logits divided by the run's
+    temperature."""
     precision = "bf16" if backend == "torch-bf16" else "fp32"
     return TorchClassifier(
-        model, spec, str(source), compile=backend == "torch-compile", device=device, precision=precision
+        model,
+        spec,
+        str(source),
+        compile=backend == "torch-compile",
+        device=device,
+        precision=precision,
+        temperature=temperature_of(source),
     )
+
+
+def check_graph_temperature(graph: Path, source: Path) -> None:
+    """An exported graph of a run holds the temperature the run had then; refuse one that predates calibrate."""
+    inside, now = float(read_sidecar(graph).get("temperature", 1.0)), temperature_of(source)
+    if abs(inside - now) > 1e-9:
+        raise RunDirError(
+            f"{graph} divides its logits by temperature {inside:g}, but {source} is now calibrated to {now:g}; "
+            f"export it again: cifarlens export {source}"
+        )
 
 
 def graph_backend(path: Path, backend: str, threads: int | None = None, device: str = "cpu") -> Classifier:
@@ -240,6 +283,7 @@ def open_classifier(
                 f"{backend} runs the exported graph {graph}, which is not there; "
                 f"create it with cifarlens export {path}{quantize}"
             )
+        check_graph_temperature(graph, path)
         return graph_backend(graph, backend, threads)
     if path.suffix.lower() == ".tflite":
         return TfliteClassifier(path, threads=threads)

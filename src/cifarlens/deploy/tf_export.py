@@ -31,7 +31,7 @@ from cifarlens.deploy.onnx_export import (
     input_contract,
     model_info,
 )
-from cifarlens.deploy.runtime import Classifier, TorchClassifier, load_torch
+from cifarlens.deploy.runtime import Classifier, TorchClassifier, load_torch, temperature_of
 from cifarlens.deploy.tf_runtime import (
     SAVEDMODEL_FORMAT,
     TF_EXTRA,
@@ -157,15 +157,18 @@ def export_tf_run(
     check_out(out, fmt)
     import_onnx2tf()  # before the minutes of work below, not after
     model, spec = load_torch(source, trust_pickle=trust_pickle, model=model_name, model_args=model_args)
-    reference = TorchClassifier(model, spec, str(source)).logits(data.test_images, batch_size)
+    temperature = temperature_of(source)
+    reference = TorchClassifier(model, spec, str(source), temperature=temperature).logits(data.test_images, batch_size)
     # TorchClassifier made the weights channels-last; exported that way, flattening becomes an as_strided
     # gather over a Range of the batch size, which onnx2tf cannot convert.
     model.to(memory_format=torch.contiguous_format)
-    info = base_info(source, spec, fmt, opset, dynamic_batch)
+    info = base_info(source, spec, fmt, opset, dynamic_batch, temperature)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as work:
         work = Path(work)
-        info["onnx_exporter"] = export_graph(model, spec, work / "model.onnx", opset=opset, dynamic_batch=dynamic_batch)
+        info["onnx_exporter"] = export_graph(
+            model, spec, work / "model.onnx", opset=opset, dynamic_batch=dynamic_batch, temperature=temperature
+        )
         convert(work / "model.onnx", work / "tf", str(source))
         logits = open_converted(work / "tf", fmt, info).logits(data.test_images, batch_size)
         info["verification"] = verify(str(source), fmt, reference, logits, data.test_labels, min_agreement)
@@ -174,9 +177,11 @@ def export_tf_run(
     return info
 
 
-def base_info(source: str | Path, spec: ModelSpec, fmt: str, opset: int, dynamic_batch: bool) -> dict[str, Any]:
+def base_info(
+    source: str | Path, spec: ModelSpec, fmt: str, opset: int, dynamic_batch: bool, temperature: float = 1.0
+) -> dict[str, Any]:
     return {
-        **model_info(TF_FORMATS[fmt], source, spec, tf_input_contract(spec, dynamic_batch)),
+        **model_info(TF_FORMATS[fmt], source, spec, tf_input_contract(spec, dynamic_batch), temperature),
         "route": "torch.onnx -> onnx2tf -> "
         + ("TFLite float32" if fmt == "tflite" else "SavedModel (serving_default)"),
         "opset": opset,

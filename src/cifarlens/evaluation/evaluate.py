@@ -8,6 +8,9 @@ appended for mirror test-time augmentation, ``_tta_translate`` when one-pixel sh
     confusion_TAG.csv         counts; header row = predicted class, first column = true class
     plots/confusion_TAG.png
     plots/misclassified_TAG.png
+    plots/reliability_TAG.png   reliability diagram (after the run's temperature too, once calibrated)
+    plots/confidence_TAG.png    confidence histogram
+    plots/coverage_TAG.png      risk-coverage curve
     plots/curves.png          when metrics.csv has epochs
 """
 
@@ -23,8 +26,16 @@ from rich.table import Table
 
 from cifarlens.data import RunData
 from cifarlens.errors import RunDirError
+from cifarlens.evaluation.calibration import calibration_report
 from cifarlens.evaluation.metrics import classification_report, top_confusions
-from cifarlens.evaluation.plots import plot_confusion, plot_curves, plot_misclassified
+from cifarlens.evaluation.plots import (
+    plot_confidence_histogram,
+    plot_confusion,
+    plot_curves,
+    plot_misclassified,
+    plot_reliability,
+    plot_risk_coverage,
+)
 from cifarlens.run import RunDir
 from cifarlens.run.predictor import Predictor
 
@@ -56,7 +67,9 @@ def evaluate_run(
 
     ``data`` skips rebuilding the splits from config.yaml (the trainer passes its own). Returns
     the result dict stored in summary.json: accuracy, loss, n, per_class, confusion,
-    top_confusions, seconds, plus split, tta, tta_translate and ``data`` (folder, split, n, fingerprint: what
+    top_confusions, seconds, ``calibration`` (``calibration_report``: ECE, MCE, NLL, Brier, bins, risk-coverage;
+    with ``temperature`` and ``calibrated``, the same after it, once ``cifarlens calibrate`` stored one),
+    plus split, tta, tta_translate and ``data`` (folder, split, n, fingerprint: what
     was scored). ``tta_translate`` implies ``tta``. An evaluation of other data than the run's is kept beside
     the run's own under ``KEY@FINGERPRINT`` (``RunDir.evaluation_key``).
     """
@@ -80,6 +93,11 @@ def evaluate_run(
     logits = predictor.logits(chosen.images)
     seconds = time.perf_counter() - t0
     report = classification_report(logits, chosen.labels, classes)
+    calibration = calibration_report(logits, chosen.labels)
+    temperature = run.temperature
+    if temperature != 1.0:
+        calibration["temperature"] = temperature
+        calibration["calibrated"] = calibration_report(logits / temperature, chosen.labels)
     record = {
         "folder": str(Path(data.root).resolve()),
         "split": split,
@@ -92,6 +110,7 @@ def evaluate_run(
         "tta_translate": tta_translate,
         "data": record,
         **report,
+        "calibration": calibration,
         "top_confusions": top_confusions(report["confusion"], classes, k=5),
         "seconds": seconds,
     }
@@ -109,6 +128,11 @@ def evaluate_run(
         title=f"Confusion matrix, {label}: accuracy {report['accuracy']:.2%} on {report['n']} images",
     )
     plot_misclassified(chosen.images, chosen.labels, logits, classes, run.plot_file(f"misclassified_{key}"))
+    plot_reliability(
+        calibration, run.plot_file(f"reliability_{key}"), f"Reliability, {label}", calibration.get("calibrated")
+    )
+    plot_confidence_histogram(calibration, run.plot_file(f"confidence_{key}"), f"Confidence, {label}")
+    plot_risk_coverage(calibration, run.plot_file(f"coverage_{key}"), f"Risk-coverage, {label}")
     if run.metrics:
         plot_curves(run.metrics, run.plot_file("curves"))
 
@@ -161,6 +185,12 @@ def _print_report(console: Console, result: dict[str, Any], label: str) -> None:
         style="dim",
     )
     console.print(table)
+    cal = result["calibration"]
+    line = f"calibration: ECE {cal['ece']:.2%}  MCE {cal['mce']:.2%}  NLL {cal['nll']:.4f}  Brier {cal['brier']:.4f}"
+    if "calibrated" in cal:
+        after = cal["calibrated"]
+        line += f"; after temperature {cal['temperature']:.3f}: ECE {after['ece']:.2%}  NLL {after['nll']:.4f}"
+    console.print(line, highlight=False)
     if result["top_confusions"]:
         pairs = ", ".join(f"{c['true']} → {c['pred']} {c['count']}" for c in result["top_confusions"])
         console.print(escape(f"most confused (true → predicted): {pairs}"))

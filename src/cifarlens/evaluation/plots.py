@@ -283,3 +283,88 @@ def image_grid(
             family="sans-serif",
         )
     return _save(fig, path, dpi=GRID_DPI)
+
+
+def plot_reliability(calibration: dict, path: str | Path, title: str, scaled: dict | None = None) -> Path:
+    """Reliability diagram of ``calibration_report``'s bins: accuracy against confidence per bin (a bar, with the
+    gap to the diagonal shaded), and the same after temperature scaling (``scaled``) as a line."""
+    fig = _new_figure(5.2, 5.0)
+    ax = fig.add_subplot()
+    bins = calibration["bins"]
+    width = bins[0]["upper"] - bins[0]["lower"]
+    centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    filled = [b for b in bins if b["count"]]
+    ax.bar(
+        [(b["lower"] + b["upper"]) / 2 for b in filled],
+        [b["accuracy"] for b in filled],
+        width=width * 0.95,
+        color="tab:blue",
+        edgecolor="white",
+        label="accuracy",
+    )
+    for b in filled:
+        low, high = sorted((b["accuracy"], b["confidence"]))
+        ax.bar((b["lower"] + b["upper"]) / 2, high - low, bottom=low, width=width * 0.95, color="tab:red", alpha=0.3)
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    if scaled is not None:
+        points = [(c, b["accuracy"]) for c, b in zip(centres, scaled["bins"]) if b["count"]]
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            "o-",
+            color="tab:green",
+            ms=3,
+            label=f"after temperature (ECE {scaled['ece']:.2%})",
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(
+        f"{title}\nECE {calibration['ece']:.2%}, MCE {calibration['mce']:.2%}, {calibration['n_bins']} bins", fontsize=9
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_confidence_histogram(calibration: dict, path: str | Path, title: str) -> Path:
+    """How many images fall in each confidence bin, with the mean confidence and the accuracy marked."""
+    fig = _new_figure(5.2, 3.6)
+    ax = fig.add_subplot()
+    bins = calibration["bins"]
+    total = max(sum(b["count"] for b in bins), 1)
+    width = bins[0]["upper"] - bins[0]["lower"]
+    ax.bar(
+        [(b["lower"] + b["upper"]) / 2 for b in bins],
+        [b["count"] / total for b in bins],
+        width=width * 0.95,
+        color="tab:blue",
+        edgecolor="white",
+    )
+    confidence = sum(b["confidence"] * b["count"] for b in bins) / total
+    accuracy = sum(b["accuracy"] * b["count"] for b in bins) / total
+    ax.axvline(confidence, color="tab:red", ls="--", label=f"mean confidence {confidence:.1%}")
+    ax.axvline(accuracy, color="black", ls=":", label=f"accuracy {accuracy:.1%}")
+    ax.set_xlim(0, 1)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("share of images")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_risk_coverage(calibration: dict, path: str | Path, title: str) -> Path:
+    """Accuracy on the most confident share of images against that share (coverage)."""
+    fig = _new_figure(5.2, 3.6)
+    ax = fig.add_subplot()
+    curve = calibration["coverage"]
+    ax.plot(curve["coverage"], curve["accuracy"], "o-", color="tab:blue", ms=3)
+    ax.set_xlim(0, 1.02)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel("coverage (most confident share of images kept)")
+    ax.set_ylabel("accuracy on the kept images")
+    ax.set_title(f"{title}\narea under the risk-coverage curve {curve['aurc']:.4f}", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -125,6 +125,20 @@ def _add_run_api(app: FastAPI, explorer: Explorer) -> None:
     def projection(r: int, layer: str | None = None, method: str = "pca") -> dict[str, Any]:
         return _answer(explorer.projection, r, layer=layer, method=method)
 
+    @app.get("/api/runs/{r}/robustness")
+    def robustness(r: int, key: str | None = None) -> dict[str, Any]:
+        return _answer(explorer.robustness, r, key)
+
+    @app.get("/api/runs/{r}/robustness/flipped")
+    def robustness_flipped(
+        r: int, key: str, corruption: str, severity: int, method: str | None = None
+    ) -> dict[str, Any]:
+        return _answer(explorer.robustness_flipped, r, key=key, corruption=corruption, severity=severity, method=method)
+
+    @app.get("/api/runs/{r}/calibration")
+    def calibration(r: int) -> dict[str, Any]:
+        return _answer(explorer.calibration, r)
+
     @app.get("/api/runs/{r}/channels")
     def channels(
         r: int, layer: str | None = None, channels: str = "0-7", k: int = Query(8, ge=1, le=32)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from cifarlens.device import resolve_device
 from cifarlens.errors import ConfigError
+from cifarlens.evaluation.calibration import calibration_report
 from cifarlens.evaluation.metrics import classification_report
 from cifarlens.experiments.compare import run_labels
 from cifarlens.explain.attribution import METHODS, attribute_maps, check_methods
@@ -30,6 +31,8 @@ from cifarlens.explain.dataset_examples import top_images
 from cifarlens.explain.projection import projection_run
 from cifarlens.io import atomic_path, sha256_file
 from cifarlens.models.layers import FeatureExtractor, list_layers
+from cifarlens.robustness import CORRUPTIONS, corrupt_one
+from cifarlens.robustness.cifar10c import Cifar10C
 from cifarlens.run import RunDir
 from cifarlens.run.predictor import Predictor
 
@@ -37,6 +40,8 @@ THUMBNAIL_SCALE = 4  # thumbnails: each CIFAR pixel drawn as a 4x4 block (neares
 OVERLAY_SIDE = 256  # attribution overlays are drawn this many pixels wide
 FEATURE_TILES = 32  # feature maps shown per layer, the strongest channels first
 PROJECTION_METHODS = ("pca", "tsne", "umap")
+FLIPPED_SHOWN = 8  # flipped images shown per robustness cell, each with two attributions
+MISTAKES_SHOWN = 40  # most confident mistakes on the calibration page
 
 
 class NotFound(ConfigError):
@@ -371,6 +376,144 @@ class Explorer:
             }
         else:
             result["feature_maps"] = {"layer": layer, "shape": list(outputs.shape), "channels": [], "image": None}
+        return result
+
+    # -- robustness and calibration ----------------------------------------------------------------------------
+    def robustness(self, r: int, key: str | None = None) -> dict[str, Any]:
+        """The corruption x severity accuracies of one ``cifarlens robustness`` result of run ``r`` (the latest,
+        or ``key``), with how many images each cell flipped from right to wrong."""
+        run = self.run(r)
+        keys = run.robustness_keys()
+        if not keys:
+            return {"keys": [], "command": f"cifarlens robustness {run}"}
+        key = key or keys[-1]
+        if key not in keys:
+            raise NotFound(f"no robustness result {key!r} in {run}; it has {', '.join(keys)}")
+        numbers = run.read_robustness(key)
+        names, severities = list(numbers["corruptions"]), numbers["severities"]
+        cell = {(c["corruption"], c["severity"]): c for c in numbers["cells"]}
+        return {
+            "keys": keys,
+            "key": key,
+            "corruptions": names,
+            "families": [CORRUPTIONS[n].family for n in names],
+            "benchmark": [CORRUPTIONS[n].benchmark for n in names],
+            "severities": severities,
+            "accuracy": [[cell[n, s]["accuracy"] for s in severities] for n in names],
+            "flipped": [[cell[n, s]["flipped"] for s in severities] for n in names],
+            "ece": [[cell[n, s]["ece"] for s in severities] for n in names],
+            "clean": numbers["clean"]["accuracy"],
+            "clean_ece": numbers["clean"]["ece"],
+            "mean_corruption_accuracy": numbers["mean_corruption_accuracy"],
+            "benchmark_corruptions": numbers["benchmark_corruptions"],
+            "ece_by_severity": numbers["ece_by_severity"],
+            "split": numbers["split"],
+            "n": numbers["n"],
+            "source": numbers["source"],
+            "seed": numbers["seed"],
+            "backend": numbers["backend"],
+        }
+
+    def _scored_images(self, run: RunDir, numbers: dict[str, Any], saved: Any) -> torch.Tensor:
+        """The images a robustness result scored, in its order (the split's images at its indices)."""
+        split = run.load_data(numbers["data"]["folder"]).split(numbers["split"])
+        return split.images[torch.from_numpy(saved["indices"])]
+
+    def robustness_flipped(
+        self, r: int, *, key: str, corruption: str, severity: int, method: str | None = None
+    ) -> dict[str, Any]:
+        """The images of one robustness cell that the corruption flipped from right to wrong: each clean beside
+        corrupted (made again exactly, from its seed), with ``method``'s attribution for each prediction."""
+        run = self.run(r)
+        if key not in run.robustness_keys():
+            raise NotFound(f"no robustness result {key!r} in {run}")
+        numbers = run.read_robustness(key)
+        saved = np.load(run.robustness_files(key)["predictions"])
+        cells = list(saved["cells"])
+        name = f"{corruption}/{severity}"
+        if name not in cells:
+            raise NotFound(f"{key} did not score {corruption} at severity {severity}")
+        predicted, clean, labels = saved["predictions"][cells.index(name)], saved["clean"], saved["labels"]
+        flipped = np.flatnonzero((clean == labels) & (predicted != labels))
+        model, spec = self.model(r)
+        method = method or next(
+            m for m in ("gradcam", "saliency", "occlusion") if METHODS[m].applies_to(spec.capabilities(model))
+        )
+        check_methods([method])
+        images = self._scored_images(run, numbers, saved)
+        shown = []
+        for position in flipped[:FLIPPED_SHOWN].tolist():
+            if numbers["source"] == "cifar10c":
+                index = torch.tensor([int(saved["indices"][position])])
+                corrupted = Cifar10C(numbers["cifar10c_dir"]).images(corruption, severity, index)[0]
+            else:
+                corrupted = corrupt_one(images, position, corruption, severity, seed=numbers["seed"])
+            views = self._attributed(r, torch.stack([images[position], corrupted]), method)
+            shown.append(
+                {
+                    "position": position,
+                    "index": int(saved["indices"][position]),
+                    "label": self.classes[int(labels[position])],
+                    "clean": views[0],
+                    "corrupted": views[1],
+                }
+            )
+        return {
+            "key": key,
+            "corruption": corruption,
+            "severity": severity,
+            "method": method,
+            "count": int(len(flipped)),
+            "images": shown,
+        }
+
+    def _attributed(self, r: int, images: torch.Tensor, method: str) -> list[dict[str, Any]]:
+        """Per uint8 image (N, 3, H, W): the image, its prediction and ``method``'s attribution overlay for it."""
+        model, spec = self.model(r)
+        with self._lock:
+            predictor = Predictor(model, spec, device=self.device)
+            probs = predictor.probabilities(images)
+            targets = probs.argmax(1).tolist()
+            maps = attribute_maps(
+                model,
+                predictor.inputs(images),
+                targets,
+                [method],
+                capabilities=spec.capabilities(model),
+                mean=spec.mean,
+                std=spec.std,
+                seed=0,
+            )[method].maps
+        views = []
+        for i, image in enumerate(images):
+            pixels = image.permute(1, 2, 0).numpy()
+            views.append(
+                {
+                    "image": data_uri(upscale(pixels, 4)),
+                    "predicted": self.classes[targets[i]],
+                    "confidence": round(float(probs[i].max()), 4),
+                    "attribution": data_uri(overlay(pixels, maps[i], side=128)),
+                }
+            )
+        return views
+
+    def calibration(self, r: int) -> dict[str, Any]:
+        """Run ``r``'s calibration on the split (no TTA): ECE, MCE, NLL, Brier, the reliability bins and the
+        risk-coverage curve, the same after the run's temperature when it was calibrated, and the most
+        confident mistakes."""
+        run = self.run(r)
+        probs = torch.from_numpy(self.probabilities(r)).double()
+        log_probs = probs.clamp_min(1e-12).log()  # softmax(log p) = p: the report's logits
+        result = {"split": self.split, "n": len(self.labels), **calibration_report(log_probs, self.labels)}
+        temperature = run.temperature
+        if temperature != 1.0:
+            result["temperature"] = temperature
+            result["calibrated"] = calibration_report(log_probs / temperature, self.labels)  # softmax(z/T) up to shift
+        predicted = probs.argmax(1)
+        wrong = torch.nonzero(predicted != self.labels).flatten()
+        order = wrong[probs[wrong].max(1).values.argsort(descending=True)][:MISTAKES_SHOWN]
+        result["mistakes"] = self.describe(order.tolist(), r)
+        result["mistakes_total"] = int(len(wrong))
         return result
 
     # -- the map ---------------------------------------------------------------------------------------------------

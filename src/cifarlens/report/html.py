@@ -21,6 +21,7 @@ from typing import Any
 from cifarlens.evaluation.plots import plot_curves
 from cifarlens.experiments.compare import _cell, comparison_rows, load_runs, plot_overlaid_curves, results, run_labels
 from cifarlens.io import atomic_write_text
+from cifarlens.robustness.corruptions import CORRUPTIONS
 from cifarlens.run import RunDir
 
 MAX_TABLE_ROWS = 60  # CSV files longer than this are cut, with a note saying how many rows were left out
@@ -123,6 +124,8 @@ def _run_section(run: Path, label: str, anchor: str) -> str:
     parts += [
         _evaluations(rec),
         _per_class(rec),
+        _calibration(rec),
+        _robustness(rec),
         _plots(rec),
         _explain_section(rec),
         _config(rec),
@@ -200,8 +203,61 @@ def _per_class(rec: RunDir) -> str:
     ]
     marks = [["", "worst" if r["accuracy"] == worst else "", "", "", "", ""] for r in rec.per_class]
     data = rec.summary.get("test", {}).get("data")
-    where = f"<p class=\"data\">{data['n']} images of {_esc(data['folder'])}</p>" if data else ""
+    where = f'<p class="data">{data["n"]} images of {_esc(data["folder"])}</p>' if data else ""
     return "<h3>Per-class accuracy (test)</h3>" + where + _table(header, rows, marks, css="per-class")
+
+
+def _calibration(rec: RunDir) -> str:
+    """Calibration of every evaluation that recorded it (ECE, MCE, NLL, Brier), after the run's temperature too."""
+    rows = []
+    for key, entry in rec.evaluations().items():
+        cal = entry.get("calibration")
+        if not cal:
+            continue
+        after = cal.get("calibrated") or {}
+        rows.append(
+            [key, _pct(cal["ece"]), _pct(cal["mce"]), f"{cal['nll']:.4f}", f"{cal['brier']:.4f}",
+             f"{cal['temperature']:.4f}" if after else "n/a",
+             _pct(after["ece"]) if after else "n/a", f"{after['nll']:.4f}" if after else "n/a"]
+        )  # fmt: skip
+    if not rows:
+        return ""
+    stored = rec.read_calibration()
+    note = (
+        f'<p class="data">temperature {stored["temperature"]:.4f} (cifarlens calibrate, fitted on '
+        f"{stored['fit']['n']} images of the {_esc(stored['split'])} split)</p>"
+        if stored
+        else '<p class="data">not calibrated: <code>cifarlens calibrate RUN</code> fits a temperature</p>'
+    )
+    header = ["evaluation", "ECE", "MCE", "NLL", "Brier", "temperature T", "ECE after T", "NLL after T"]
+    return "<h3>Calibration</h3>" + note + _table(header, rows, css="calibration")
+
+
+def _robustness(rec: RunDir) -> str:
+    """Each ``cifarlens robustness`` result: accuracy per corruption and severity, the mean, the severity plot."""
+    parts = []
+    for key in rec.robustness_keys():
+        numbers = rec.read_robustness(key)
+        severities = numbers["severities"]
+        accuracy = {(c["corruption"], c["severity"]): c["accuracy"] for c in numbers["cells"]}
+        rows = [
+            [name + ("" if CORRUPTIONS[name].benchmark else " (extra)"), *(_pct(accuracy[name, s]) for s in severities),
+             _pct(summary["mean_accuracy"])]
+            for name, summary in numbers["corruptions"].items()
+        ]  # fmt: skip
+        caption = (
+            f"{numbers['n']} images of the {numbers['split']} split, {numbers['source']} corruptions (seed "
+            f"{numbers['seed']}), {numbers['backend']}: clean {_pct(numbers['clean']['accuracy'])}, mean corruption "
+            f"accuracy {_pct(numbers['mean_corruption_accuracy'])} over {numbers['benchmark_corruptions']} of 15"
+        )
+        header = ["corruption", *(f"severity {s}" for s in severities), "mean"]
+        plot = rec.robustness_files(key)["severity_plot"]
+        parts.append(
+            f'<h3>Robustness ({_esc(key)})</h3><p class="data">{_esc(caption)}</p>'
+            + _table(header, rows, css="robustness")
+            + (_img(plot, "accuracy against severity per corruption") if plot.is_file() else "")
+        )
+    return "".join(parts)
 
 
 def _plots(rec: RunDir) -> str:

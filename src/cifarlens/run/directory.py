@@ -90,6 +90,17 @@ class RunDir:
     EXPLORE = "explore"
     REPORT = "report.html"
     SOURCE = "source"  # an imported model's code or graph file, which its spec's kwargs name
+    ROBUSTNESS = "robustness"  # one folder per corruption benchmark run: robustness/KEY/
+    ROBUSTNESS_FILES = {
+        "numbers": "robustness.json",
+        "table": "accuracy.csv",
+        "markdown": "robustness.md",
+        "per_class": "per_class_drop.csv",
+        "predictions": "predictions.npz",
+        "severity_plot": "severity.png",
+        "grid": "grid.png",
+    }
+    CALIBRATION = "calibration.json"  # the temperature of cifarlens calibrate, and what it was fitted on
     # One folder per explain command under explain/ (a new command adds its folder here).
     EXPLAIN_COMMANDS = (
         "layers",
@@ -232,6 +243,37 @@ class RunDir:
     def bench_file(self) -> Path:
         """``export/bench.json``: what ``cifarlens bench`` measured on the run."""
         return self.export_dir / "bench.json"
+
+    def robustness_files(self, key: str) -> dict[str, Path]:
+        """``ROBUSTNESS_FILES`` in ``robustness/KEY/`` (KEY names the split, seed, size, TTA and backend)."""
+        folder = self.path / self.ROBUSTNESS / key
+        return {kind: folder / name for kind, name in self.ROBUSTNESS_FILES.items()}
+
+    def robustness_keys(self) -> list[str]:
+        """The keys of every robustness result the run holds, oldest first."""
+        folder = self.path / self.ROBUSTNESS
+        found = [p.parent for p in folder.glob(f"*/{self.ROBUSTNESS_FILES['numbers']}")] if folder.is_dir() else []
+        return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime)]
+
+    def read_robustness(self, key: str) -> dict[str, Any]:
+        path = self.robustness_files(key)["numbers"]
+        return _read_json_object(path, f"run cifarlens robustness {self.path} again")
+
+    @property
+    def calibration_file(self) -> Path:
+        return self.path / self.CALIBRATION
+
+    def read_calibration(self) -> dict[str, Any] | None:
+        """What ``cifarlens calibrate`` stored (``temperature`` and the scores behind it), or None."""
+        if not self.calibration_file.is_file():
+            return None
+        return _read_json_object(self.calibration_file, f"run cifarlens calibrate {self.path} again")
+
+    @property
+    def temperature(self) -> float:
+        """The fitted temperature the run's probabilities are divided by; 1.0 when it was never calibrated."""
+        stored = self.read_calibration()
+        return float(stored["temperature"]) if stored else 1.0
 
     # -- what kind of folder ------------------------------------------------------------------------
     def has_config(self) -> bool:

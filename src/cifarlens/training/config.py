@@ -39,8 +39,8 @@ class TrainConfig:
     # without one ignore it)
     whiten_bias_epochs: float = 3.0
     label_smoothing: float = 0.2  # cross-entropy label smoothing in [0, 1)
-    # comma-separated list of crop, flip, altflip (alternating mirror per epoch), jpeg (JPEG q75 copies), cutout, color
-    # (brightness and contrast jitter); or none
+    # comma-separated list of crop, flip, altflip (alternating mirror per epoch), jpeg (JPEG q75 copies), augmix
+    # (AugMix copies, for corruption robustness), cutout, color (brightness and contrast jitter); or none
     augment: str = "crop,altflip"
     crop_padding: int = 2  # pixels of reflect padding for random crops
     cutout_size: int = 8  # side of the square cutout erases

@@ -216,8 +216,75 @@ async function channels() {
   ])));
 }
 
+async function robustness() {
+  const key = $("robustness-key").value || "";
+  const r = await api(`/api/runs/${state.run}/robustness` + (key ? `?key=${encodeURIComponent(key)}` : ""));
+  if (!r.keys.length) {
+    $("robustness-headline").replaceChildren(el("small", { text: `no robustness result yet; run: ${r.command}` }));
+    Plotly.purge("robustness-heat");
+    return;
+  }
+  if ($("robustness-key").options.length !== r.keys.length) fillSelect($("robustness-key"), r.keys, r.key);
+  state.robustness = r;
+  $("robustness-headline").replaceChildren(
+    el("b", { text: pct(r.mean_corruption_accuracy) }),
+    el("small", { text: ` mean corruption accuracy (${r.benchmark_corruptions} of 15 benchmark corruptions) · clean ${pct(r.clean)} · ` +
+      `${r.n} images of the ${r.split} split, ${r.source} corruptions (seed ${r.seed}), ${r.backend}` }),
+  );
+  const labels = r.corruptions.map((n, i) => n + (r.benchmark[i] ? "" : " *"));
+  const text = r.accuracy.map((row, i) => row.map((a, j) => `${(100 * a).toFixed(1)}%<br>${r.flipped[i][j]} flipped`));
+  Plotly.react("robustness-heat", [{ type: "heatmap", z: r.accuracy.map((row) => row.map((a) => 100 * a)), x: r.severities.map((s) => `severity ${s}`),
+    y: labels, text, texttemplate: "%{z:.1f}", hovertemplate: "%{y}, %{x}<br>%{text}<extra></extra>", colorscale: [[0, "#b2182b"], [0.5, "#fee08b"], [1, "#1a9850"]],
+    zmin: Math.min(...r.accuracy.flat()) * 100, zmax: r.clean * 100,
+    colorbar: { title: { text: "accuracy %" } } }],
+    { margin: { t: 10, l: 150 }, yaxis: { autorange: "reversed" } }, { displaylogo: false, responsive: true });
+  const gd = $("robustness-heat");
+  if (!gd.dataset.wired) {
+    gd.dataset.wired = "1";
+    gd.on("plotly_click", (e) => {
+      const p = e.points[0];
+      flipped(state.robustness.corruptions[p.pointIndex[0]], state.robustness.severities[p.pointIndex[1]]).catch(showError);
+    });
+  }
+}
+
+async function flipped(corruption, severity) {
+  const r = state.robustness;
+  $("flipped-title").textContent = `${corruption} at severity ${severity}: finding the flipped images and their attributions ...`;
+  const f = await api(`/api/runs/${state.run}/robustness/flipped?key=${encodeURIComponent(r.key)}&corruption=${corruption}&severity=${severity}`);
+  $("flipped-title").textContent = `${corruption} at severity ${severity}: ${f.count} images flipped from right to wrong` +
+    (f.count > f.images.length ? ` (the first ${f.images.length})` : "") + `; attributions: ${f.method}`;
+  const view = (v, what) => el("figure", {}, [
+    el("div", { class: "views" }, [el("img", { src: v.image, alt: what, class: "pixelated" }), el("img", { src: v.attribution, alt: `${what} attribution` })]),
+    el("figcaption", { text: `${what}: ${v.predicted} ${pct(v.confidence)}` })]);
+  $("flipped").replaceChildren(...f.images.map((x) => el("div", { class: "pair" }, [
+    el("p", { text: `#${x.index} of ${r.split}, true ${x.label}` }), el("div", { class: "views" }, [view(x.clean, "clean"), view(x.corrupted, "corrupted")])])));
+}
+
+async function calibration() {
+  const c = await api(`/api/runs/${state.run}/calibration`);
+  const after = c.calibrated ? ` · after temperature ${c.temperature.toFixed(3)}: ECE ${pct(c.calibrated.ece)}, NLL ${c.calibrated.nll.toFixed(4)}` : " · not calibrated (cifarlens calibrate RUN)";
+  $("calibration-headline").replaceChildren(el("b", { text: `ECE ${pct(c.ece)}` }),
+    el("small", { text: ` MCE ${pct(c.mce)} · NLL ${c.nll.toFixed(4)} · Brier ${c.brier.toFixed(4)} on ${c.n} ${c.split} images (no TTA)` + after }));
+  const filled = (bins) => bins.filter((b) => b.count);
+  const centre = (b) => (b.lower + b.upper) / 2;
+  const traces = [
+    { type: "bar", x: filled(c.bins).map(centre), y: filled(c.bins).map((b) => b.accuracy), width: 1 / c.n_bins * 0.9, name: "accuracy",
+      customdata: filled(c.bins).map((b) => [b.count, b.confidence]), hovertemplate: "confidence %{customdata[1]:.3f}<br>accuracy %{y:.3f}<br>%{customdata[0]} images<extra></extra>" },
+    { x: [0, 1], y: [0, 1], mode: "lines", line: { dash: "dash", color: "#444" }, name: "perfect calibration" },
+  ];
+  if (c.calibrated) traces.push({ x: filled(c.calibrated.bins).map(centre), y: filled(c.calibrated.bins).map((b) => b.accuracy), mode: "lines+markers", name: "after temperature" });
+  Plotly.react("reliability", traces, { margin: { t: 10 }, xaxis: { title: { text: "confidence" }, range: [0, 1] }, yaxis: { title: { text: "accuracy" }, range: [0, 1] },
+    legend: { orientation: "h", y: -0.3 } }, { displaylogo: false, responsive: true });
+  Plotly.react("coverage", [{ x: c.coverage.coverage, y: c.coverage.accuracy, mode: "lines+markers", name: "accuracy" }],
+    { margin: { t: 10 }, xaxis: { title: { text: "coverage (most confident share kept)" }, tickformat: ".0%" }, yaxis: { title: { text: "accuracy" }, tickformat: ".0%", range: [Math.max(0, Math.min(...c.coverage.accuracy) - 0.05), 1.01] } },
+    { displaylogo: false, responsive: true });
+  $("mistakes-title").textContent = `The ${c.mistakes.length} most confident of ${c.mistakes_total} mistakes`;
+  fillGrid($("mistakes"), c.mistakes);
+}
+
 // -- routing ----------------------------------------------------------------------------------------
-const pages = { overview, confusion, map, image, channels };
+const pages = { overview, confusion, map, image, channels, robustness, calibration };
 
 async function route() {
   const [name, arg] = (location.hash.slice(1) || "overview").split("/");
@@ -256,6 +323,7 @@ async function start() {
   $("image-upload").onchange = guarded(upload);
   $("image-layer").onchange = guarded(() => image());
   $("channel-show").onclick = guarded(channels);
+  $("robustness-key").onchange = guarded(robustness);
   window.addEventListener("hashchange", route);
   await route();
 }
