@@ -282,6 +282,7 @@ def test_the_pages_work_in_headless_chromium(server, explorer):
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(90_000)  # the suite runs files side by side: a loaded machine
         errors: list[str] = []
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda err: errors.append(str(err)))
