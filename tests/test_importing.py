@@ -382,3 +382,12 @@ def test_an_onnx_graph_evaluates_runs_occlusion_and_refuses_gradients_in_one_lin
     assert ok.returncode == 0, ok.stderr
     refused = cifarlens("explain", "attribute", run, "--index", "0", "--method", "saliency")
     assert_one_line_error(refused, "saliency needs gradients", "occlusion")
+    from cifarlens.explore import Explorer
+
+    explorer = Explorer([run])  # the explorer offers what runs on a graph: gradient-free methods, no layers
+    info = explorer.info()
+    assert info["methods"] == ["occlusion", "feature-ablation", "kernel-shap", "lime"] and info["layers"]["probe"] == []
+    shown = explorer.explain(0, explorer.image(3), methods=info["default_methods"], index=3)
+    assert [a["method"] for a in shown["attributions"]] == info["default_methods"] and shown["feature_maps"][
+        "image"
+    ] is None

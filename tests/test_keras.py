@@ -181,6 +181,7 @@ def test_evaluate_scores_a_keras_file_directly(keras_file, cifar_root):
     probs = reference(test.images.permute(0, 2, 3, 1).float() / 255).detach()
     expected = (probs.argmax(1) == test.labels).float().mean().item()
     assert f"accuracy {expected:.2%}" in done.stdout
+    assert "calibration: ECE" in done.stdout
 
 
 def test_pretrained_application_loads_exactly_the_file_in_keras_cache(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from cifarlens.data import prepare_data
 from cifarlens.errors import ConfigError
+from cifarlens.evaluation.calibration import calibration_report
 from cifarlens.evaluation.evaluate import _print_report
 from cifarlens.evaluation.metrics import classification_report, top_confusions
 from cifarlens.models import create_model
@@ -28,7 +29,8 @@ def evaluate_keras_file(
     device: str = "cpu",
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, loss and per-class scores of the Keras model in ``path`` on the test split (``subset``: cap it).
+    """Accuracy, loss, per-class scores and calibration of the Keras model in ``path`` on the test split
+    (``subset``: cap it).
 
     ``preprocess`` is how the file's model wants its 0-255 RGB input (``keras_models.PREPROCESSING``;
     ``scale``, x / 255, by default). Nothing is written.
@@ -53,6 +55,7 @@ def evaluate_keras_file(
         "split": "test",
         "preprocess": preprocess,
         **report,
+        "calibration": calibration_report(logits, data.test.labels),
         "top_confusions": top_confusions(report["confusion"], classes, k=5),
         "seconds": time.perf_counter() - t0,
     }

@@ -322,9 +322,21 @@ def _guided_gradcam(a: Inputs):
 
 
 # -- running them -------------------------------------------------------------------------------------------
+def has_gradients(model: nn.Module) -> bool:
+    """False for a model that gives no gradients (an imported ONNX graph run by onnxruntime)."""
+    return all(getattr(m, "differentiable", True) for m in model.modules())
+
+
+def usable_methods(model: nn.Module, capabilities: Capabilities) -> list[str]:
+    """The ``METHODS`` names that run on ``model``: those its capabilities allow, only gradient-free ones when it
+    gives no gradients."""
+    gradients = has_gradients(model)
+    return [n for n, m in METHODS.items() if m.applies_to(capabilities) and (gradients or m.gradient_free)]
+
+
 def check_gradients(model: nn.Module, methods: list[str]) -> None:
     """A ``LayerError`` naming the methods that need gradients when ``model`` has none (an ONNX graph)."""
-    if all(getattr(m, "differentiable", True) for m in model.modules()):
+    if has_gradients(model):
         return
     needing = [m for m in methods if not METHODS[m].gradient_free]
     if needing:

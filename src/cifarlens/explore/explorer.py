@@ -26,11 +26,11 @@ from cifarlens.errors import ConfigError
 from cifarlens.evaluation.calibration import calibration_report
 from cifarlens.evaluation.metrics import classification_report
 from cifarlens.experiments.compare import run_labels
-from cifarlens.explain.attribution import METHODS, attribute_maps, check_methods
+from cifarlens.explain.attribution import attribute_maps, check_methods, usable_methods
 from cifarlens.explain.dataset_examples import top_images
 from cifarlens.explain.projection import projection_run
 from cifarlens.io import atomic_path, sha256_file
-from cifarlens.models.layers import FeatureExtractor, list_layers
+from cifarlens.models.layers import FeatureExtractor, list_layers, takes_hooks
 from cifarlens.robustness import CORRUPTIONS, corrupt_one
 from cifarlens.robustness.cifar10c import Cifar10C
 from cifarlens.run import RunDir
@@ -42,6 +42,7 @@ FEATURE_TILES = 32  # feature maps shown per layer, the strongest channels first
 PROJECTION_METHODS = ("pca", "tsne", "umap")
 FLIPPED_SHOWN = 8  # flipped images shown per robustness cell, each with two attributions
 MISTAKES_SHOWN = 40  # most confident mistakes on the calibration page
+DEFAULT_METHODS = ("saliency", "integrated-gradients", "gradcam", "layercam")  # ticked on the Image page
 
 
 class NotFound(ConfigError):
@@ -163,15 +164,16 @@ class Explorer:
         """What every page needs: the runs, the split, the classes, the layers and the attribution methods."""
 
         model, spec = self.model(0)
-        caps = spec.capabilities(model)
+        methods = usable_methods(model, spec.capabilities(model))
+        defaults = [m for m in DEFAULT_METHODS if m in methods] or methods[:2]
         return {
             "runs": [self.run_label(r) for r in range(len(self.runs))],
             "split": self.split,
             "images": len(self.labels),
             "classes": list(self.classes),
             "layers": self.layers(0),
-            "methods": [name for name, m in METHODS.items() if m.applies_to(caps)],
-            "default_methods": ["saliency", "integrated-gradients", "gradcam", "layercam"],
+            "methods": methods,  # an ONNX graph gives no gradients: only the gradient-free ones
+            "default_methods": defaults,
             "projection_methods": list(PROJECTION_METHODS),
         }
 
@@ -182,6 +184,9 @@ class Explorer:
             return self._layers[r]
         model, spec = self.model(r)
         caps = spec.capabilities(model)
+        if not takes_hooks(model):  # TorchScript or an ONNX graph: no layer to read (no map, feature maps, channels)
+            self._layers[r] = {"probe": [], "spatial": [], "shapes": {}, "feature_maps": None, "cam_layer": None}
+            return self._layers[r]
         shapes = {info.name: list(info.shape) for info in list_layers(model, spec.image_size)}
         stages = list(caps.probe_stages)
         spatial = [s for s in stages if len(shapes.get(s, ())) == 3]
@@ -349,9 +354,11 @@ class Explorer:
                 else {}
             )
             seconds = time.perf_counter() - t0
-            if (r, layer) not in self._extractors:  # building one traces the model: once per run and layer
-                self._extractors[r, layer] = FeatureExtractor(model, [layer])
-            outputs = self._extractors[r, layer](x)[layer][0].detach().float().cpu()
+            outputs = None
+            if layer is not None:
+                if (r, layer) not in self._extractors:  # building one traces the model: once per run and layer
+                    self._extractors[r, layer] = FeatureExtractor(model, [layer])
+                outputs = self._extractors[r, layer](x)[layer][0].detach().float().cpu()
         pixels = image.permute(1, 2, 0).numpy()
         top = probs.argsort(descending=True)[:5].tolist()
         result = {
@@ -366,7 +373,9 @@ class Explorer:
                 for m, a in found.items()
             ],
         }
-        if outputs.ndim == 3:
+        if outputs is None:
+            result["feature_maps"] = {"layer": None, "shape": [], "channels": [], "image": None}
+        elif outputs.ndim == 3:
             grid, channels = feature_tiles(outputs)
             result["feature_maps"] = {
                 "layer": layer,
@@ -436,9 +445,8 @@ class Explorer:
         predicted, clean, labels = saved["predictions"][cells.index(name)], saved["clean"], saved["labels"]
         flipped = np.flatnonzero((clean == labels) & (predicted != labels))
         model, spec = self.model(r)
-        method = method or next(
-            m for m in ("gradcam", "saliency", "occlusion") if METHODS[m].applies_to(spec.capabilities(model))
-        )
+        usable = usable_methods(model, spec.capabilities(model))
+        method = method or next(m for m in ("gradcam", "saliency", "occlusion") if m in usable)
         check_methods([method])
         images = self._scored_images(run, numbers, saved)
         shown = []
