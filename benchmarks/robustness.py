@@ -120,7 +120,8 @@ def timing(run: Path, backends: list[str], args) -> list[dict]:
     """The whole robustness table of ``run`` on each backend: wall seconds and the accuracy it keeps."""
     rows = []
     for backend in backends:
-        if backend.startswith(("onnxruntime", "openvino")) and not (run / "export" / "model.onnx").is_file():
+        graph = run / "export" / ("model.int8.onnx" if backend.endswith("int8") else "model.onnx")
+        if backend.startswith(("onnxruntime", "openvino")) and not graph.is_file():
             cifarlens("export", str(run), *(["--quantize", "int8"] if backend.endswith("int8") else []))
         start = time.perf_counter()
         numbers = robustness_run(robustness_config(run, args, backend))
